@@ -1,0 +1,7 @@
+//! nvtier-policy: the pure decisions of nvtier. Nothing here does I/O; every
+//! function takes what the driver observed and returns what to do, so the
+//! rules can be tested exhaustively.
+
+pub mod lass;
+
+pub use lass::{decide, ldl_index, Decision, DiskReason, Placement, StoreMoment, Tier};

@@ -1,0 +1,67 @@
+# shellcheck shell=bash
+# Common helpers for the nvtier testbed scripts. Sourced, never executed.
+
+NVT_RUN_ROOT=/run/nvtier-testbed
+NVT_VAR_ROOT=/var/tmp/nvtier-testbed
+
+PROG=${PROG:-$(basename "$0")}
+
+die() {
+    printf '%s: error: %s\n' "$PROG" "$*" >&2
+    exit 1
+}
+
+warn() {
+    printf '%s: warning: %s\n' "$PROG" "$*" >&2
+}
+
+info() {
+    [[ ${NVT_QUIET:-0} == 1 ]] || printf '%s: %s\n' "$PROG" "$*" >&2
+}
+
+need_root() {
+    [[ $EUID -eq 0 ]] || die "must run as root"
+}
+
+need_cmd() {
+    local c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 ||
+            die "required command '$c' not found (run testbed/install-deps.sh)"
+    done
+}
+
+# NAME: short identifier [a-z0-9-], starting with [a-z0-9], at most 12 chars.
+validate_name() {
+    local name=${1-}
+    [[ -n $name ]] || die "missing NAME"
+    [[ $name =~ ^[a-z0-9][a-z0-9-]{0,11}$ ]] ||
+        die "invalid NAME '$name': use 1-12 chars of [a-z0-9-], starting with a letter or digit"
+}
+
+# parse_size 8M -> bytes. Suffixes K, M, G, T (powers of 1024, optional
+# trailing B / iB), or a plain number of bytes.
+parse_size() {
+    local s=${1-} n u
+    [[ $s =~ ^([0-9]+)([KkMmGgTt]?)(i?[Bb])?$ ]] || return 1
+    n=${BASH_REMATCH[1]}
+    u=${BASH_REMATCH[2]^^}
+    case $u in
+        '') ;;
+        K) n=$((n * 1024)) ;;
+        M) n=$((n * 1024 * 1024)) ;;
+        G) n=$((n * 1024 * 1024 * 1024)) ;;
+        T) n=$((n * 1024 * 1024 * 1024 * 1024)) ;;
+    esac
+    printf '%s\n' "$n"
+}
+
+# Take an exclusive lock on a testbed-wide lock file for the rest of the
+# process' life (fd 9). Serialises allocation of shared resources (loop
+# devices, subnets) between parallel invocations with different NAMEs.
+global_lock() {
+    local which=$1
+    mkdir -p "$NVT_RUN_ROOT"
+    exec 9>"$NVT_RUN_ROOT/.$which.lock"
+    flock -w 60 9 || die "timed out waiting for $NVT_RUN_ROOT/.$which.lock"
+}
