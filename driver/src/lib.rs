@@ -1,1 +1,16 @@
-pub mod x {}
+//! nvtier: a two-tier (pmem + disk) container layer store.
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`tier`]: tier directories and DAX detection.
+//! - [`extract`]: OCI layer tar → overlay layer directory.
+//! - [`store`]: the layer/image store (chainIDs, metadata, refcounts, GC).
+//! - [`pull`]: registry pull with LASS placement.
+//! - [`mount`]: overlay root filesystems.
+//! - [`run`]: the cold-start probe.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod tier;
+
+pub use error::{Error, Result};

@@ -1,0 +1,216 @@
+//! The TOML configuration (`/etc/nvtier/config.toml`).
+
+use crate::error::{Error, Result};
+use nvtier_policy::Placement;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "/etc/nvtier/config.toml";
+
+/// Where the effective configuration came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub pmem_dir: PathBuf,
+    pub disk_dir: PathBuf,
+    pub pmem_budget: u64,
+    pub max_concurrent_downloads: usize,
+    pub insecure_registries: Vec<String>,
+    pub placement: Placement,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    state_dir: Option<PathBuf>,
+    pmem_dir: Option<PathBuf>,
+    disk_dir: Option<PathBuf>,
+    pmem_budget: Option<Size>,
+    max_concurrent_downloads: Option<i64>,
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    placement: Option<String>,
+    // Keys used by later components; accepted so one file serves them all.
+    snapshotter_socket: Option<String>,
+    docker_plugin_socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(i64),
+    Text(String),
+}
+
+/// Parse "4G", "512M", "1.5T", "1024" (bytes). Binary units (K = 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].trim().to_ascii_uppercase();
+            let unit = unit.trim_end_matches("IB").trim_end_matches('B');
+            let m: u64 = match unit {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return None,
+            };
+            (s[..i].trim(), m)
+        }
+        None => (s, 1),
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult);
+    }
+    let f: f64 = num.parse().ok()?;
+    if !f.is_finite() || f < 0.0 {
+        return None;
+    }
+    Some((f * mult as f64) as u64)
+}
+
+impl Config {
+    /// Load from an explicit path, `NVTIER_CONFIG`, or the default path.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let file = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("NVTIER_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::Config {
+            file: file.clone(),
+            msg: format!(
+                "cannot read: {e} (create it, or point --config / NVTIER_CONFIG at one; see README)"
+            ),
+        })?;
+        Self::parse(&file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Config> {
+        let err = |msg: String| Error::Config {
+            file: file.to_path_buf(),
+            msg,
+        };
+        let raw: Raw = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        let need = |v: Option<PathBuf>, key: &str| -> Result<PathBuf> {
+            let p = v.ok_or_else(|| err(format!("key `{key}` is missing")))?;
+            if !p.is_absolute() {
+                return Err(err(format!(
+                    "key `{key}` must be an absolute path, got {}",
+                    p.display()
+                )));
+            }
+            Ok(p)
+        };
+        let state_dir = need(raw.state_dir, "state_dir")?;
+        let pmem_dir = need(raw.pmem_dir, "pmem_dir")?;
+        let disk_dir = need(raw.disk_dir, "disk_dir")?;
+        if pmem_dir == disk_dir {
+            return Err(err(
+                "keys `pmem_dir` and `disk_dir` name the same directory".into(),
+            ));
+        }
+        let pmem_budget = match raw.pmem_budget {
+            None => return Err(err("key `pmem_budget` is missing (e.g. \"4G\")".into())),
+            Some(Size::Bytes(n)) if n >= 0 => n as u64,
+            Some(Size::Bytes(n)) => {
+                return Err(err(format!("key `pmem_budget` must be >= 0, got {n}")))
+            }
+            Some(Size::Text(t)) => parse_size(&t).ok_or_else(|| {
+                err(format!(
+                    "key `pmem_budget`: cannot parse {t:?} as a size (use bytes or e.g. \"4G\", \"512M\")"
+                ))
+            })?,
+        };
+        let max_concurrent_downloads = match raw.max_concurrent_downloads {
+            None => 3,
+            Some(n) if (1..=64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(err(format!(
+                    "key `max_concurrent_downloads` must be between 1 and 64, got {n}"
+                )))
+            }
+        };
+        let placement = match raw.placement {
+            None => Placement::Lass,
+            Some(p) => p
+                .parse()
+                .map_err(|e: String| err(format!("key `placement`: {e}")))?,
+        };
+        let _ = (raw.snapshotter_socket, raw.docker_plugin_socket);
+        Ok(Config {
+            file: file.to_path_buf(),
+            state_dir,
+            pmem_dir,
+            disk_dir,
+            pmem_budget,
+            max_concurrent_downloads,
+            insecure_registries: raw.insecure_registries,
+            placement,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4G"), Some(4 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1.5K"), Some(1536));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("4Q"), None);
+        assert_eq!(parse_size("-1G"), None);
+    }
+
+    fn parse(t: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/nvtier/config.toml"), t)
+    }
+
+    const OK: &str = r#"
+state_dir = "/var/lib/nvtier"
+pmem_dir = "/mnt/pmem/nvtier"
+disk_dir = "/var/lib/nvtier/disk"
+pmem_budget = "4G"
+insecure_registries = ["10.0.0.2:5000"]
+"#;
+
+    #[test]
+    fn full_config() {
+        let c = parse(OK).expect("valid config");
+        assert_eq!(c.pmem_budget, 4 << 30);
+        assert_eq!(c.max_concurrent_downloads, 3);
+        assert_eq!(c.placement, Placement::Lass);
+        assert_eq!(c.insecure_registries, vec!["10.0.0.2:5000".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse(&OK.replace("\"4G\"", "\"4Q\"")).unwrap_err().to_string();
+        assert!(e.contains("/etc/nvtier/config.toml") && e.contains("pmem_budget"), "{e}");
+        let e = parse(&OK.replace("state_dir = \"/var/lib/nvtier\"", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state_dir"), "{e}");
+        let e = parse(&format!("{OK}\nmax_concurrent_downloads = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_concurrent_downloads"), "{e}");
+        let e = parse(&format!("{OK}\nplacement = \"nvm\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("placement"), "{e}");
+        let e = parse(&format!("{OK}\nbogus = 1")).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse(&OK.replace("\"/mnt/pmem/nvtier\"", "\"relative\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pmem_dir"), "{e}");
+    }
+}

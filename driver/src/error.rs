@@ -1,0 +1,82 @@
+//! Typed errors of the nvtier library.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config {file}: {msg}")]
+    Config { file: PathBuf, msg: String },
+
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("tier {tier} directory {path}: {msg}")]
+    Tier {
+        tier: &'static str,
+        path: PathBuf,
+        msg: String,
+    },
+
+    #[error("layer tar rejected: {0}")]
+    Hostile(String),
+
+    #[error("layer stream is corrupt or truncated: {0}")]
+    Corrupt(String),
+
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    Digest {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("pmem budget exhausted: {0}")]
+    BudgetExhausted(String),
+
+    #[error("registry: {0}")]
+    Registry(String),
+
+    #[error("image {0} not found in the store (run `nvtier images` to list)")]
+    ImageNotFound(String),
+
+    #[error("invalid image reference {reference:?}: {msg}")]
+    BadReference { reference: String, msg: String },
+
+    #[error("mount {target}: {msg}")]
+    Mount { target: PathBuf, msg: String },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attach a path and a description to an I/O error.
+pub trait IoContext<T> {
+    fn ctx(self, what: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, what: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            what,
+            path: path.into(),
+            source,
+        })
+    }
+}
+
+impl<T> IoContext<T> for nix::Result<T> {
+    fn ctx(self, what: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|e| Error::Io {
+            what,
+            path: path.into(),
+            source: std::io::Error::from(e),
+        })
+    }
+}
