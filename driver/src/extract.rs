@@ -474,8 +474,14 @@ impl Writer<'_> {
                     T::Block => nix::sys::stat::SFlag::S_IFBLK,
                     _ => nix::sys::stat::SFlag::S_IFIFO,
                 };
-                let major = h.device_major().map_err(corrupt)?.unwrap_or(0);
-                let minor = h.device_minor().map_err(corrupt)?.unwrap_or(0);
+                let (major, minor) = if kind == T::Fifo {
+                    (0, 0)
+                } else {
+                    (
+                        h.device_major().map_err(corrupt)?.unwrap_or(0),
+                        h.device_minor().map_err(corrupt)?.unwrap_or(0),
+                    )
+                };
                 nix::sys::stat::mknod(
                     &full,
                     sflag,

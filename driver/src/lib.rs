@@ -11,6 +11,10 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod mount;
+pub mod pull;
+pub mod run;
+pub mod store;
 pub mod tier;
 
 pub use error::{Error, Result};

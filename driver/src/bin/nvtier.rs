@@ -1,1 +1,433 @@
-fn main() {}
+//! The `nvtier` command.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use nvtier::config::Config;
+use nvtier::pull::{normalize, pull, PullOptions};
+use nvtier::store::Store;
+use nvtier::tier::{detect_dax, TierKind};
+use nvtier_policy::Placement;
+use oci_client::secrets::RegistryAuth;
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "nvtier",
+    version,
+    about = "Two-tier (pmem + disk) container image store with layer-aware placement",
+    long_about = "nvtier stores container image layers on a small persistent-memory tier (pmem) \
+and a large disk tier. At pull time it places the last-downloading layer and every layer above \
+it on pmem (LASS), because storing those is the whole critical path of a deployment; the layers \
+below go to disk.\n\nConfiguration: /etc/nvtier/config.toml, or --config / NVTIER_CONFIG. \
+Logs: -v/-vv or NVTIER_LOG=debug."
+)]
+struct Cli {
+    /// Configuration file [default: /etc/nvtier/config.toml]
+    #[arg(long, global = true, env = "NVTIER_CONFIG")]
+    config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug); NVTIER_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pull an image from a registry into the store, placing layers by LASS.
+    Pull {
+        /// Image reference, e.g. 10.77.3.2:5000/demo:latest
+        reference: String,
+        /// Override the configured placement: lass, pmem (all NVM) or disk (all HDD).
+        #[arg(long)]
+        placement: Option<Placement>,
+        /// Registry credentials USER:PASSWORD (bearer-token auth is negotiated).
+        #[arg(long, env = "NVTIER_REGISTRY_AUTH", hide_env_values = true)]
+        creds: Option<String>,
+        /// Print one JSON object (the timeline and placement) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List images in the store.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List layers with their tier and bytes (all layers, or one image's).
+    Layers {
+        image: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show tiers, DAX state, budget and counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount an image's root filesystem (overlay) at DIR. Refcounted.
+    Mount {
+        image: String,
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop one reference to the mount at DIR; unmount at zero (the
+    /// writable layer is discarded).
+    Umount {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image; layers no other image or mount uses are freed.
+    Rm {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cold-start probe: mount IMAGE, run CMD chrooted in new
+    /// mount/pid/uts/ipc namespaces, print exit status and wall time, unmount.
+    Run {
+        image: String,
+        /// Drop the page cache first (a cold start).
+        #[arg(long)]
+        drop_caches: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Remove layers no image or mount references.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NVTIER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn human(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn short(d: &str) -> &str {
+    d.strip_prefix("sha256:").unwrap_or(d).get(..12).unwrap_or(d)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn resolve_image(store: &Store, name: &str) -> Result<String> {
+    if store.image(name)?.is_some() {
+        return Ok(name.to_string());
+    }
+    let n = normalize(name)?;
+    if store.image(&n)?.is_some() {
+        return Ok(n);
+    }
+    bail!("image {name} is not in the store (see `nvtier images`; pull it with `nvtier pull {name}`)")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    if let Err(e) = real_main(cli) {
+        eprintln!("nvtier: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    let cfg = Config::load(cli.config.as_deref())?;
+    let store = Store::open(&cfg)?;
+    match cli.cmd {
+        Cmd::Pull {
+            reference,
+            placement,
+            creds,
+            json,
+        } => {
+            let auth = match creds {
+                None => RegistryAuth::Anonymous,
+                Some(c) => {
+                    let (u, p) = c
+                        .split_once(':')
+                        .context("--creds must be USER:PASSWORD")?;
+                    RegistryAuth::Basic(u.to_string(), p.to_string())
+                }
+            };
+            let opts = PullOptions {
+                placement: placement.unwrap_or(cfg.placement),
+                progress: !json && std::io::stderr().is_terminal(),
+                auth,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let rep = rt.block_on(pull(&store, &reference, &opts))?;
+            if json {
+                return print_json(&rep);
+            }
+            println!("{}  {}", rep.image, rep.manifest_digest);
+            println!(
+                "{:>3}  {:<12}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:<5}  note",
+                "#", "blob", "size", "dl start", "dl end", "st start", "st end", "tier"
+            );
+            let f = |x: Option<f64>| x.map(|v| format!("{:.0}ms", v)).unwrap_or_else(|| "-".into());
+            for l in &rep.layers {
+                let note = if l.reused {
+                    "already present".to_string()
+                } else if Some(l.index) == rep.ldl_index {
+                    "LDL".to_string()
+                } else {
+                    l.disk_reason.map(|r| r.to_string()).unwrap_or_default()
+                };
+                println!(
+                    "{:>3}  {:<12}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:<5}  {}",
+                    l.index,
+                    short(&l.digest),
+                    human(l.size),
+                    f(l.download_start_ms),
+                    f(l.download_end_ms),
+                    f(l.store_start_ms),
+                    f(l.store_end_ms),
+                    l.tier.to_string(),
+                    note
+                );
+            }
+            println!(
+                "downloads done {:.0} ms, stored {:.0} ms ({:.0} ms after the last byte); pmem {}, disk {}",
+                rep.download_done_ms,
+                rep.stored_done_ms,
+                rep.stored_done_ms - rep.download_done_ms,
+                human(rep.pmem_bytes),
+                human(rep.disk_bytes)
+            );
+        }
+        Cmd::Images { json } => {
+            let layers = store.layers()?;
+            let mut out = Vec::new();
+            for i in store.images()? {
+                let (mut p, mut d) = (0, 0);
+                for c in &i.chain_ids {
+                    if let Some(l) = layers.iter().find(|l| &l.chain_id == c) {
+                        match l.tier {
+                            TierKind::Pmem => p += l.charged_bytes,
+                            TierKind::Disk => d += l.charged_bytes,
+                        }
+                    }
+                }
+                out.push(json!({
+                    "name": i.name, "manifest_digest": i.manifest_digest,
+                    "layers": i.chain_ids.len(), "pmem_bytes": p, "disk_bytes": d,
+                    "created_ms": i.created_ms,
+                }));
+            }
+            if json {
+                return print_json(&out);
+            }
+            println!("{:<50} {:>6} {:>10} {:>10}", "IMAGE", "LAYERS", "PMEM", "DISK");
+            for o in out {
+                println!(
+                    "{:<50} {:>6} {:>10} {:>10}",
+                    o["name"].as_str().unwrap_or(""),
+                    o["layers"],
+                    human(o["pmem_bytes"].as_u64().unwrap_or(0)),
+                    human(o["disk_bytes"].as_u64().unwrap_or(0))
+                );
+            }
+        }
+        Cmd::Layers { image, json } => {
+            let refs = store.refcounts()?;
+            let all = store.layers()?;
+            let chosen: Vec<_> = match image {
+                Some(name) => {
+                    let name = resolve_image(&store, &name)?;
+                    let rec = store.image(&name)?.context("image vanished")?;
+                    rec.chain_ids
+                        .iter()
+                        .filter_map(|c| all.iter().find(|l| &l.chain_id == c).cloned())
+                        .collect()
+                }
+                None => all,
+            };
+            let rows: Vec<_> = chosen
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let (p, d) = match l.tier {
+                        TierKind::Pmem => (l.charged_bytes, 0),
+                        TierKind::Disk => (0, l.charged_bytes),
+                    };
+                    json!({
+                        "index": i, "chain_id": l.chain_id, "diff_id": l.diff_id,
+                        "blob_digest": l.blob_digest, "parent": l.parent, "tier": l.tier,
+                        "pmem_bytes": p, "disk_bytes": d, "file_bytes": l.file_bytes,
+                        "compressed_bytes": l.compressed_bytes, "files": l.file_count,
+                        "refs": refs.get(&l.chain_id).copied().unwrap_or(0),
+                        "store_ms": l.store_ms,
+                    })
+                })
+                .collect();
+            if json {
+                return print_json(&rows);
+            }
+            println!(
+                "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>4}",
+                "#", "CHAIN", "TIER", "PMEM", "DISK", "FILES", "REFS"
+            );
+            for r in rows {
+                println!(
+                    "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>4}",
+                    r["index"],
+                    short(r["chain_id"].as_str().unwrap_or("")),
+                    r["tier"].as_str().unwrap_or(""),
+                    human(r["pmem_bytes"].as_u64().unwrap_or(0)),
+                    human(r["disk_bytes"].as_u64().unwrap_or(0)),
+                    r["files"],
+                    r["refs"]
+                );
+            }
+        }
+        Cmd::Status { json } => {
+            let dax = detect_dax(&cfg.pmem_dir);
+            let layers = store.layers()?;
+            let used = store.pmem_used()?;
+            let disk_bytes: u64 = layers
+                .iter()
+                .filter(|l| l.tier == TierKind::Disk)
+                .map(|l| l.charged_bytes)
+                .sum();
+            let v = json!({
+                "config": cfg.file, "state_dir": cfg.state_dir,
+                "pmem_dir": cfg.pmem_dir, "disk_dir": cfg.disk_dir,
+                "dax": dax, "placement": cfg.placement,
+                "pmem_used_bytes": used, "pmem_budget_bytes": cfg.pmem_budget,
+                "disk_used_bytes": disk_bytes,
+                "pmem_fs": store.pmem.fs_space().map(|(f, t)| json!({"free": f, "total": t})),
+                "disk_fs": store.disk.fs_space().map(|(f, t)| json!({"free": f, "total": t})),
+                "images": store.images()?.len(), "layers": layers.len(),
+                "pmem_layers": layers.iter().filter(|l| l.tier == TierKind::Pmem).count(),
+                "disk_layers": layers.iter().filter(|l| l.tier == TierKind::Disk).count(),
+                "mounts": store.mounts()?.len(),
+                "max_concurrent_downloads": cfg.max_concurrent_downloads,
+            });
+            if json {
+                return print_json(&v);
+            }
+            println!("config     {}", cfg.file.display());
+            println!("pmem tier  {} (DAX: {dax})", cfg.pmem_dir.display());
+            println!("disk tier  {}", cfg.disk_dir.display());
+            println!(
+                "budget     {} of {} pmem used ({:.1}%)",
+                human(used),
+                human(cfg.pmem_budget),
+                if cfg.pmem_budget > 0 { used as f64 * 100.0 / cfg.pmem_budget as f64 } else { 0.0 }
+            );
+            println!("disk used  {}", human(disk_bytes));
+            println!(
+                "store      {} images, {} layers ({} pmem, {} disk), {} mounts; placement {}",
+                v["images"], v["layers"], v["pmem_layers"], v["disk_layers"], v["mounts"], cfg.placement
+            );
+        }
+        Cmd::Mount { image, dir, json } => {
+            let name = resolve_image(&store, &image)?;
+            let rec = nvtier::mount::mount_image(&store, &name, &dir)?;
+            if json {
+                return print_json(&rec);
+            }
+            println!(
+                "mounted {} at {} (refcount {})",
+                rec.image,
+                rec.target.display(),
+                rec.refcount
+            );
+        }
+        Cmd::Umount { dir, json } => {
+            let left = nvtier::mount::umount_image(&store, &dir)?;
+            if json {
+                return print_json(&json!({"target": dir, "refcount": left, "unmounted": left == 0}));
+            }
+            if left == 0 {
+                println!("unmounted {}", dir.display());
+            } else {
+                println!("{} still has {left} reference(s)", dir.display());
+            }
+        }
+        Cmd::Rm { image, json } => {
+            let name = resolve_image(&store, &image)?;
+            let r = store.remove_image(&name)?;
+            if json {
+                return print_json(&json!({"image": name, "gc": r}));
+            }
+            println!(
+                "removed {name}; freed {} layers ({} pmem, {} disk)",
+                r.removed.len(),
+                human(r.pmem_bytes_freed),
+                human(r.disk_bytes_freed)
+            );
+        }
+        Cmd::Run {
+            image,
+            drop_caches,
+            json,
+            cmd,
+        } => {
+            let name = resolve_image(&store, &image)?;
+            if drop_caches {
+                nvtier::run::drop_caches()?;
+            }
+            let r = nvtier::run::run(&store, &name, &cmd)?;
+            if json {
+                print_json(&r)?;
+            } else {
+                eprintln!(
+                    "exit {} in {:.1} ms (mount {:.1} ms)",
+                    r.exit_code, r.elapsed_ms, r.mount_ms
+                );
+            }
+            if r.exit_code != 0 {
+                std::process::exit(r.exit_code);
+            }
+        }
+        Cmd::Gc { json } => {
+            let r = store.gc()?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "freed {} layers ({} pmem, {} disk)",
+                r.removed.len(),
+                human(r.pmem_bytes_freed),
+                human(r.disk_bytes_freed)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,568 @@
+//! Registry pull (OCI Distribution v2) with LASS placement.
+//!
+//! Blobs download in parallel (up to `max_concurrent_downloads`, in layer
+//! order) into `STATE/downloads/`. Layers are stored strictly in chain
+//! order; each starts storing as soon as it is downloaded and its parent is
+//! stored. At that moment the driver records whether every download of the
+//! image has finished, and `nvtier_policy::decide` picks the tier.
+
+use crate::error::{Error, IoContext, Result};
+use crate::extract::{extract_file, Expect};
+use crate::store::{chain_ids, digest_hex, now_ms, ImageRecord, LayerMeta, Store};
+use crate::tier::TierKind;
+use futures_util::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use nvtier_policy::{decide, Decision, DiskReason, Placement, StoreMoment};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{oneshot, Semaphore};
+
+/// Options of one pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub placement: Placement,
+    pub progress: bool,
+    pub auth: RegistryAuth,
+}
+
+/// Per-layer outcome, in chain order. Times are ms since the pull started.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub index: usize,
+    pub digest: String,
+    pub diff_id: String,
+    pub chain_id: String,
+    /// Compressed blob size from the manifest.
+    pub size: u64,
+    pub download_start_ms: Option<f64>,
+    pub download_end_ms: Option<f64>,
+    pub store_start_ms: Option<f64>,
+    pub store_end_ms: Option<f64>,
+    pub tier: TierKind,
+    pub reused: bool,
+    /// Bytes charged to the tier.
+    pub stored_bytes: u64,
+    /// Why the layer is on disk, when it is.
+    pub disk_reason: Option<DiskReason>,
+}
+
+/// The outcome of a pull (`nvtier pull --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    pub image: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub placement: Placement,
+    pub layers: Vec<LayerReport>,
+    pub ldl_index: Option<usize>,
+    pub download_done_ms: f64,
+    pub stored_done_ms: f64,
+    pub pmem_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+/// Normalise a reference the way the store names images.
+pub fn normalize(reference: &str) -> Result<String> {
+    parse_ref(reference).map(|r| r.whole())
+}
+
+fn parse_ref(reference: &str) -> Result<Reference> {
+    Reference::try_from(reference).map_err(|e| Error::BadReference {
+        reference: reference.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = if let Some(rest) = registry.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn client_for(store: &Store, reference: &Reference) -> Client {
+    let mut plain: Vec<String> = store.cfg.insecure_registries.clone();
+    let reg = reference.resolve_registry().to_string();
+    if is_loopback(&reg) {
+        plain.push(reg);
+    }
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(plain),
+        platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
+        connect_timeout: Some(std::time::Duration::from_secs(15)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    })
+}
+
+fn registry_err(what: &str, reference: &Reference, e: impl std::fmt::Display) -> Error {
+    Error::Registry(format!(
+        "{what} {}: {e} (is the registry reachable? plain-HTTP registries must be listed in `insecure_registries`)",
+        reference.whole()
+    ))
+}
+
+fn ms(t0: Instant) -> f64 {
+    (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+struct Downloaded {
+    path: PathBuf,
+    start_ms: f64,
+    end_ms: f64,
+}
+
+async fn download(
+    client: Arc<Client>,
+    reference: Reference,
+    desc: OciDescriptor,
+    path: PathBuf,
+    t0: Instant,
+    bar: Option<ProgressBar>,
+    done: Arc<Mutex<usize>>,
+) -> Result<Downloaded> {
+    let start_ms = ms(t0);
+    let r = async {
+        let mut stream = client
+            .pull_blob_stream(&reference, &desc)
+            .await
+            .map_err(|e| registry_err("fetching blob of", &reference, format!("{}: {e}", desc.digest)))?;
+        let mut f = tokio::fs::File::create(&path).await.ctx("create download", &path)?;
+        let mut h = Sha256::new();
+        let mut n: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                let msg = e.to_string();
+                if msg.to_ascii_lowercase().contains("digest") {
+                    Error::Digest {
+                        what: format!("blob {} of {}", desc.digest, reference.whole()),
+                        expected: desc.digest.clone(),
+                        actual: msg,
+                    }
+                } else {
+                    registry_err("downloading blob of", &reference, format!("{}: {msg}", desc.digest))
+                }
+            })?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+            if let Some(b) = &bar {
+                b.set_position(n);
+            }
+            f.write_all(&chunk).await.ctx("write download", &path)?;
+        }
+        f.flush().await.ctx("write download", &path)?;
+        drop(f);
+        let actual = format!("sha256:{}", hex::encode(h.finalize()));
+        if actual != desc.digest {
+            return Err(Error::Digest {
+                what: format!("blob {} of {}", desc.digest, reference.whole()),
+                expected: desc.digest.clone(),
+                actual,
+            });
+        }
+        if desc.size >= 0 && n != desc.size as u64 {
+            return Err(Error::Corrupt(format!(
+                "blob {}: manifest says {} bytes, registry sent {n}",
+                desc.digest, desc.size
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match r {
+        Ok(()) => {
+            // End time and the done count change together, under the lock
+            // the store side reads them with: the LASS decision and the
+            // recorded timeline can never disagree.
+            let end_ms = {
+                let mut g = done.lock().unwrap_or_else(|p| p.into_inner());
+                *g += 1;
+                ms(t0)
+            };
+            Ok(Downloaded {
+                path,
+                start_ms,
+                end_ms,
+            })
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            Err(e)
+        }
+    }
+}
+
+/// Store one downloaded layer (blocking; run on a blocking thread).
+#[allow(clippy::too_many_arguments)]
+fn store_layer(
+    store: &Store,
+    blob: &Path,
+    desc: &OciDescriptor,
+    diff_id: &str,
+    chain: &str,
+    parent: Option<&str>,
+    decision: Decision,
+) -> Result<(LayerMeta, Option<DiskReason>)> {
+    let t = Instant::now();
+    let expect = Expect {
+        blob_digest: Some(&desc.digest),
+        diff_id: Some(diff_id),
+    };
+    let mut reason = match decision {
+        Decision::Pmem => None,
+        Decision::Disk(r) => Some(r),
+    };
+    let mut tier = decision.tier();
+    loop {
+        let staging = store.new_staging(tier, chain)?;
+        let mut reservation = (tier == TierKind::Pmem).then(|| store.reserve());
+        let res = match reservation.as_mut() {
+            Some(r) => extract_file(blob, &staging, &expect, &mut |n| r.charge(n)),
+            None => extract_file(blob, &staging, &expect, &mut |_| Ok(())),
+        };
+        let stats = match res {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                drop(reservation);
+                if let (Error::BudgetExhausted(why), TierKind::Pmem) = (&e, tier) {
+                    tracing::warn!(layer = %chain, %why, "pmem budget exhausted while storing; storing the layer on disk instead");
+                    tier = TierKind::Disk;
+                    reason = Some(DiskReason::BudgetExhausted);
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        let meta = LayerMeta {
+            chain_id: chain.to_string(),
+            diff_id: diff_id.to_string(),
+            blob_digest: Some(desc.digest.clone()),
+            media_type: Some(desc.media_type.clone()),
+            parent: parent.map(str::to_string),
+            tier,
+            compressed_bytes: stats.compressed_bytes,
+            uncompressed_bytes: stats.uncompressed_bytes,
+            file_bytes: stats.file_bytes,
+            charged_bytes: stats.charged_bytes,
+            file_count: stats.entries,
+            created_ms: now_ms(),
+            store_ms: t.elapsed().as_millis() as u64,
+        };
+        if let Err(e) = store.commit_layer(&staging, &meta, reservation) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        return Ok((meta, reason));
+    }
+}
+
+/// Pull `reference` into the store.
+pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullReport> {
+    let t0 = Instant::now();
+    let reference = parse_ref(reference)?;
+    let name = reference.whole();
+    let client = Arc::new(client_for(store, &reference));
+    client
+        .auth(&reference, &opts.auth, RegistryOperation::Pull)
+        .await
+        .map_err(|e| registry_err("authenticating for", &reference, e))?;
+    let (manifest, manifest_digest, config_text, _list) = client
+        .pull_manifest_and_config_and_list_digest(&reference, &opts.auth)
+        .await
+        .map_err(|e| registry_err("fetching manifest of", &reference, e))?;
+    let config: serde_json::Value = serde_json::from_str(&config_text)
+        .map_err(|e| Error::Registry(format!("image config of {name} is not JSON: {e}")))?;
+    let diff_ids: Vec<String> = config
+        .pointer("/rootfs/diff_ids")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .ok_or_else(|| Error::Registry(format!("image config of {name} has no rootfs.diff_ids")))?;
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(Error::Registry(format!(
+            "{name}: manifest has {} layers but config lists {} diffIDs",
+            manifest.layers.len(),
+            diff_ids.len()
+        )));
+    }
+    for d in diff_ids.iter().chain(manifest.layers.iter().map(|l| &l.digest)) {
+        digest_hex(d)?;
+    }
+    let chains = chain_ids(&diff_ids);
+    let n = chains.len();
+
+    // Pulls hold the GC lock shared, so nothing they store is collected
+    // before the image record exists.
+    let s2 = store.clone();
+    let _pull_lock = tokio::task::spawn_blocking(move || s2.lock_pull())
+        .await
+        .map_err(|e| Error::Other(e.to_string()))??;
+
+    let present: Vec<bool> = chains
+        .iter()
+        .map(|c| store.layer(c).map(|m| m.is_some()))
+        .collect::<Result<_>>()?;
+    let needed = present.iter().filter(|p| !**p).count();
+    tracing::info!(image = %name, layers = n, to_download = needed, placement = %opts.placement, "pulling");
+
+    let mp = opts.progress.then(MultiProgress::new);
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let sem = Arc::new(Semaphore::new(store.cfg.max_concurrent_downloads));
+    let done = Arc::new(Mutex::new(0usize));
+    let mut receivers = Vec::with_capacity(n);
+    let mut bars = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, desc) in manifest.layers.iter().enumerate() {
+        let bar = mp.as_ref().map(|m| {
+            let b = m.add(ProgressBar::new(desc.size.max(0) as u64));
+            b.set_style(style.clone());
+            b.set_prefix(desc.digest.get(7..19).unwrap_or("").to_string());
+            if present[i] {
+                b.finish_with_message("already present");
+            } else {
+                b.set_message("waiting");
+            }
+            b
+        });
+        bars.push(bar.clone());
+        if present[i] {
+            receivers.push(None);
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        receivers.push(Some(rx));
+        let path = store.downloads_dir().join(format!(
+            "{}.{}.partial",
+            digest_hex(&desc.digest)?,
+            std::process::id()
+        ));
+        let (client, reference, desc, sem, done) = (
+            client.clone(),
+            reference.clone(),
+            desc.clone(),
+            sem.clone(),
+            done.clone(),
+        );
+        tasks.spawn(async move {
+            // The semaphore is fair: permits go out in layer order.
+            let _permit = sem.acquire_owned().await;
+            if let Some(b) = &bar {
+                b.set_message("downloading");
+            }
+            let r = download(client, reference, desc, path, t0, bar.clone(), done).await;
+            if r.is_ok() {
+                if let Some(b) = &bar {
+                    b.set_message("downloaded");
+                }
+            }
+            let _ = tx.send(r);
+        });
+    }
+
+    let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
+    let mut cleanup: Vec<PathBuf> = Vec::new();
+    let result: Result<()> = async {
+        for i in 0..n {
+            let desc = &manifest.layers[i];
+            let chain = chains[i].clone();
+            let mut rep = LayerReport {
+                index: i,
+                digest: desc.digest.clone(),
+                diff_id: diff_ids[i].clone(),
+                chain_id: chain.clone(),
+                size: desc.size.max(0) as u64,
+                download_start_ms: None,
+                download_end_ms: None,
+                store_start_ms: None,
+                store_end_ms: None,
+                tier: TierKind::Disk,
+                reused: true,
+                stored_bytes: 0,
+                disk_reason: None,
+            };
+            let Some(rx) = receivers[i].take() else {
+                let m = store.layer(&chain)?.ok_or_else(|| {
+                    Error::Other(format!("layer {chain} vanished during the pull"))
+                })?;
+                rep.tier = m.tier;
+                rep.stored_bytes = m.charged_bytes;
+                reports.push(rep);
+                continue;
+            };
+            let dl = rx
+                .await
+                .map_err(|_| Error::Other("download task ended without a result".into()))??;
+            cleanup.push(dl.path.clone());
+            rep.download_start_ms = Some(dl.start_ms);
+            rep.download_end_ms = Some(dl.end_ms);
+            // The LASS moment: storing of layer i begins now.
+            let (store_start, all_downloaded) = {
+                let g = done.lock().unwrap_or_else(|p| p.into_inner());
+                (ms(t0), *g == needed)
+            };
+            let s2 = store.clone();
+            let c2 = chain.clone();
+            let lock = tokio::task::spawn_blocking(move || s2.lock_chain(&c2))
+                .await
+                .map_err(|e| Error::Other(e.to_string()))??;
+            if let Some(m) = store.layer(&chain)? {
+                // Stored meanwhile by a concurrent pull.
+                drop(lock);
+                rep.tier = m.tier;
+                rep.stored_bytes = m.charged_bytes;
+                reports.push(rep);
+                let _ = std::fs::remove_file(&dl.path);
+                continue;
+            }
+            let free = store.cfg.pmem_budget.saturating_sub(store.pmem_used()?);
+            let decision = decide(
+                opts.placement,
+                StoreMoment {
+                    all_downloaded,
+                    expected_bytes: rep.size,
+                    pmem_free: free,
+                },
+            );
+            if decision == Decision::Disk(DiskReason::BudgetExhausted) {
+                tracing::warn!(layer = i, chain = %chain, size = rep.size, free, "pmem budget cannot hold this layer; storing on disk");
+            }
+            if let Some(b) = &bars[i] {
+                b.set_message(format!("storing on {}", decision.tier()));
+            }
+            let (s2, path, d2, diff, c2) = (
+                store.clone(),
+                dl.path.clone(),
+                desc.clone(),
+                diff_ids[i].clone(),
+                chain.clone(),
+            );
+            let parent = (i > 0).then(|| chains[i - 1].clone());
+            let (meta, reason) = tokio::task::spawn_blocking(move || {
+                store_layer(&s2, &path, &d2, &diff, &c2, parent.as_deref(), decision)
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))??;
+            drop(lock);
+            let _ = std::fs::remove_file(&dl.path);
+            rep.store_start_ms = Some(store_start);
+            rep.store_end_ms = Some(ms(t0));
+            rep.tier = meta.tier;
+            rep.reused = false;
+            rep.stored_bytes = meta.charged_bytes;
+            rep.disk_reason = reason;
+            tracing::info!(layer = i, chain = %chain, tier = %meta.tier, bytes = meta.charged_bytes, all_downloaded, "stored");
+            if let Some(b) = &bars[i] {
+                b.finish_with_message(format!("stored on {}", meta.tier));
+            }
+            reports.push(rep);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        for p in cleanup {
+            let _ = std::fs::remove_file(p);
+        }
+        // Partial downloads of aborted tasks.
+        for d in &manifest.layers {
+            if let Ok(h) = digest_hex(&d.digest) {
+                let _ = std::fs::remove_file(
+                    store
+                        .downloads_dir()
+                        .join(format!("{h}.{}.partial", std::process::id())),
+                );
+            }
+        }
+        return Err(e);
+    }
+    while tasks.join_next().await.is_some() {}
+    let stored_done_ms = ms(t0);
+
+    let rec = ImageRecord {
+        name: name.clone(),
+        manifest_digest: manifest_digest.clone(),
+        config_digest: manifest.config.digest.clone(),
+        config,
+        chain_ids: chains.clone(),
+        diff_ids: diff_ids.clone(),
+        blob_digests: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+        created_ms: now_ms(),
+    };
+    store.put_image(&rec)?;
+
+    let timeline: Vec<Option<nvtier_policy::lass::LayerTimes>> = reports
+        .iter()
+        .map(|r| match (r.download_end_ms, r.store_start_ms) {
+            (Some(d), Some(s)) => Some(nvtier_policy::lass::LayerTimes {
+                download_end_ms: (d * 1e3).round() as u64,
+                store_start_ms: (s * 1e3).round() as u64,
+            }),
+            _ => None,
+        })
+        .collect();
+    let download_done_ms = reports
+        .iter()
+        .filter_map(|r| r.download_end_ms)
+        .fold(0.0, f64::max);
+    let (mut pmem_bytes, mut disk_bytes) = (0, 0);
+    for r in &reports {
+        match r.tier {
+            TierKind::Pmem => pmem_bytes += r.stored_bytes,
+            TierKind::Disk => disk_bytes += r.stored_bytes,
+        }
+    }
+    Ok(PullReport {
+        image: name,
+        manifest_digest,
+        config_digest: manifest.config.digest.clone(),
+        placement: opts.placement,
+        ldl_index: nvtier_policy::ldl_index(&timeline),
+        layers: reports,
+        download_done_ms,
+        stored_done_ms,
+        pmem_bytes,
+        disk_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback("localhost:5000"));
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("127.3.4.5"));
+        assert!(is_loopback("[::1]:5000"));
+        assert!(!is_loopback("10.77.3.2:5000"));
+        assert!(!is_loopback("registry.example.com"));
+    }
+
+    #[test]
+    fn references_normalise() {
+        assert_eq!(
+            normalize("10.0.0.2:5000/demo:v1").expect("ok"),
+            "10.0.0.2:5000/demo:v1"
+        );
+        assert!(normalize("UPPER/Case").is_err());
+    }
+}
