@@ -271,8 +271,24 @@ fn store_layer(
     }
 }
 
-/// Pull `reference` into the store.
+/// Pull `reference` into the store. On failure, layers this pull stored are
+/// collected again (nothing references them), so a failed pull leaves the
+/// store as it was.
 pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullReport> {
+    let r = pull_inner(store, reference, opts).await;
+    if r.is_err() {
+        match store.gc() {
+            Ok(g) if !g.removed.is_empty() => {
+                tracing::info!(layers = g.removed.len(), "removed layers of the failed pull")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cleaning up after the failed pull"),
+        }
+    }
+    r
+}
+
+async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullReport> {
     let t0 = Instant::now();
     let reference = parse_ref(reference)?;
     let name = reference.whole();

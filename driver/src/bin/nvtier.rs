@@ -151,7 +151,19 @@ fn resolve_image(store: &Store, name: &str) -> Result<String> {
     if store.image(&n)?.is_some() {
         return Ok(n);
     }
-    bail!("image {name} is not in the store (see `nvtier images`; pull it with `nvtier pull {name}`)")
+    // A short name ("demo", "demo:latest") that matches exactly one image.
+    let want = if name.contains(':') { name.to_string() } else { format!("{name}:latest") };
+    let hits: Vec<String> = store
+        .images()?
+        .into_iter()
+        .map(|i| i.name)
+        .filter(|n| n.ends_with(&format!("/{want}")))
+        .collect();
+    match hits.len() {
+        1 => Ok(hits[0].clone()),
+        0 => bail!("image {name} is not in the store (see `nvtier images`; pull it with `nvtier pull REGISTRY/{name}`)"),
+        _ => bail!("image {name} is ambiguous: {} (use the full name)", hits.join(", ")),
+    }
 }
 
 fn main() {
@@ -257,7 +269,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 println!(
                     "{:<50} {:>6} {:>10} {:>10}",
                     o["name"].as_str().unwrap_or(""),
-                    o["layers"],
+                    o["layers"].to_string(),
                     human(o["pmem_bytes"].as_u64().unwrap_or(0)),
                     human(o["disk_bytes"].as_u64().unwrap_or(0))
                 );
@@ -305,13 +317,13 @@ fn real_main(cli: Cli) -> Result<()> {
             for r in rows {
                 println!(
                     "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>4}",
-                    r["index"],
+                    r["index"].to_string(),
                     short(r["chain_id"].as_str().unwrap_or("")),
                     r["tier"].as_str().unwrap_or(""),
                     human(r["pmem_bytes"].as_u64().unwrap_or(0)),
                     human(r["disk_bytes"].as_u64().unwrap_or(0)),
-                    r["files"],
-                    r["refs"]
+                    r["files"].to_string(),
+                    r["refs"].to_string()
                 );
             }
         }

@@ -1,0 +1,245 @@
+//! Root integration tests: real registry (Debian docker-registry) behind an
+//! emulated link, emulated pmem and HDD tiers, real overlay mounts.
+
+mod common;
+use common::*;
+use std::collections::HashSet;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SPEC: &str = "busybox,8M,4M,30M,2M,1M";
+
+#[test]
+fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
+    let bed = Bed::up("lass", "100mbit", "4G");
+    let r = bed.push("lassdemo", SPEC);
+    let rep = bed.nvtier_json(&["pull", &r]);
+    assert_eq!(rep["layers"].as_array().map(Vec::len), Some(6));
+    check_lass_rule(&rep);
+    // At 100 Mbit/s the 30 MiB layer finishes downloading last by far.
+    assert_eq!(rep["ldl_index"].as_u64(), Some(3), "{rep:#}");
+    let pmem: u64 = rep["layers"].as_array().expect("layers")[3..]
+        .iter()
+        .map(|l| l["stored_bytes"].as_u64().expect("bytes"))
+        .sum();
+    assert_eq!(rep["pmem_bytes"].as_u64(), Some(pmem), "pmem bytes are the LDL-and-above bytes");
+    assert!(rep["disk_bytes"].as_u64().expect("disk") > 12 << 20);
+
+    // Placement on the tiers matches the report.
+    let layers = bed.nvtier_json(&["layers", &r]);
+    for (l, want) in layers.as_array().expect("array").iter().zip(rep["layers"].as_array().expect("layers")) {
+        assert_eq!(l["chain_id"], want["chain_id"]);
+        assert_eq!(l["tier"], want["tier"]);
+        let hex = l["chain_id"].as_str().expect("chain").trim_start_matches("sha256:");
+        let tier_dir = if l["tier"] == "pmem" { &bed.pmem } else { &bed.disk };
+        assert!(tier_dir.join("layers").join(hex).is_dir(), "layer dir on its tier");
+    }
+
+    // The mounted rootfs is exactly the image.
+    let mnt = bed.state.parent().expect("parent").join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    bed.nvtier_ok(&["mount", &r, mnt.to_str().expect("utf8")]);
+    let actual = listing(&mnt);
+    bed.nvtier_ok(&["umount", mnt.to_str().expect("utf8")]);
+    let expected = listing(&reference_rootfs("lassdemo"));
+    assert_same_tree(&expected, &actual);
+    assert!(!actual.contains_key("etc/removeme"), "whiteout applied");
+    assert!(!actual.contains_key("opt/dir/a"), "opaque dir applied");
+
+    // The cold-start probe runs in the image.
+    let run = bed.nvtier_json(&["run", &r, "--", "/bin/sh", "-c", "test $$ = 1 && cat /data/layer3.txt >/dev/null"]);
+    assert_eq!(run["exit_code"].as_i64(), Some(0), "{run}");
+    assert!(run["elapsed_ms"].as_f64().expect("elapsed") > 0.0);
+    let st = bed.nvtier_json(&["status"]);
+    assert_eq!(st["dax"], "emulated");
+    assert_eq!(st["images"], 1);
+    assert_eq!(st["layers"], 6);
+    assert_eq!(st["pmem_used_bytes"].as_u64(), Some(pmem));
+    assert_eq!(st["mounts"], 0);
+
+    // A second pull reuses everything.
+    let again = bed.nvtier_json(&["pull", &r]);
+    assert!(again["layers"].as_array().expect("layers").iter().all(|l| l["reused"] == true));
+    assert!(again["ldl_index"].is_null());
+
+    // rm frees every layer.
+    bed.nvtier_ok(&["rm", &r]);
+    assert!(bed.stored_layers().is_empty(), "{:?}", bed.stored_layers());
+    assert_eq!(bed.nvtier_json(&["status"])["pmem_used_bytes"], 0);
+}
+
+#[test]
+fn corrupted_blob_is_a_digest_error_and_leaves_nothing() {
+    let bed = Bed::up("corr", "1gbit", "4G");
+    let r = bed.push("corrdemo", SPEC);
+    // Flip bytes in the middle of the largest blob, keeping its size.
+    let (size, blob) = bed.registry_blobs().into_iter().next().expect("a blob");
+    assert!(size > 20 << 20);
+    let mut data = fs::read(&blob).expect("read blob");
+    let mid = data.len() / 2;
+    for b in &mut data[mid..mid + 64] {
+        *b ^= 0xff;
+    }
+    fs::write(&blob, &data).expect("corrupt blob");
+    let out = bed.nvtier(&["pull", &r]);
+    assert!(!out.status.success(), "pull of a corrupted blob succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("digest"), "error does not mention the digest: {err}");
+    assert!(bed.stored_layers().is_empty(), "layers left: {:?}", bed.stored_layers());
+    assert!(bed.leftovers().is_empty(), "leftovers: {:?}", bed.leftovers());
+    assert_eq!(bed.nvtier_json(&["images"]).as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn kill_9_mid_pull_then_repull_succeeds() {
+    let bed = Bed::up("kill", "100mbit", "4G");
+    let r = bed.push("killdemo", SPEC);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .args(["pull", &r])
+        .env("NVTIER_CONFIG", &bed.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pull");
+    // Kill once something is being stored (or after 2 s at most).
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        let busy = fs::read_dir(bed.disk.join("staging")).map(|d| d.count() > 0).unwrap_or(false)
+            || fs::read_dir(bed.state.join("layers")).map(|d| d.count() > 0).unwrap_or(false);
+        if busy {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    let rep = bed.nvtier_json(&["pull", &r]);
+    assert_eq!(rep["layers"].as_array().map(Vec::len), Some(6));
+    assert!(bed.leftovers().is_empty(), "leftovers after re-pull: {:?}", bed.leftovers());
+    // Every stored layer directory has metadata and vice versa.
+    let meta: HashSet<String> = fs::read_dir(bed.state.join("layers"))
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".json").to_string())
+        .collect();
+    let mut dirs = HashSet::new();
+    for t in [&bed.pmem, &bed.disk] {
+        for e in fs::read_dir(t.join("layers")).expect("ls").flatten() {
+            dirs.insert(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    assert_eq!(meta, dirs);
+    assert_eq!(meta.len(), 6);
+    let mnt = bed.state.parent().expect("parent").join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    bed.nvtier_ok(&["mount", &r, mnt.to_str().expect("utf8")]);
+    let actual = listing(&mnt);
+    bed.nvtier_ok(&["umount", mnt.to_str().expect("utf8")]);
+    assert_same_tree(&listing(&reference_rootfs("killdemo")), &actual);
+}
+
+#[test]
+fn concurrent_pulls_store_shared_layers_once() {
+    let bed = Bed::up("conc", "100mbit", "4G");
+    // Same seed: the first three layers (busybox, 8M, 4M) are identical.
+    let a = bed.push("conca", "busybox,8M,4M,20M");
+    let b = bed.push("concb", "busybox,8M,4M,6M,3M");
+    let spawn = |r: &str| {
+        Command::new(env!("CARGO_BIN_EXE_nvtier"))
+            .args(["pull", "--json", r])
+            .env("NVTIER_CONFIG", &bed.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pull")
+    };
+    let (ca, cb) = (spawn(&a), spawn(&b));
+    let oa = ca.wait_with_output().expect("wait");
+    let ob = cb.wait_with_output().expect("wait");
+    assert!(oa.status.success(), "{}", String::from_utf8_lossy(&oa.stderr));
+    assert!(ob.status.success(), "{}", String::from_utf8_lossy(&ob.stderr));
+    let ra: serde_json::Value = serde_json::from_slice(&oa.stdout).expect("json");
+    let rb: serde_json::Value = serde_json::from_slice(&ob.stdout).expect("json");
+    let la = ra["layers"].as_array().expect("layers");
+    let lb = rb["layers"].as_array().expect("layers");
+    for i in 0..3 {
+        assert_eq!(la[i]["chain_id"], lb[i]["chain_id"], "layer {i} is shared");
+        let stored = [&la[i], &lb[i]].iter().filter(|l| l["reused"] == false).count();
+        assert_eq!(stored, 1, "shared layer {i} stored {stored} times");
+    }
+    assert_ne!(la[3]["chain_id"], lb[3]["chain_id"]);
+    // 3 shared + 1 + 2 own layers.
+    assert_eq!(fs::read_dir(bed.state.join("layers")).expect("ls").count(), 6);
+    assert!(bed.leftovers().is_empty(), "{:?}", bed.leftovers());
+    // Removing one image keeps the shared layers for the other.
+    bed.nvtier_ok(&["rm", &a]);
+    assert_eq!(fs::read_dir(bed.state.join("layers")).expect("ls").count(), 5);
+    let run = bed.nvtier_json(&["run", &b, "--", "/bin/cat", "/data/layer1.txt"]);
+    assert_eq!(run["exit_code"], 0);
+}
+
+#[test]
+fn budget_exhaustion_falls_back_to_disk() {
+    let bed = Bed::up("budg", "100mbit", "20M");
+    let r = bed.push("budgdemo", SPEC);
+    let rep = bed.nvtier_json(&["pull", &r]);
+    let layers = rep["layers"].as_array().expect("layers");
+    assert_eq!(rep["ldl_index"].as_u64(), Some(3));
+    assert_eq!(layers[3]["tier"], "disk", "30 MiB cannot fit in 20 MiB");
+    assert_eq!(layers[3]["disk_reason"], "budget_exhausted");
+    assert_eq!(layers[4]["tier"], "pmem");
+    assert_eq!(layers[5]["tier"], "pmem");
+    let st = bed.nvtier_json(&["status"]);
+    assert!(st["pmem_used_bytes"].as_u64().expect("used") <= 20 << 20);
+    // Placement overrides act as the two baselines.
+    bed.nvtier_ok(&["rm", &r]);
+    let d = bed.nvtier_json(&["pull", "--placement", "disk", &r]);
+    assert!(d["layers"].as_array().expect("l").iter().all(|l| l["tier"] == "disk"));
+    assert_eq!(d["pmem_bytes"], 0);
+}
+
+#[test]
+fn image_with_120_layers_mounts() {
+    let bed = Bed::up("many", "1gbit", "4G");
+    let spec = format!("busybox{}", ",1K".repeat(119));
+    let r = bed.push("many120", &spec);
+    let rep = bed.nvtier_json(&["pull", &r]);
+    assert_eq!(rep["layers"].as_array().map(Vec::len), Some(120));
+    check_lass_rule(&rep);
+    let run = bed.nvtier_json(&["run", &r, "--", "/bin/sh", "-c", "test -f /data/layer119.txt && test -f /data/layer1.txt && test ! -e /etc/removeme"]);
+    assert_eq!(run["exit_code"], 0, "{run}");
+}
+
+#[test]
+fn bad_config_and_missing_tier_are_clear_errors() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("config.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = \"1G\"\n",
+            dir.path().join("state"),
+            dir.path().join("no-such-pmem"),
+            dir.path()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .args(["status"])
+        .env("NVTIER_CONFIG", &cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-pmem") && err.contains("pmem_dir"), "{err}");
+    fs::write(&cfg, "pmem_budget = \"lots\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .args(["status"])
+        .env("NVTIER_CONFIG", &cfg)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("config.toml"), "{err}");
+}
