@@ -2,6 +2,7 @@
 # Common helpers for the nvtier testbed scripts. Sourced, never executed.
 
 NVT_RUN_ROOT=/run/nvtier-testbed
+# shellcheck disable=SC2034 # used by the scripts that source this file
 NVT_VAR_ROOT=/var/tmp/nvtier-testbed
 
 PROG=${PROG:-$(basename "$0")}

@@ -3,8 +3,7 @@
 # own network namespace behind a rate-limited veth pair. See testbed/README.md.
 set -euo pipefail
 
-PROG=registry.sh
-# shellcheck source=testbed/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 REGISTRY_BIN=/usr/bin/docker-registry
@@ -101,7 +100,7 @@ subnet_free() {
     if ip -4 -o addr show | awk '{print $4}' | grep -q "^10\.77\.$x\."; then
         return 1
     fi
-    if [[ -n $(ip -4 route show to match "10.77.$x.1" 2>/dev/null | grep -v '^default') ]]; then
+    if ip -4 route show to match "10.77.$x.1" 2>/dev/null | grep -qv '^default'; then
         return 1
     fi
     for f in "$NVT_RUN_ROOT"/*/registry.state; do
@@ -263,7 +262,9 @@ cmd_up() {
     done
     rate=${rate,,}
     rate_args "$rate" >/dev/null || die "bad --rate '$rate' (use e.g. 1gbit, 100mbit or none)"
-    [[ $port =~ ^[0-9]+$ ]] && ((port >= 1 && port <= 65535)) || die "bad --port '$port'"
+    if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+        die "bad --port '$port'"
+    fi
 
     need_root
     need_cmd ip tc curl setsid flock cksum

@@ -3,8 +3,7 @@
 # loop-device ext4 "HDD" tier. See testbed/README.md.
 set -euo pipefail
 
-PROG=tiers.sh
-# shellcheck source=testbed/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 BLKIO_ROOT=/sys/fs/cgroup/blkio
@@ -182,7 +181,8 @@ cmd_up() {
     save_state
     exec 9>&- # release the loop lock
 
-    local sysblk=/sys/block/$(basename "$LOOP_DEV")
+    local sysblk
+    sysblk=/sys/block/$(basename "$LOOP_DEV")
     if [[ $(cat "$sysblk/loop/dio" 2>/dev/null || echo 0) != 1 ]]; then
         warn "$LOOP_DEV is not in direct-io mode (backing filesystem refused O_DIRECT?); reads may be served from the host page cache"
     fi
@@ -247,10 +247,12 @@ cmd_down() {
 
     # cgroup: move any remaining processes out, then remove it.
     if [[ -d $BLKIO_CGROUP ]]; then
-        local pid tries
-        for tries in 1 2 3 4 5; do
+        local pid try
+        for ((try = 0; try < 5; try++)); do
             while read -r pid; do
-                [[ -n $pid ]] && echo "$pid" >"$BLKIO_ROOT/cgroup.procs" 2>/dev/null || true
+                if [[ -n $pid ]]; then
+                    echo "$pid" >"$BLKIO_ROOT/cgroup.procs" 2>/dev/null || true
+                fi
             done <"$BLKIO_CGROUP/cgroup.procs"
             rmdir "$BLKIO_CGROUP" 2>/dev/null && break
             sleep 0.2

@@ -192,8 +192,13 @@ insecure_registries = ["10.0.0.2:5000"]
 
     #[test]
     fn errors_name_file_and_key() {
-        let e = parse(&OK.replace("\"4G\"", "\"4Q\"")).unwrap_err().to_string();
-        assert!(e.contains("/etc/nvtier/config.toml") && e.contains("pmem_budget"), "{e}");
+        let e = parse(&OK.replace("\"4G\"", "\"4Q\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/nvtier/config.toml") && e.contains("pmem_budget"),
+            "{e}"
+        );
         let e = parse(&OK.replace("state_dir = \"/var/lib/nvtier\"", ""))
             .unwrap_err()
             .to_string();

@@ -200,14 +200,7 @@ pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
     let n = CString::new(name)?;
     let mut buf = vec![0u8; 4096];
     // SAFETY: pointers valid; buffer length passed.
-    let rc = unsafe {
-        libc::lgetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ENODATA) {
@@ -379,8 +372,7 @@ impl Writer<'_> {
                     fs::create_dir(&full).ctx("create directory", &full)?;
                 }
                 lchown(&full, uid, gid)?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                    .ctx("chmod", &full)?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode)).ctx("chmod", &full)?;
                 self.dirs.push((full.clone(), mtime));
             }
             T::Regular | T::Continuous | T::GNUSparse => {
@@ -396,7 +388,10 @@ impl Writer<'_> {
                     .open(&full)
                     .ctx("create file", &full)?;
                 let n = io::copy(&mut e, &mut f).map_err(|err| {
-                    if err.kind() == io::ErrorKind::UnexpectedEof || err.kind() == io::ErrorKind::InvalidData || err.kind() == io::ErrorKind::Other {
+                    if err.kind() == io::ErrorKind::UnexpectedEof
+                        || err.kind() == io::ErrorKind::InvalidData
+                        || err.kind() == io::ErrorKind::Other
+                    {
                         Error::Corrupt(format!("{}: {err}", rel.display()))
                     } else {
                         Error::Io {
@@ -416,8 +411,7 @@ impl Writer<'_> {
                 f.set_len(n).ctx("set length", &full)?;
                 drop(f);
                 lchown(&full, uid, gid)?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                    .ctx("chmod", &full)?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode)).ctx("chmod", &full)?;
                 self.stats.file_bytes += n;
                 self.stats.charged_bytes += charge;
             }
@@ -490,8 +484,7 @@ impl Writer<'_> {
                 )
                 .ctx("create device node", &full)?;
                 lchown(&full, uid, gid)?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode))
-                    .ctx("chmod", &full)?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(mode)).ctx("chmod", &full)?;
             }
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
             other => {

@@ -42,7 +42,11 @@ fn fs_messages(fd: &OwnedFd) -> String {
         if n <= 0 {
             break;
         }
-        out.push(String::from_utf8_lossy(&buf[..n as usize]).trim().to_string());
+        out.push(
+            String::from_utf8_lossy(&buf[..n as usize])
+                .trim()
+                .to_string(),
+        );
     }
     out.join("; ")
 }
@@ -65,7 +69,11 @@ fn set_string(fd: &OwnedFd, key: &str, val: &Path, target: &Path) -> Result<()> 
         let e = std::io::Error::last_os_error();
         return Err(Error::Mount {
             target: target.to_path_buf(),
-            msg: format!("overlay option {key}={}: {e} {}", val.display(), fs_messages(fd)),
+            msg: format!(
+                "overlay option {key}={}: {e} {}",
+                val.display(),
+                fs_messages(fd)
+            ),
         });
     }
     Ok(())
@@ -266,12 +274,11 @@ pub fn umount_image(store: &Store, target: &Path) -> Result<u32> {
     let remaining = {
         let _l = store.lock_store()?;
         let rec_path = store.mount_record_path(&target);
-        let mut rec = crate::store::meta_read::<MountRecord>(&rec_path)?.ok_or_else(|| {
-            Error::Mount {
+        let mut rec =
+            crate::store::meta_read::<MountRecord>(&rec_path)?.ok_or_else(|| Error::Mount {
                 target: target.clone(),
                 msg: "not mounted by nvtier (see `nvtier status`)".into(),
-            }
-        })?;
+            })?;
         rec.refcount = rec.refcount.saturating_sub(1);
         if rec.refcount > 0 {
             write_record(&rec_path, &rec)?;

@@ -85,7 +85,10 @@ fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry)
+        registry
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(registry)
     };
     host == "localhost"
         || host
@@ -140,8 +143,16 @@ async fn download(
         let mut stream = client
             .pull_blob_stream(&reference, &desc)
             .await
-            .map_err(|e| registry_err("fetching blob of", &reference, format!("{}: {e}", desc.digest)))?;
-        let mut f = tokio::fs::File::create(&path).await.ctx("create download", &path)?;
+            .map_err(|e| {
+                registry_err(
+                    "fetching blob of",
+                    &reference,
+                    format!("{}: {e}", desc.digest),
+                )
+            })?;
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .ctx("create download", &path)?;
         let mut h = Sha256::new();
         let mut n: u64 = 0;
         while let Some(chunk) = stream.next().await {
@@ -154,7 +165,11 @@ async fn download(
                         actual: msg,
                     }
                 } else {
-                    registry_err("downloading blob of", &reference, format!("{}: {msg}", desc.digest))
+                    registry_err(
+                        "downloading blob of",
+                        &reference,
+                        format!("{}: {msg}", desc.digest),
+                    )
                 }
             })?;
             h.update(&chunk);
@@ -279,7 +294,10 @@ pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<
     if r.is_err() {
         match store.gc() {
             Ok(g) if !g.removed.is_empty() => {
-                tracing::info!(layers = g.removed.len(), "removed layers of the failed pull")
+                tracing::info!(
+                    layers = g.removed.len(),
+                    "removed layers of the failed pull"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cleaning up after the failed pull"),
@@ -306,7 +324,11 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     let diff_ids: Vec<String> = config
         .pointer("/rootfs/diff_ids")
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .ok_or_else(|| Error::Registry(format!("image config of {name} has no rootfs.diff_ids")))?;
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::Registry(format!(
@@ -315,7 +337,10 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             diff_ids.len()
         )));
     }
-    for d in diff_ids.iter().chain(manifest.layers.iter().map(|l| &l.digest)) {
+    for d in diff_ids
+        .iter()
+        .chain(manifest.layers.iter().map(|l| &l.digest))
+    {
         digest_hex(d)?;
     }
     let chains = chain_ids(&diff_ids);

@@ -6,6 +6,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::mount::{mount_image, umount_image};
 use crate::store::Store;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,14 +30,19 @@ pub fn drop_caches() -> Result<()> {
 
 /// Run `cmd` in `image`. The image is mounted on a private directory under
 /// the state dir and unmounted afterwards, also on error.
-pub fn run(store: &Store, image: &str, cmd: &[String]) -> Result<RunResult> {
+/// With `quiet_stdout`, the command's stdout goes to stderr so that the
+/// caller's stdout carries only its JSON report.
+pub fn run(store: &Store, image: &str, cmd: &[String], quiet_stdout: bool) -> Result<RunResult> {
     if cmd.is_empty() {
-        return Err(Error::Other("no command given (nvtier run IMAGE -- CMD...)".into()));
+        return Err(Error::Other(
+            "no command given (nvtier run IMAGE -- CMD...)".into(),
+        ));
     }
-    let root: PathBuf = store
-        .state()
-        .join("run")
-        .join(format!("{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let root: PathBuf = store.state().join("run").join(format!(
+        "{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&root).ctx("create", &root)?;
     let t0 = Instant::now();
     let rec = match mount_image(store, image, &root) {
@@ -47,7 +53,7 @@ pub fn run(store: &Store, image: &str, cmd: &[String]) -> Result<RunResult> {
         }
     };
     let mount_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let r = spawn_in(&rec.target, cmd);
+    let r = spawn_in(&rec.target, cmd, quiet_stdout);
     let u = umount_image(store, &rec.target);
     let _ = std::fs::remove_dir(&root);
     let (code, elapsed) = r?;
@@ -60,22 +66,34 @@ pub fn run(store: &Store, image: &str, cmd: &[String]) -> Result<RunResult> {
     })
 }
 
-fn spawn_in(root: &Path, cmd: &[String]) -> Result<(i32, f64)> {
+fn spawn_in(root: &Path, cmd: &[String], quiet_stdout: bool) -> Result<(i32, f64)> {
     let root = root.to_path_buf();
     let proc_dir = root.join("proc");
     let mut c = Command::new(&cmd[0]);
     c.args(&cmd[1..]);
     c.env_clear();
-    c.env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    c.env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     c.env("HOME", "/root");
     c.env("TERM", "xterm");
+    if quiet_stdout {
+        let err = std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::Other(format!("dup stderr: {e}")))?;
+        c.stdout(std::process::Stdio::from(err));
+    }
     // SAFETY: the closure runs in the forked child before exec and only
     // makes raw syscalls (unshare, fork, waitpid, mount, chroot, chdir,
     // sethostname, _exit); it allocates nothing the parent depends on.
     unsafe {
         c.pre_exec(move || {
             use nix::sched::CloneFlags as F;
-            nix::sched::unshare(F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWUTS | F::CLONE_NEWIPC)?;
+            nix::sched::unshare(
+                F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWUTS | F::CLONE_NEWIPC,
+            )?;
             // The first child after CLONE_NEWPID is pid 1 of the new
             // namespace: fork once more, wait, and pass the status through.
             match nix::unistd::fork()? {
@@ -101,7 +119,9 @@ fn spawn_in(root: &Path, cmd: &[String]) -> Result<(i32, f64)> {
                     Some("proc"),
                     &proc_dir,
                     Some("proc"),
-                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+                    nix::mount::MsFlags::MS_NOSUID
+                        | nix::mount::MsFlags::MS_NODEV
+                        | nix::mount::MsFlags::MS_NOEXEC,
                     None::<&str>,
                 )?;
             }
@@ -112,10 +132,12 @@ fn spawn_in(root: &Path, cmd: &[String]) -> Result<(i32, f64)> {
         });
     }
     let t = Instant::now();
-    let status = c.status().map_err(|e| Error::Other(format!(
-        "cannot start {:?} in the image: {e} (does the image contain it?)",
-        cmd[0]
-    )))?;
+    let status = c.status().map_err(|e| {
+        Error::Other(format!(
+            "cannot start {:?} in the image: {e} (does the image contain it?)",
+            cmd[0]
+        ))
+    })?;
     let elapsed = t.elapsed().as_secs_f64() * 1e3;
     let code = status
         .code()

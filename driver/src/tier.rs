@@ -113,7 +113,15 @@ fn statx_dax(path: &Path) -> bool {
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `stx` a valid out pointer
     // for the duration of the call.
-    let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_BASIC_STATS, &mut stx) };
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
+    };
     rc == 0
         && stx.stx_attributes_mask & STATX_ATTR_DAX != 0
         && stx.stx_attributes & STATX_ATTR_DAX != 0
@@ -126,7 +134,11 @@ fn has_dax_option(options: &str) -> bool {
 }
 
 /// Classify a mount's backing without a probe file.
-pub fn classify_mount(m: &MountEntry, loop_backing: Option<&str>, backing_fs: Option<&str>) -> DaxState {
+pub fn classify_mount(
+    m: &MountEntry,
+    loop_backing: Option<&str>,
+    backing_fs: Option<&str>,
+) -> DaxState {
     match m.fstype.as_str() {
         "tmpfs" | "ramfs" => return DaxState::Emulated,
         _ => {}
@@ -254,22 +266,42 @@ mod tests {
 
     #[test]
     fn classify() {
-        assert_eq!(classify_mount(&me("tmpfs", "tmpfs", "rw"), None, None), DaxState::Emulated);
+        assert_eq!(
+            classify_mount(&me("tmpfs", "tmpfs", "rw"), None, None),
+            DaxState::Emulated
+        );
         assert_eq!(
             classify_mount(&me("ext4", "/dev/pmem0", "rw,dax=always"), None, None),
             DaxState::Dax
         );
-        assert_eq!(classify_mount(&me("ext4", "/dev/pmem0", "rw"), None, None), DaxState::None);
-        assert_eq!(classify_mount(&me("ext4", "/dev/ram0", "rw"), None, None), DaxState::Emulated);
         assert_eq!(
-            classify_mount(&me("ext4", "/dev/loop3", "rw"), Some("/dev/shm/pmem.img"), Some("tmpfs")),
+            classify_mount(&me("ext4", "/dev/pmem0", "rw"), None, None),
+            DaxState::None
+        );
+        assert_eq!(
+            classify_mount(&me("ext4", "/dev/ram0", "rw"), None, None),
             DaxState::Emulated
         );
         assert_eq!(
-            classify_mount(&me("ext4", "/dev/loop3", "rw"), Some("/var/tmp/hdd.img"), Some("ext4")),
+            classify_mount(
+                &me("ext4", "/dev/loop3", "rw"),
+                Some("/dev/shm/pmem.img"),
+                Some("tmpfs")
+            ),
+            DaxState::Emulated
+        );
+        assert_eq!(
+            classify_mount(
+                &me("ext4", "/dev/loop3", "rw"),
+                Some("/var/tmp/hdd.img"),
+                Some("ext4")
+            ),
             DaxState::None
         );
-        assert_eq!(classify_mount(&me("ext4", "/dev/vda", "rw"), None, None), DaxState::None);
+        assert_eq!(
+            classify_mount(&me("ext4", "/dev/vda", "rw"), None, None),
+            DaxState::None
+        );
     }
 
     #[test]

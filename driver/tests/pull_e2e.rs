@@ -23,17 +23,36 @@ fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
         .iter()
         .map(|l| l["stored_bytes"].as_u64().expect("bytes"))
         .sum();
-    assert_eq!(rep["pmem_bytes"].as_u64(), Some(pmem), "pmem bytes are the LDL-and-above bytes");
+    assert_eq!(
+        rep["pmem_bytes"].as_u64(),
+        Some(pmem),
+        "pmem bytes are the LDL-and-above bytes"
+    );
     assert!(rep["disk_bytes"].as_u64().expect("disk") > 12 << 20);
 
     // Placement on the tiers matches the report.
     let layers = bed.nvtier_json(&["layers", &r]);
-    for (l, want) in layers.as_array().expect("array").iter().zip(rep["layers"].as_array().expect("layers")) {
+    for (l, want) in layers
+        .as_array()
+        .expect("array")
+        .iter()
+        .zip(rep["layers"].as_array().expect("layers"))
+    {
         assert_eq!(l["chain_id"], want["chain_id"]);
         assert_eq!(l["tier"], want["tier"]);
-        let hex = l["chain_id"].as_str().expect("chain").trim_start_matches("sha256:");
-        let tier_dir = if l["tier"] == "pmem" { &bed.pmem } else { &bed.disk };
-        assert!(tier_dir.join("layers").join(hex).is_dir(), "layer dir on its tier");
+        let hex = l["chain_id"]
+            .as_str()
+            .expect("chain")
+            .trim_start_matches("sha256:");
+        let tier_dir = if l["tier"] == "pmem" {
+            &bed.pmem
+        } else {
+            &bed.disk
+        };
+        assert!(
+            tier_dir.join("layers").join(hex).is_dir(),
+            "layer dir on its tier"
+        );
     }
 
     // The mounted rootfs is exactly the image.
@@ -48,7 +67,14 @@ fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
     assert!(!actual.contains_key("opt/dir/a"), "opaque dir applied");
 
     // The cold-start probe runs in the image.
-    let run = bed.nvtier_json(&["run", &r, "--", "/bin/sh", "-c", "test $$ = 1 && cat /data/layer3.txt >/dev/null"]);
+    let run = bed.nvtier_json(&[
+        "run",
+        &r,
+        "--",
+        "/bin/sh",
+        "-c",
+        "test $$ = 1 && cat /data/layer3.txt >/dev/null",
+    ]);
     assert_eq!(run["exit_code"].as_i64(), Some(0), "{run}");
     assert!(run["elapsed_ms"].as_f64().expect("elapsed") > 0.0);
     let st = bed.nvtier_json(&["status"]);
@@ -60,7 +86,11 @@ fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
 
     // A second pull reuses everything.
     let again = bed.nvtier_json(&["pull", &r]);
-    assert!(again["layers"].as_array().expect("layers").iter().all(|l| l["reused"] == true));
+    assert!(again["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .all(|l| l["reused"] == true));
     assert!(again["ldl_index"].is_null());
 
     // rm frees every layer.
@@ -85,10 +115,24 @@ fn corrupted_blob_is_a_digest_error_and_leaves_nothing() {
     let out = bed.nvtier(&["pull", &r]);
     assert!(!out.status.success(), "pull of a corrupted blob succeeded");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.to_lowercase().contains("digest"), "error does not mention the digest: {err}");
-    assert!(bed.stored_layers().is_empty(), "layers left: {:?}", bed.stored_layers());
-    assert!(bed.leftovers().is_empty(), "leftovers: {:?}", bed.leftovers());
-    assert_eq!(bed.nvtier_json(&["images"]).as_array().map(Vec::len), Some(0));
+    assert!(
+        err.to_lowercase().contains("digest"),
+        "error does not mention the digest: {err}"
+    );
+    assert!(
+        bed.stored_layers().is_empty(),
+        "layers left: {:?}",
+        bed.stored_layers()
+    );
+    assert!(
+        bed.leftovers().is_empty(),
+        "leftovers: {:?}",
+        bed.leftovers()
+    );
+    assert_eq!(
+        bed.nvtier_json(&["images"]).as_array().map(Vec::len),
+        Some(0)
+    );
 }
 
 #[test]
@@ -105,8 +149,12 @@ fn kill_9_mid_pull_then_repull_succeeds() {
     // Kill once something is being stored (or after 2 s at most).
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
-        let busy = fs::read_dir(bed.disk.join("staging")).map(|d| d.count() > 0).unwrap_or(false)
-            || fs::read_dir(bed.state.join("layers")).map(|d| d.count() > 0).unwrap_or(false);
+        let busy = fs::read_dir(bed.disk.join("staging"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+            || fs::read_dir(bed.state.join("layers"))
+                .map(|d| d.count() > 0)
+                .unwrap_or(false);
         if busy {
             break;
         }
@@ -116,12 +164,21 @@ fn kill_9_mid_pull_then_repull_succeeds() {
     let _ = child.wait();
     let rep = bed.nvtier_json(&["pull", &r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(6));
-    assert!(bed.leftovers().is_empty(), "leftovers after re-pull: {:?}", bed.leftovers());
+    assert!(
+        bed.leftovers().is_empty(),
+        "leftovers after re-pull: {:?}",
+        bed.leftovers()
+    );
     // Every stored layer directory has metadata and vice versa.
     let meta: HashSet<String> = fs::read_dir(bed.state.join("layers"))
         .expect("ls")
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().trim_end_matches(".json").to_string())
+        .map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string()
+        })
         .collect();
     let mut dirs = HashSet::new();
     for t in [&bed.pmem, &bed.disk] {
@@ -157,24 +214,41 @@ fn concurrent_pulls_store_shared_layers_once() {
     let (ca, cb) = (spawn(&a), spawn(&b));
     let oa = ca.wait_with_output().expect("wait");
     let ob = cb.wait_with_output().expect("wait");
-    assert!(oa.status.success(), "{}", String::from_utf8_lossy(&oa.stderr));
-    assert!(ob.status.success(), "{}", String::from_utf8_lossy(&ob.stderr));
+    assert!(
+        oa.status.success(),
+        "{}",
+        String::from_utf8_lossy(&oa.stderr)
+    );
+    assert!(
+        ob.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ob.stderr)
+    );
     let ra: serde_json::Value = serde_json::from_slice(&oa.stdout).expect("json");
     let rb: serde_json::Value = serde_json::from_slice(&ob.stdout).expect("json");
     let la = ra["layers"].as_array().expect("layers");
     let lb = rb["layers"].as_array().expect("layers");
     for i in 0..3 {
         assert_eq!(la[i]["chain_id"], lb[i]["chain_id"], "layer {i} is shared");
-        let stored = [&la[i], &lb[i]].iter().filter(|l| l["reused"] == false).count();
+        let stored = [&la[i], &lb[i]]
+            .iter()
+            .filter(|l| l["reused"] == false)
+            .count();
         assert_eq!(stored, 1, "shared layer {i} stored {stored} times");
     }
     assert_ne!(la[3]["chain_id"], lb[3]["chain_id"]);
     // 3 shared + 1 + 2 own layers.
-    assert_eq!(fs::read_dir(bed.state.join("layers")).expect("ls").count(), 6);
+    assert_eq!(
+        fs::read_dir(bed.state.join("layers")).expect("ls").count(),
+        6
+    );
     assert!(bed.leftovers().is_empty(), "{:?}", bed.leftovers());
     // Removing one image keeps the shared layers for the other.
     bed.nvtier_ok(&["rm", &a]);
-    assert_eq!(fs::read_dir(bed.state.join("layers")).expect("ls").count(), 5);
+    assert_eq!(
+        fs::read_dir(bed.state.join("layers")).expect("ls").count(),
+        5
+    );
     let run = bed.nvtier_json(&["run", &b, "--", "/bin/cat", "/data/layer1.txt"]);
     assert_eq!(run["exit_code"], 0);
 }
@@ -195,7 +269,11 @@ fn budget_exhaustion_falls_back_to_disk() {
     // Placement overrides act as the two baselines.
     bed.nvtier_ok(&["rm", &r]);
     let d = bed.nvtier_json(&["pull", "--placement", "disk", &r]);
-    assert!(d["layers"].as_array().expect("l").iter().all(|l| l["tier"] == "disk"));
+    assert!(d["layers"]
+        .as_array()
+        .expect("l")
+        .iter()
+        .all(|l| l["tier"] == "disk"));
     assert_eq!(d["pmem_bytes"], 0);
 }
 
@@ -207,7 +285,14 @@ fn image_with_120_layers_mounts() {
     let rep = bed.nvtier_json(&["pull", &r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(120));
     check_lass_rule(&rep);
-    let run = bed.nvtier_json(&["run", &r, "--", "/bin/sh", "-c", "test -f /data/layer119.txt && test -f /data/layer1.txt && test ! -e /etc/removeme"]);
+    let run = bed.nvtier_json(&[
+        "run",
+        &r,
+        "--",
+        "/bin/sh",
+        "-c",
+        "test -f /data/layer119.txt && test -f /data/layer1.txt && test ! -e /etc/removeme",
+    ]);
     assert_eq!(run["exit_code"], 0, "{run}");
 }
 
@@ -233,7 +318,10 @@ fn bad_config_and_missing_tier_are_clear_errors() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no-such-pmem") && err.contains("pmem_dir"), "{err}");
+    assert!(
+        err.contains("no-such-pmem") && err.contains("pmem_dir"),
+        "{err}"
+    );
     fs::write(&cfg, "pmem_budget = \"lots\"\n").expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_nvtier"))
         .args(["status"])
@@ -241,5 +329,8 @@ fn bad_config_and_missing_tier_are_clear_errors() {
         .output()
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("config.toml"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("config.toml"),
+        "{err}"
+    );
 }

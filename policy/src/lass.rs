@@ -325,15 +325,7 @@ mod tests {
         // 3 and 4 wait for it: all three are stored after the network ends.
         assert_eq!(t, vec![None, None, Some(P), Some(P), Some(P)]);
         // Everything present: nothing to decide.
-        let t = simulate(
-            &sizes,
-            &[true; 5],
-            3,
-            12_500,
-            150_000,
-            Placement::Lass,
-            BIG,
-        );
+        let t = simulate(&sizes, &[true; 5], 3, 12_500, 150_000, Placement::Lass, BIG);
         assert!(t.iter().all(Option::is_none));
     }
 
@@ -390,7 +382,10 @@ mod tests {
                 store_start_ms: s,
             })
         };
-        assert_eq!(ldl_index(&[t(10, 10), t(5, 20), t(30, 30), t(8, 40)]), Some(2));
+        assert_eq!(
+            ldl_index(&[t(10, 10), t(5, 20), t(30, 30), t(8, 40)]),
+            Some(2)
+        );
         assert_eq!(ldl_index(&[None, None]), None);
         assert_eq!(ldl_index(&[None, t(5, 5)]), Some(1));
         assert_eq!(ldl_index(&[t(50, 50)]), Some(0));
@@ -407,8 +402,14 @@ mod tests {
             let t = lass(&sizes);
             let first_p = t.iter().position(|x| *x == Some(P));
             let first_p = first_p.expect("the last layer is always on pmem");
-            assert!(t[first_p..].iter().all(|x| *x == Some(P)), "{sizes:?} {t:?}");
-            assert!(t[..first_p].iter().all(|x| *x == Some(D)), "{sizes:?} {t:?}");
+            assert!(
+                t[first_p..].iter().all(|x| *x == Some(P)),
+                "{sizes:?} {t:?}"
+            );
+            assert!(
+                t[..first_p].iter().all(|x| *x == Some(D)),
+                "{sizes:?} {t:?}"
+            );
             // advance
             let mut i = 0;
             while i < shape.len() {

@@ -135,7 +135,10 @@ fn human(b: u64) -> String {
 }
 
 fn short(d: &str) -> &str {
-    d.strip_prefix("sha256:").unwrap_or(d).get(..12).unwrap_or(d)
+    d.strip_prefix("sha256:")
+        .unwrap_or(d)
+        .get(..12)
+        .unwrap_or(d)
 }
 
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -152,7 +155,11 @@ fn resolve_image(store: &Store, name: &str) -> Result<String> {
         return Ok(n);
     }
     // A short name ("demo", "demo:latest") that matches exactly one image.
-    let want = if name.contains(':') { name.to_string() } else { format!("{name}:latest") };
+    let want = if name.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    };
     let hits: Vec<String> = store
         .images()?
         .into_iter()
@@ -188,9 +195,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let auth = match creds {
                 None => RegistryAuth::Anonymous,
                 Some(c) => {
-                    let (u, p) = c
-                        .split_once(':')
-                        .context("--creds must be USER:PASSWORD")?;
+                    let (u, p) = c.split_once(':').context("--creds must be USER:PASSWORD")?;
                     RegistryAuth::Basic(u.to_string(), p.to_string())
                 }
             };
@@ -211,7 +216,10 @@ fn real_main(cli: Cli) -> Result<()> {
                 "{:>3}  {:<12}  {:>10}  {:>9}  {:>9}  {:>9}  {:>9}  {:<5}  note",
                 "#", "blob", "size", "dl start", "dl end", "st start", "st end", "tier"
             );
-            let f = |x: Option<f64>| x.map(|v| format!("{:.0}ms", v)).unwrap_or_else(|| "-".into());
+            let f = |x: Option<f64>| {
+                x.map(|v| format!("{:.0}ms", v))
+                    .unwrap_or_else(|| "-".into())
+            };
             for l in &rep.layers {
                 let note = if l.reused {
                     "already present".to_string()
@@ -264,7 +272,10 @@ fn real_main(cli: Cli) -> Result<()> {
             if json {
                 return print_json(&out);
             }
-            println!("{:<50} {:>6} {:>10} {:>10}", "IMAGE", "LAYERS", "PMEM", "DISK");
+            println!(
+                "{:<50} {:>6} {:>10} {:>10}",
+                "IMAGE", "LAYERS", "PMEM", "DISK"
+            );
             for o in out {
                 println!(
                     "{:<50} {:>6} {:>10} {:>10}",
@@ -360,12 +371,21 @@ fn real_main(cli: Cli) -> Result<()> {
                 "budget     {} of {} pmem used ({:.1}%)",
                 human(used),
                 human(cfg.pmem_budget),
-                if cfg.pmem_budget > 0 { used as f64 * 100.0 / cfg.pmem_budget as f64 } else { 0.0 }
+                if cfg.pmem_budget > 0 {
+                    used as f64 * 100.0 / cfg.pmem_budget as f64
+                } else {
+                    0.0
+                }
             );
             println!("disk used  {}", human(disk_bytes));
             println!(
                 "store      {} images, {} layers ({} pmem, {} disk), {} mounts; placement {}",
-                v["images"], v["layers"], v["pmem_layers"], v["disk_layers"], v["mounts"], cfg.placement
+                v["images"],
+                v["layers"],
+                v["pmem_layers"],
+                v["disk_layers"],
+                v["mounts"],
+                cfg.placement
             );
         }
         Cmd::Mount { image, dir, json } => {
@@ -384,7 +404,9 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Umount { dir, json } => {
             let left = nvtier::mount::umount_image(&store, &dir)?;
             if json {
-                return print_json(&json!({"target": dir, "refcount": left, "unmounted": left == 0}));
+                return print_json(
+                    &json!({"target": dir, "refcount": left, "unmounted": left == 0}),
+                );
             }
             if left == 0 {
                 println!("unmounted {}", dir.display());
@@ -415,7 +437,7 @@ fn real_main(cli: Cli) -> Result<()> {
             if drop_caches {
                 nvtier::run::drop_caches()?;
             }
-            let r = nvtier::run::run(&store, &name, &cmd)?;
+            let r = nvtier::run::run(&store, &name, &cmd, json)?;
             if json {
                 print_json(&r)?;
             } else {

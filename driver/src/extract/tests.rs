@@ -12,7 +12,14 @@ impl T {
             b: tar::Builder::new(Vec::new()),
         }
     }
-    fn raw(&mut self, name: &str, kind: tar::EntryType, mode: u32, link: Option<&str>, data: &[u8]) {
+    fn raw(
+        &mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: Option<&str>,
+        data: &[u8],
+    ) {
         let mut h = tar::Header::new_gnu();
         {
             let n = &mut h.as_old_mut().name;
@@ -78,7 +85,10 @@ fn hostile(tar: &[u8], needle: &str) {
         Ok(_) => panic!("hostile tar accepted (expected error containing {needle:?})"),
         Err(e) => {
             let s = e.to_string();
-            assert!(s.contains(needle), "error {s:?} does not mention {needle:?}");
+            assert!(
+                s.contains(needle),
+                "error {s:?} does not mention {needle:?}"
+            );
         }
     }
 }
@@ -86,7 +96,9 @@ fn hostile(tar: &[u8], needle: &str) {
 #[test]
 fn regular_files_dirs_modes_owners_mtimes() {
     let mut t = T::new();
-    t.dir("etc/").file("etc/hello", b"hello\n").file("etc/empty", b"");
+    t.dir("etc/")
+        .file("etc/hello", b"hello\n")
+        .file("etc/empty", b"");
     let (d, s) = ok(&t.done());
     let m = fs::symlink_metadata(d.path().join("etc/hello")).expect("stat");
     assert_eq!(m.mode() & 0o7777, 0o640);
@@ -96,9 +108,21 @@ fn regular_files_dirs_modes_owners_mtimes() {
     }
     let dm = fs::symlink_metadata(d.path().join("etc")).expect("stat dir");
     assert_eq!(dm.mode() & 0o7777, 0o750);
-    assert_eq!(dm.mtime(), 1_600_000_000, "dir mtime restored after children");
-    assert_eq!(fs::read(d.path().join("etc/hello")).expect("read"), b"hello\n");
-    assert_eq!(fs::metadata(d.path().join("etc/empty")).expect("stat").len(), 0);
+    assert_eq!(
+        dm.mtime(),
+        1_600_000_000,
+        "dir mtime restored after children"
+    );
+    assert_eq!(
+        fs::read(d.path().join("etc/hello")).expect("read"),
+        b"hello\n"
+    );
+    assert_eq!(
+        fs::metadata(d.path().join("etc/empty"))
+            .expect("stat")
+            .len(),
+        0
+    );
     assert_eq!(s.file_bytes, 6);
     assert_eq!(s.charged_bytes, 4096);
     assert_eq!(s.entries, 3);
@@ -180,7 +204,10 @@ fn whiteouts_and_opaque_dirs() {
         Some(b"y".to_vec())
     );
     assert!(!d.path().join("opt/fresh/.wh..wh..opq").exists());
-    assert_eq!(lgetxattr(&d.path().join("opt"), OVERLAY_OPAQUE_XATTR).expect("getxattr"), None);
+    assert_eq!(
+        lgetxattr(&d.path().join("opt"), OVERLAY_OPAQUE_XATTR).expect("getxattr"),
+        None
+    );
     assert!(fs::symlink_metadata(d.path().join("deep/nested/gone"))
         .expect("nested whiteout")
         .file_type()
@@ -201,12 +228,20 @@ fn symlinks_and_hardlinks() {
     let b = fs::metadata(d.path().join("bin/sh")).expect("stat");
     assert_eq!(a.ino(), b.ino(), "hardlink shares the inode");
     assert_eq!(a.nlink(), 2);
-    assert_eq!(fs::read_link(d.path().join("bin/ls")).expect("readlink"), Path::new("busybox"));
+    assert_eq!(
+        fs::read_link(d.path().join("bin/ls")).expect("readlink"),
+        Path::new("busybox")
+    );
     // Symlinks pointing anywhere are fine as symlinks: they are only
     // resolved inside the container's root.
-    assert_eq!(fs::read_link(d.path().join("abs")).expect("readlink"), Path::new("/etc/passwd"));
     assert_eq!(
-        fs::symlink_metadata(d.path().join("up")).expect("lstat").mtime(),
+        fs::read_link(d.path().join("abs")).expect("readlink"),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        fs::symlink_metadata(d.path().join("up"))
+            .expect("lstat")
+            .mtime(),
         1_600_000_000
     );
 }
@@ -236,9 +271,15 @@ fn xattrs_are_preserved_and_overlay_xattrs_dropped() {
     b.append(&h, &b"x"[..]).expect("append");
     let (d, _) = ok(&b.into_inner().expect("tar"));
     let f = d.path().join("f");
-    assert_eq!(lgetxattr(&f, "user.test").expect("get"), Some(b"v1".to_vec()));
+    assert_eq!(
+        lgetxattr(&f, "user.test").expect("get"),
+        Some(b"v1".to_vec())
+    );
     assert!(lgetxattr(&f, "security.capability").expect("get").is_some());
-    assert_eq!(lgetxattr(&f, "trusted.overlay.redirect").expect("get"), None);
+    assert_eq!(
+        lgetxattr(&f, "trusted.overlay.redirect").expect("get"),
+        None
+    );
 }
 
 #[test]
@@ -274,13 +315,20 @@ fn device_nodes_and_fifos() {
     assert!(m.file_type().is_char_device());
     assert_eq!(m.rdev(), libc::makedev(1, 3));
     assert_eq!(m.mode() & 0o7777, 0o666);
-    assert!(fs::symlink_metadata(d.path().join("run/fifo")).expect("stat").file_type().is_fifo());
+    assert!(fs::symlink_metadata(d.path().join("run/fifo"))
+        .expect("stat")
+        .file_type()
+        .is_fifo());
 }
 
 #[test]
 fn later_entries_replace_earlier_ones() {
     let mut t = T::new();
-    t.file("a", b"old").file("a", b"new").dir("d/").file("d/x", b"").file("d", b"now a file");
+    t.file("a", b"old")
+        .file("a", b"new")
+        .dir("d/")
+        .file("d/x", b"")
+        .file("d", b"now a file");
     let (d, _) = ok(&t.done());
     assert_eq!(fs::read(d.path().join("a")).expect("read"), b"new");
     assert_eq!(fs::read(d.path().join("d")).expect("read"), b"now a file");
@@ -302,7 +350,10 @@ fn budget_is_enforced_per_file() {
         }
     });
     assert!(matches!(r, Err(Error::BudgetExhausted(_))), "{r:?}");
-    assert!(!d.path().join("b").exists(), "nothing written past the budget");
+    assert!(
+        !d.path().join("b").exists(),
+        "nothing written past the budget"
+    );
 }
 
 #[test]
@@ -385,7 +436,10 @@ fn hostile_truncated_and_garbage() {
 
 #[test]
 fn safe_paths() {
-    assert_eq!(safe_rel_path(Path::new("./a/b")).expect("ok"), Some(PathBuf::from("a/b")));
+    assert_eq!(
+        safe_rel_path(Path::new("./a/b")).expect("ok"),
+        Some(PathBuf::from("a/b"))
+    );
     assert_eq!(safe_rel_path(Path::new("./")).expect("ok"), None);
     assert!(safe_rel_path(Path::new("/a")).is_err());
     assert!(safe_rel_path(Path::new("a/../b")).is_err());
@@ -398,5 +452,9 @@ fn atomic_write_replaces() {
     write_atomic(&p, b"1").expect("write");
     write_atomic(&p, b"2").expect("write");
     assert_eq!(fs::read(&p).expect("read"), b"2");
-    assert_eq!(fs::read_dir(d.path()).expect("ls").count(), 1, "no temp files left");
+    assert_eq!(
+        fs::read_dir(d.path()).expect("ls").count(),
+        1,
+        "no temp files left"
+    );
 }

@@ -31,7 +31,9 @@ pub(super) fn reserved(s: &Store) -> Result<u64> {
         if !name.ends_with(".json") || name.starts_with('.') {
             continue;
         }
-        let Some(pid) = parse_name(&name) else { continue };
+        let Some(pid) = parse_name(&name) else {
+            continue;
+        };
         if !pid_alive(pid) {
             continue;
         }

@@ -55,7 +55,11 @@ pub fn digest_hex(d: &str) -> Result<&str> {
     let h = d
         .strip_prefix("sha256:")
         .ok_or_else(|| Error::Other(format!("unsupported digest {d:?}: only sha256")))?;
-    if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if h.len() != 64
+        || !h
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return Err(Error::Other(format!("malformed digest {d:?}")));
     }
     Ok(h)
@@ -234,7 +238,11 @@ impl Store {
             let e = e.ctx("list", self.downloads_dir())?;
             let name = e.file_name().to_string_lossy().into_owned();
             // `<hex>.<pid>.partial`
-            let pid: u32 = name.split('.').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let pid: u32 = name
+                .split('.')
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
             if !pid_alive(pid) {
                 let _ = fs::remove_file(e.path());
             }
@@ -246,7 +254,9 @@ impl Store {
     // ---- layers ----
 
     fn layer_meta_path(&self, chain: &str) -> Result<PathBuf> {
-        Ok(self.layers_meta_dir().join(format!("{}.json", digest_hex(chain)?)))
+        Ok(self
+            .layers_meta_dir()
+            .join(format!("{}.json", digest_hex(chain)?)))
     }
 
     pub fn layer(&self, chain: &str) -> Result<Option<LayerMeta>> {
@@ -264,10 +274,11 @@ impl Store {
 
     /// Make a fresh staging directory for a layer on a tier.
     pub fn new_staging(&self, tier: TierKind, chain: &str) -> Result<PathBuf> {
-        let p = self
-            .tier(tier)
-            .staging_dir()
-            .join(format!("{}.{:08x}", digest_hex(chain)?, rand::random::<u32>()));
+        let p = self.tier(tier).staging_dir().join(format!(
+            "{}.{:08x}",
+            digest_hex(chain)?,
+            rand::random::<u32>()
+        ));
         fs::create_dir(&p).ctx("create staging directory", &p)?;
         Ok(p)
     }
@@ -360,10 +371,8 @@ impl Store {
     // ---- mounts ----
 
     pub fn mount_record_path(&self, target: &Path) -> PathBuf {
-        self.mounts_dir().join(format!(
-            "{}.json",
-            name_key(&target.to_string_lossy())
-        ))
+        self.mounts_dir()
+            .join(format!("{}.json", name_key(&target.to_string_lossy())))
     }
 
     pub fn mounts(&self) -> Result<Vec<MountRecord>> {

@@ -64,8 +64,14 @@ impl Bed {
         require_root();
         let name = format!("{tag}{:x}", std::process::id() % 0xffff);
         // Tear down anything left by an earlier crashed run of this name.
-        let _ = Command::new("bash").arg(repo().join("testbed/registry.sh")).args(["down", &name]).output();
-        let _ = Command::new("bash").arg(repo().join("testbed/tiers.sh")).args(["down", &name]).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("testbed/registry.sh"))
+            .args(["down", &name])
+            .output();
+        let _ = Command::new("bash")
+            .arg(repo().join("testbed/tiers.sh"))
+            .args(["down", &name])
+            .output();
         let mut bed = Bed {
             name: name.clone(),
             pmem: PathBuf::new(),
@@ -75,7 +81,10 @@ impl Bed {
             state: PathBuf::from(format!("/var/tmp/nvtier-tests/{name}/state")),
             config: PathBuf::from(format!("/var/tmp/nvtier-tests/{name}/config.toml")),
         };
-        let t = env_of(&sh("tiers.sh", &["up", &name, "--pmem-size", "512M", "--hdd-size", "2G"]));
+        let t = env_of(&sh(
+            "tiers.sh",
+            &["up", &name, "--pmem-size", "512M", "--hdd-size", "2G"],
+        ));
         bed.pmem = PathBuf::from(&t["PMEM_DIR"]);
         bed.disk = PathBuf::from(&t["DISK_DIR"]);
         let r = env_of(&sh("registry.sh", &["up", &name, "--rate", rate]));
@@ -102,9 +111,22 @@ impl Bed {
     pub fn push(&self, tag: &str, spec: &str) -> String {
         let oci = oci_dir();
         let _lock = build_lock();
-        sh("build-image.sh", &["--out", oci.to_str().expect("utf8"), "--tag", tag, "--layers", spec]);
+        sh(
+            "build-image.sh",
+            &[
+                "--out",
+                oci.to_str().expect("utf8"),
+                "--tag",
+                tag,
+                "--layers",
+                spec,
+            ],
+        );
         let reference = format!("{}/nvtier-test/{tag}:latest", self.registry);
-        sh("push-image.sh", &[&format!("{}:{tag}", oci.display()), &reference]);
+        sh(
+            "push-image.sh",
+            &[&format!("{}:{tag}", oci.display()), &reference],
+        );
         reference
     }
 
@@ -129,8 +151,9 @@ impl Bed {
     }
 
     pub fn nvtier_json(&self, args: &[&str]) -> Value {
+        // Right after the subcommand, so it never lands after `--`.
         let mut a = args.to_vec();
-        a.push("--json");
+        a.insert(1.min(a.len()), "--json");
         let out = self.nvtier_ok(&a);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{out}"))
     }
@@ -153,7 +176,11 @@ impl Bed {
 
     pub fn stored_layers(&self) -> Vec<PathBuf> {
         let mut v = Vec::new();
-        for d in [self.pmem.join("layers"), self.disk.join("layers"), self.state.join("layers")] {
+        for d in [
+            self.pmem.join("layers"),
+            self.disk.join("layers"),
+            self.state.join("layers"),
+        ] {
             if let Ok(rd) = fs::read_dir(&d) {
                 v.extend(rd.flatten().map(|e| e.path()));
             }
@@ -170,7 +197,9 @@ impl Bed {
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
-                } else if p.file_name().is_some_and(|n| n == "data") && p.to_string_lossy().contains("/blobs/") {
+                } else if p.file_name().is_some_and(|n| n == "data")
+                    && p.to_string_lossy().contains("/blobs/")
+                {
                     v.push((fs::metadata(&p).map(|m| m.len()).unwrap_or(0), p));
                 }
             }
@@ -198,8 +227,14 @@ impl Drop for Bed {
                 }
             }
         }
-        let _ = Command::new("bash").arg(repo().join("testbed/registry.sh")).args(["down", &self.name]).output();
-        let _ = Command::new("bash").arg(repo().join("testbed/tiers.sh")).args(["down", &self.name]).output();
+        let _ = Command::new("bash")
+            .arg(repo().join("testbed/registry.sh"))
+            .args(["down", &self.name])
+            .output();
+        let _ = Command::new("bash")
+            .arg(repo().join("testbed/tiers.sh"))
+            .args(["down", &self.name])
+            .output();
         if let Some(p) = self.state.parent() {
             let _ = fs::remove_dir_all(p);
         }
@@ -219,7 +254,9 @@ pub fn build_lock() -> nix::fcntl::Flock<fs::File> {
         .write(true)
         .open("/var/tmp/nvtier-test-images/.lock")
         .expect("lock file");
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).expect("flock")
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock")
 }
 
 /// A reference root filesystem of `tag`, unpacked by umoci (an independent
@@ -236,7 +273,11 @@ pub fn reference_rootfs(tag: &str) -> PathBuf {
             .arg(&dir)
             .output()
             .expect("umoci");
-        assert!(out.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "umoci unpack: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     rootfs
 }
@@ -250,7 +291,11 @@ pub fn listing(root: &Path) -> BTreeMap<String, String> {
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
-            let rel = p.strip_prefix(root).expect("prefix").to_string_lossy().into_owned();
+            let rel = p
+                .strip_prefix(root)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
             let md = fs::symlink_metadata(&p).expect("lstat");
             let ft = md.file_type();
             let desc = if ft.is_dir() {
@@ -260,7 +305,12 @@ pub fn listing(root: &Path) -> BTreeMap<String, String> {
                 format!("link {}", fs::read_link(&p).expect("readlink").display())
             } else if ft.is_file() {
                 let data = fs::read(&p).expect("read");
-                format!("file {} {} mtime {}", data.len(), hex::encode(Sha256::digest(&data)), md.mtime())
+                format!(
+                    "file {} {} mtime {}",
+                    data.len(),
+                    hex::encode(Sha256::digest(&data)),
+                    md.mtime()
+                )
             } else if ft.is_char_device() {
                 format!("chr {}", md.rdev())
             } else if ft.is_block_device() {
@@ -268,7 +318,15 @@ pub fn listing(root: &Path) -> BTreeMap<String, String> {
             } else {
                 "other".into()
             };
-            m.insert(rel, format!("{desc} mode {:o} owner {}:{}", md.mode() & 0o7777, md.uid(), md.gid()));
+            m.insert(
+                rel,
+                format!(
+                    "{desc} mode {:o} owner {}:{}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid()
+                ),
+            );
         }
     }
     m
@@ -289,7 +347,11 @@ pub fn assert_same_tree(expected: &BTreeMap<String, String>, actual: &BTreeMap<S
             diffs.push(format!("unexpected {k}: {v}"));
         }
     }
-    assert!(diffs.is_empty(), "rootfs differs from the image:\n{}", diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "rootfs differs from the image:\n{}",
+        diffs.join("\n")
+    );
     assert!(expected.len() > 10, "suspiciously small reference tree");
 }
 
@@ -318,5 +380,9 @@ pub fn check_lass_rule(rep: &Value) {
             l["index"]
         );
     }
-    assert_eq!(rep["ldl_index"].as_u64(), ldl, "ldl_index disagrees with the timeline");
+    assert_eq!(
+        rep["ldl_index"].as_u64(),
+        ldl,
+        "ldl_index disagrees with the timeline"
+    );
 }
