@@ -162,6 +162,12 @@ fn kill_9_mid_pull_then_repull_succeeds() {
     }
     child.kill().expect("kill -9");
     let _ = child.wait();
+    // It really died mid-pull: no image record was written.
+    assert_eq!(
+        bed.nvtier_json(&["images"]).as_array().map(Vec::len),
+        Some(0),
+        "the pull finished before it was killed"
+    );
     let rep = bed.nvtier_json(&["pull", &r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(6));
     assert!(

@@ -268,8 +268,11 @@ impl Store {
         Ok(self.tier(m.tier).layer_dir(digest_hex(&m.chain_id)?))
     }
 
+    /// All layers, oldest first.
     pub fn layers(&self) -> Result<Vec<LayerMeta>> {
-        meta::read_all(&self.layers_meta_dir())
+        let mut v: Vec<LayerMeta> = meta::read_all(&self.layers_meta_dir())?;
+        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.chain_id.cmp(&b.chain_id)));
+        Ok(v)
     }
 
     /// Make a fresh staging directory for a layer on a tier.

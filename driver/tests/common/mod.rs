@@ -204,7 +204,7 @@ impl Bed {
                 }
             }
         }
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|b| std::cmp::Reverse(b.0));
         v
     }
 
