@@ -11,6 +11,8 @@ PACKAGES=(
     e2fsprogs util-linux kmod
     # used by the testbed scripts themselves
     curl openssl tar
+    # lint for these scripts (run by run-tests.sh)
+    shellcheck
 )
 
 usage() {

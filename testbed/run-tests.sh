@@ -27,11 +27,12 @@ else
 fi
 
 echo "==> cargo test (unit + root integration tests)"
-before=$(ls /run/nvtier-testbed 2>/dev/null | grep -v '^\.' || true)
+testbeds() { find /run/nvtier-testbed -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort; }
+before=$(testbeds)
 cargo test --workspace --locked -- --test-threads=4
 
 # Tests must leave no testbed behind (mounts, loops, namespaces, daemons).
-after=$(ls /run/nvtier-testbed 2>/dev/null | grep -v '^\.' || true)
+after=$(testbeds)
 leaked=$(comm -13 <(echo "$before" | sort) <(echo "$after" | sort) | sed '/^$/d')
 if [[ -n $leaked ]]; then
     echo "run-tests.sh: tests leaked testbeds: $leaked" >&2
