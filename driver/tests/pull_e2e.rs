@@ -340,3 +340,91 @@ fn bad_config_and_missing_tier_are_clear_errors() {
         "{err}"
     );
 }
+
+/// GET a manifest; returns (digest, size, media type).
+fn manifest_of(registry: &str, repo: &str, tag: &str) -> (String, usize, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "--noproxy",
+            "*",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{registry}/v2/{repo}/manifests/{tag}"))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "GET manifest {repo}:{tag}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest json");
+    let mt = v["mediaType"]
+        .as_str()
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_string();
+    use sha2::Digest;
+    (
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout))),
+        out.stdout.len(),
+        mt,
+    )
+}
+
+#[test]
+fn image_index_selects_linux_amd64() {
+    let bed = Bed::up("indx", "1gbit", "4G");
+    let amd = bed.push("idxamd", "busybox,1M,2M");
+    let arm = bed.push("idxarm", "busybox,3M");
+    // Re-tag both into one repository so an index can reference them.
+    let repo = "nvtier-test/multi";
+    for (src, tag) in [(&amd, "amd64"), (&arm, "arm64")] {
+        let o = Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+            .arg(format!("docker://{src}"))
+            .arg(format!("docker://{}/{repo}:{tag}", bed.registry))
+            .env("NO_PROXY", "*")
+            .output()
+            .expect("skopeo");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (d_amd, s_amd, mt_amd) = manifest_of(&bed.registry, repo, "amd64");
+    let (d_arm, s_arm, mt_arm) = manifest_of(&bed.registry, repo, "arm64");
+    // arm64 first, so picking the first entry would be wrong.
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": mt_arm, "digest": d_arm, "size": s_arm, "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": mt_amd, "digest": d_amd, "size": s_amd, "platform": {"architecture": "amd64", "os": "linux"}},
+        ]
+    });
+    let body = serde_json::to_vec(&index).expect("json");
+    let f = bed.state.join("index.json");
+    fs::write(&f, &body).expect("write");
+    let o = Command::new("curl")
+        .args([
+            "-sf",
+            "--noproxy",
+            "*",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", f.display()))
+        .arg(format!("http://{}/v2/{repo}/manifests/multi", bed.registry))
+        .output()
+        .expect("curl");
+    assert!(
+        o.status.success(),
+        "PUT index: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rep = bed.nvtier_json(&["pull", &format!("{}/{repo}:multi", bed.registry)]);
+    assert_eq!(
+        rep["manifest_digest"].as_str(),
+        Some(d_amd.as_str()),
+        "linux/amd64 selected"
+    );
+    assert_eq!(rep["layers"].as_array().map(Vec::len), Some(3));
+    check_lass_rule(&rep);
+}

@@ -271,7 +271,11 @@ impl Store {
     /// All layers, oldest first.
     pub fn layers(&self) -> Result<Vec<LayerMeta>> {
         let mut v: Vec<LayerMeta> = meta::read_all(&self.layers_meta_dir())?;
-        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.chain_id.cmp(&b.chain_id)));
+        v.sort_by(|a, b| {
+            a.created_ms
+                .cmp(&b.created_ms)
+                .then(a.chain_id.cmp(&b.chain_id))
+        });
         Ok(v)
     }
 
