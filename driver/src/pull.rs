@@ -369,6 +369,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     let mut receivers = Vec::with_capacity(n);
     let mut bars = Vec::with_capacity(n);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut prev_turn: Option<oneshot::Receiver<()>> = None;
     for (i, desc) in manifest.layers.iter().enumerate() {
         let bar = mp.as_ref().map(|m| {
             let b = m.add(ProgressBar::new(desc.size.max(0) as u64));
@@ -400,9 +401,16 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             sem.clone(),
             done.clone(),
         );
+        // Downloads start in layer order: each task queues for a permit only
+        // after the previous one got its own.
+        let (turn_tx, turn_rx) = oneshot::channel::<()>();
+        let my_turn = prev_turn.replace(turn_rx);
         tasks.spawn(async move {
-            // The semaphore is fair: permits go out in layer order.
+            if let Some(t) = my_turn {
+                let _ = t.await;
+            }
             let _permit = sem.acquire_owned().await;
+            let _ = turn_tx.send(());
             if let Some(b) = &bar {
                 b.set_message("downloading");
             }

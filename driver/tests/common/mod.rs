@@ -357,6 +357,16 @@ pub fn assert_same_tree(expected: &BTreeMap<String, String>, actual: &BTreeMap<S
 
 /// Check the LASS rule against the recorded timeline of a pull report.
 pub fn check_lass_rule(rep: &Value) {
+    check_rule(rep, false)
+}
+
+/// The same, but a layer above the LDL may be on disk when the report says
+/// the pmem budget could not hold it.
+pub fn check_lass_rule_with_budget(rep: &Value) {
+    check_rule(rep, true)
+}
+
+fn check_rule(rep: &Value, budget_may_refuse: bool) {
     let layers = rep["layers"].as_array().expect("layers");
     let last = layers
         .iter()
@@ -372,7 +382,13 @@ pub fn check_lass_rule(rep: &Value) {
         if after && ldl.is_none() {
             ldl = l["index"].as_u64();
         }
-        let want = if after { "pmem" } else { "disk" };
+        let mut want = if after { "pmem" } else { "disk" };
+        if after && budget_may_refuse && l["disk_reason"] == "budget_exhausted" {
+            want = "disk";
+        }
+        if !after {
+            assert_eq!(l["disk_reason"], "below_ldl", "{l}");
+        }
         assert_eq!(
             l["tier"].as_str(),
             Some(want),
