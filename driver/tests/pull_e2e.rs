@@ -96,9 +96,37 @@ fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
         .all(|l| l["reused"] == true));
     assert!(again["ldl_index"].is_null());
 
-    // rm frees every layer.
+    // Mounts are refcounted, and hold their layers even after `rm`.
+    let m = mnt.to_str().expect("utf8");
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(m))
+    };
+    assert_eq!(bed.nvtier_json(&["mount", &r, m])["refcount"], 1);
+    assert_eq!(bed.nvtier_json(&["mount", &r, m])["refcount"], 2);
+    fs::write(mnt.join("tmp/written"), b"x").expect("write into the container");
+    assert_eq!(bed.nvtier_json(&["umount", m])["refcount"], 1);
+    assert!(mounted(), "still mounted with one reference left");
     bed.nvtier_ok(&["rm", &r]);
+    assert_eq!(
+        bed.stored_layers().len(),
+        12,
+        "a mounted image's layers stay"
+    );
+    assert!(fs::read(mnt.join("data/layer5.txt")).is_ok());
+    assert_eq!(bed.nvtier_json(&["umount", m])["refcount"], 0);
+    assert!(!mounted());
+    // The last umount freed every layer.
     assert!(bed.stored_layers().is_empty(), "{:?}", bed.stored_layers());
+    assert!(
+        fs::read_dir(bed.disk.join("containers"))
+            .expect("ls")
+            .next()
+            .is_none(),
+        "upper dirs removed"
+    );
     assert_eq!(bed.nvtier_json(&["status"])["pmem_used_bytes"], 0);
 }
 
