@@ -1,0 +1,601 @@
+//! Statistics over the samples and the Markdown report.
+
+use crate::bench::{ImageSpec, Results, Sample, PLACEMENTS};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Goal: LASS deploy / all-pmem deploy at most this.
+pub const GOAL_LASS_OVER_PMEM: f64 = 1.05;
+/// Goal: all-disk deploy / LASS deploy at least this.
+pub const GOAL_DISK_OVER_LASS: f64 = 1.2;
+
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Median (mean of the middle two for an even count); None when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return None;
+    }
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+/// Geometric mean of positive finite values; None if any is not.
+pub fn geomean(v: &[f64]) -> Option<f64> {
+    if v.is_empty() || v.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+        return None;
+    }
+    Some((v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 && a.is_finite() => Some(a / b),
+        _ => None,
+    }
+}
+
+/// Medians of one (image, placement).
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacementStats {
+    pub n: usize,
+    pub deploy_ms_median: Option<f64>,
+    pub deploy_ms_min: Option<f64>,
+    pub deploy_ms_max: Option<f64>,
+    pub download_done_ms_median: Option<f64>,
+    pub stored_done_ms_median: Option<f64>,
+    pub store_after_download_ms_median: Option<f64>,
+    pub pmem_bytes_median: Option<f64>,
+    pub disk_bytes_median: Option<f64>,
+    pub ldl_mode: Option<usize>,
+    pub ldl_mode_count: usize,
+    pub ldl_values: Vec<Option<usize>>,
+}
+
+fn placement_stats(samples: &[&Sample]) -> PlacementStats {
+    let col = |f: &dyn Fn(&Sample) -> f64| -> Vec<f64> { samples.iter().map(|s| f(s)).collect() };
+    let deploy = col(&|s| s.deploy_ms);
+    let ldl_values: Vec<Option<usize>> = samples.iter().map(|s| s.ldl_index).collect();
+    let mut counts: BTreeMap<Option<usize>, usize> = BTreeMap::new();
+    for l in &ldl_values {
+        *counts.entry(*l).or_default() += 1;
+    }
+    // Most frequent; ties go to the lower index.
+    let (ldl_mode, ldl_mode_count) =
+        counts.iter().fold(
+            (None, 0),
+            |(bm, bc), (l, c)| if *c > bc { (*l, *c) } else { (bm, bc) },
+        );
+    PlacementStats {
+        n: samples.len(),
+        deploy_ms_median: median(&deploy),
+        deploy_ms_min: deploy.iter().copied().reduce(f64::min),
+        deploy_ms_max: deploy.iter().copied().reduce(f64::max),
+        download_done_ms_median: median(&col(&|s| s.download_done_ms)),
+        stored_done_ms_median: median(&col(&|s| s.stored_done_ms)),
+        store_after_download_ms_median: median(&col(&|s| s.store_after_download_ms)),
+        pmem_bytes_median: median(&col(&|s| s.pmem_bytes as f64)),
+        disk_bytes_median: median(&col(&|s| s.disk_bytes as f64)),
+        ldl_mode,
+        ldl_mode_count,
+        ldl_values,
+    }
+}
+
+/// Per-image summary; ratios are ratios of this image's medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageSummary {
+    pub image: String,
+    pub layers: usize,
+    pub placements: BTreeMap<String, PlacementStats>,
+    pub lass_over_pmem_deploy: Option<f64>,
+    pub disk_over_lass_deploy: Option<f64>,
+    pub lass_over_disk_store_after_download: Option<f64>,
+    pub lass_over_pmem_pmem_bytes: Option<f64>,
+    pub lass_over_pmem_stored_done: Option<f64>,
+    pub disk_over_lass_stored_done: Option<f64>,
+}
+
+/// A ratio across images.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agg {
+    pub geomean: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub per_image: Vec<Option<f64>>,
+}
+
+fn agg(v: Vec<Option<f64>>) -> Agg {
+    let ok: Vec<f64> = v.iter().flatten().copied().collect();
+    Agg {
+        geomean: if ok.len() == v.len() {
+            geomean(&ok)
+        } else {
+            None
+        },
+        min: ok.iter().copied().reduce(f64::min),
+        max: ok.iter().copied().reduce(f64::max),
+        per_image: v,
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub method: &'static str,
+    pub images: Vec<ImageSummary>,
+    pub lass_over_pmem_deploy: Agg,
+    pub disk_over_lass_deploy: Agg,
+    pub lass_over_disk_store_after_download: Agg,
+    pub lass_over_pmem_pmem_bytes: Agg,
+    pub lass_over_pmem_stored_done: Agg,
+    pub disk_over_lass_stored_done: Agg,
+    /// Median over images of the per-image median store-after-download (ms).
+    pub store_after_download_ms: BTreeMap<String, Option<f64>>,
+    /// LASS samples where pmem_bytes == ldl_and_above_bytes.
+    pub lass_pmem_equals_ldl_and_above: usize,
+    pub lass_samples: usize,
+    pub goal_lass_over_pmem_met: Option<bool>,
+    pub goal_disk_over_lass_met: Option<bool>,
+}
+
+pub fn summarize(images: &[ImageSpec], samples: &[Sample]) -> Summary {
+    let mut per = Vec::new();
+    for im in images {
+        let mut placements = BTreeMap::new();
+        for p in PLACEMENTS {
+            let ss: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.image == im.name && s.placement == p)
+                .collect();
+            placements.insert(p.to_string(), placement_stats(&ss));
+        }
+        let get =
+            |p: &str, f: &dyn Fn(&PlacementStats) -> Option<f64>| placements.get(p).and_then(f);
+        let dep = |p: &str| get(p, &|s| s.deploy_ms_median);
+        let sto = |p: &str| get(p, &|s| s.stored_done_ms_median);
+        per.push(ImageSummary {
+            image: im.name.clone(),
+            layers: im.layers,
+            lass_over_pmem_deploy: ratio(dep("lass"), dep("pmem")),
+            disk_over_lass_deploy: ratio(dep("disk"), dep("lass")),
+            lass_over_disk_store_after_download: ratio(
+                get("lass", &|s| s.store_after_download_ms_median),
+                get("disk", &|s| s.store_after_download_ms_median),
+            ),
+            lass_over_pmem_pmem_bytes: ratio(
+                get("lass", &|s| s.pmem_bytes_median),
+                get("pmem", &|s| s.pmem_bytes_median),
+            ),
+            lass_over_pmem_stored_done: ratio(sto("lass"), sto("pmem")),
+            disk_over_lass_stored_done: ratio(sto("disk"), sto("lass")),
+            placements,
+        });
+    }
+    let collect = |f: &dyn Fn(&ImageSummary) -> Option<f64>| agg(per.iter().map(f).collect());
+    let lass_over_pmem_deploy = collect(&|i| i.lass_over_pmem_deploy);
+    let disk_over_lass_deploy = collect(&|i| i.disk_over_lass_deploy);
+    let lass: Vec<&Sample> = samples.iter().filter(|s| s.placement == "lass").collect();
+    let store_after_download_ms = PLACEMENTS
+        .iter()
+        .map(|p| {
+            let v: Vec<f64> = per
+                .iter()
+                .filter_map(|i| i.placements.get(*p)?.store_after_download_ms_median)
+                .collect();
+            (p.to_string(), median(&v))
+        })
+        .collect();
+    Summary {
+        method: "per image: ratio of the medians over reps; overall: geometric mean of the per-image ratios",
+        lass_over_disk_store_after_download: collect(&|i| i.lass_over_disk_store_after_download),
+        lass_over_pmem_pmem_bytes: collect(&|i| i.lass_over_pmem_pmem_bytes),
+        lass_over_pmem_stored_done: collect(&|i| i.lass_over_pmem_stored_done),
+        disk_over_lass_stored_done: collect(&|i| i.disk_over_lass_stored_done),
+        goal_lass_over_pmem_met: lass_over_pmem_deploy.geomean.map(|g| g <= GOAL_LASS_OVER_PMEM),
+        goal_disk_over_lass_met: disk_over_lass_deploy.geomean.map(|g| g >= GOAL_DISK_OVER_LASS),
+        lass_over_pmem_deploy,
+        disk_over_lass_deploy,
+        store_after_download_ms,
+        lass_pmem_equals_ldl_and_above: lass
+            .iter()
+            .filter(|s| s.pmem_bytes == s.ldl_and_above_bytes)
+            .count(),
+        lass_samples: lass.len(),
+        images: per,
+    }
+}
+
+fn f0(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.0}")).unwrap_or_else(|| "n/a".into())
+}
+fn f1(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "n/a".into())
+}
+fn f3(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into())
+}
+fn range3(a: &Agg) -> String {
+    match (a.min, a.max) {
+        (Some(lo), Some(hi)) => format!("{lo:.3}–{hi:.3}"),
+        _ => "n/a".into(),
+    }
+}
+fn met(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "n/a",
+    }
+}
+
+fn ldl_cell(s: &PlacementStats) -> String {
+    let mode = s
+        .ldl_mode
+        .map(|l| l.to_string())
+        .unwrap_or_else(|| "none".into());
+    let mut seen: Vec<usize> = s.ldl_values.iter().flatten().copied().collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let vals: Vec<f64> = s.ldl_values.iter().flatten().map(|&l| l as f64).collect();
+    let med = median(&vals);
+    let mut c = format!("{mode} ({}/{})", s.ldl_mode_count, s.n);
+    if seen.len() > 1 {
+        let list: Vec<String> = seen.iter().map(|x| x.to_string()).collect();
+        let _ = write!(c, "; seen {}; median {}", list.join(","), f1(med));
+    }
+    c
+}
+
+/// The sample of (image, placement) whose deploy time is the median (the
+/// lower middle one for an even count).
+fn median_sample<'a>(samples: &'a [Sample], image: &str, placement: &str) -> Option<&'a Sample> {
+    let mut ss: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.image == image && s.placement == placement)
+        .collect();
+    ss.sort_by(|a, b| a.deploy_ms.total_cmp(&b.deploy_ms));
+    let n = ss.len();
+    if n == 0 {
+        None
+    } else {
+        Some(ss[(n - 1) / 2])
+    }
+}
+
+pub fn markdown(r: &Results) -> String {
+    let s = &r.summary;
+    let m = &r.machine;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# nvtier pull benchmark — {} at {}, {} reps{}\n",
+        r.images
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.rate,
+        r.reps,
+        if r.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "**{}** · machine: {} ({} CPUs, {:.1} GiB, Linux {}) · rate {} · reps {} · nvtier {} · run took {:.1} min\n",
+        r.date,
+        m.cpu_model,
+        m.nproc,
+        m.mem_total_kib as f64 / (1024.0 * 1024.0),
+        m.kernel,
+        r.rate,
+        r.reps,
+        r.git_commit,
+        r.duration_s / 60.0
+    );
+    let _ = writeln!(
+        o,
+        "Testbed: pmem = tmpfs (2G, budget 2G); disk = ext4 on a direct-I/O loop device throttled to \
+150 IOPS / 150 MiB/s (blkio v1, reads and writes); registry in a network namespace behind tbf at {}. \
+Every pull is cold: the store is emptied (`nvtier rm`, verified with `nvtier status --json`), then \
+`sync; echo 3 > /proc/sys/vm/drop_caches`, then `tiers.sh exec {} -- nvtier pull --json --placement P` \
+inside the HDD throttle cgroup. Order: for each rep, for each image, disk → pmem → lass.\n",
+        r.rate,
+        r.name
+    );
+    let _ = writeln!(
+        o,
+        "Load average (1/5/15 min) at start {}, at end {}; other testbeds running at start: {}.\n",
+        r.loadavg_start,
+        r.loadavg_end,
+        if r.other_testbeds.is_empty() {
+            "none".to_string()
+        } else {
+            r.other_testbeds.join(", ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "*deploy* = wall clock measured by the harness around that command (includes process start); \
+*after-dl* = `stored_done_ms − download_done_ms` from nvtier's report (how long storing lasts after \
+the last byte arrived); *pmem* = MiB charged to pmem; *LDL* = `ldl_index` of the LASS pulls \
+(mode (count/reps), other values if any). All values are medians over the reps; deploy also min–max.\n"
+    );
+
+    let _ = writeln!(o, "## Per image\n");
+    let _ = writeln!(
+        o,
+        "| image | layers | LDL (lass) | disk deploy ms | disk after-dl ms | disk pmem MiB | pmem deploy ms | pmem after-dl ms | pmem pmem MiB | lass deploy ms | lass after-dl ms | lass pmem MiB | lass/pmem | disk/lass |"
+    );
+    let _ = writeln!(
+        o,
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    );
+    for im in &s.images {
+        let mut row = format!("| {} | {} | ", im.image, im.layers);
+        row.push_str(
+            &im.placements
+                .get("lass")
+                .map(ldl_cell)
+                .unwrap_or_else(|| "n/a".into()),
+        );
+        for p in PLACEMENTS {
+            match im.placements.get(p) {
+                Some(st) => {
+                    let _ = write!(
+                        row,
+                        " | {} ({}–{}) | {} | {}",
+                        f0(st.deploy_ms_median),
+                        f0(st.deploy_ms_min),
+                        f0(st.deploy_ms_max),
+                        f0(st.store_after_download_ms_median),
+                        f1(st.pmem_bytes_median.map(|b| b / (1024.0 * 1024.0)))
+                    );
+                }
+                None => row.push_str(" | n/a | n/a | n/a"),
+            }
+        }
+        let _ = writeln!(
+            o,
+            "{row} | {} | {} |",
+            f3(im.lass_over_pmem_deploy),
+            f3(im.disk_over_lass_deploy)
+        );
+    }
+
+    let _ = writeln!(o, "\n## Overall\n");
+    let _ = writeln!(
+        o,
+        "Each per-image ratio is a ratio of that image's medians (all measured in this run); the overall \
+value is the **geometric mean of the per-image ratios** (range over images alongside).\n"
+    );
+    let _ = writeln!(
+        o,
+        "| metric | overall (geomean) | per-image range | goal | result |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|---|---|");
+    let _ = writeln!(
+        o,
+        "| LASS deploy / all-pmem deploy | {} | {} | ≤ {GOAL_LASS_OVER_PMEM} | {} |",
+        f3(s.lass_over_pmem_deploy.geomean),
+        range3(&s.lass_over_pmem_deploy),
+        met(s.goal_lass_over_pmem_met)
+    );
+    let _ = writeln!(
+        o,
+        "| all-disk deploy / LASS deploy | {} | {} | ≥ {GOAL_DISK_OVER_LASS} | {} |",
+        f3(s.disk_over_lass_deploy.geomean),
+        range3(&s.disk_over_lass_deploy),
+        met(s.goal_disk_over_lass_met)
+    );
+    let sad = |p: &str| s.store_after_download_ms.get(p).copied().flatten();
+    let _ = writeln!(
+        o,
+        "| store-after-download LASS / all-disk (median ms: lass {}, disk {}, pmem {}) | {} | {} | lower is better | – |",
+        f0(sad("lass")),
+        f0(sad("disk")),
+        f0(sad("pmem")),
+        f3(s.lass_over_disk_store_after_download.geomean),
+        range3(&s.lass_over_disk_store_after_download)
+    );
+    let _ = writeln!(
+        o,
+        "| pmem bytes LASS / all-pmem | {} | {} | < 1 (pmem saved) | – |",
+        f3(s.lass_over_pmem_pmem_bytes.geomean),
+        range3(&s.lass_over_pmem_pmem_bytes)
+    );
+    let inv_ok = s.lass_samples > 0 && s.lass_pmem_equals_ldl_and_above == s.lass_samples;
+    let _ = writeln!(
+        o,
+        "| LASS pmem bytes == LDL-and-above bytes | {}/{} samples | – | every sample | {} |",
+        s.lass_pmem_equals_ldl_and_above,
+        s.lass_samples,
+        met(Some(inv_ok))
+    );
+    let _ = writeln!(
+        o,
+        "| (reference) nvtier-internal stored_done: LASS / all-pmem | {} | {} | – | – |",
+        f3(s.lass_over_pmem_stored_done.geomean),
+        range3(&s.lass_over_pmem_stored_done)
+    );
+    let _ = writeln!(
+        o,
+        "| (reference) nvtier-internal stored_done: all-disk / LASS | {} | {} | – | – |",
+        f3(s.disk_over_lass_stored_done.geomean),
+        range3(&s.disk_over_lass_stored_done)
+    );
+
+    let verdict = |name: &str, v: Option<f64>, ok: Option<bool>, goal: &str| match ok {
+        Some(true) => format!("{name} {goal}: MET ({}).", f3(v)),
+        Some(false) => format!("{name} {goal}: MISSED ({}).", f3(v)),
+        None => format!("{name} {goal}: not measurable."),
+    };
+    let _ = writeln!(
+        o,
+        "\n**Goals.** {} {} LASS pmem bytes equal the LDL-and-above bytes in {}/{} LASS samples{}.\n",
+        verdict(
+            "LASS deploy / all-pmem deploy",
+            s.lass_over_pmem_deploy.geomean,
+            s.goal_lass_over_pmem_met,
+            "≤ 1.05"
+        ),
+        verdict(
+            "All-disk deploy / LASS deploy",
+            s.disk_over_lass_deploy.geomean,
+            s.goal_disk_over_lass_met,
+            "≥ 1.2"
+        ),
+        s.lass_pmem_equals_ldl_and_above,
+        s.lass_samples,
+        if inv_ok { " (MET)" } else { " (MISSED)" }
+    );
+    let per_image_misses: Vec<String> = s
+        .images
+        .iter()
+        .filter_map(|i| {
+            let lp = i.lass_over_pmem_deploy?;
+            let dl = i.disk_over_lass_deploy?;
+            let mut why = Vec::new();
+            if lp > GOAL_LASS_OVER_PMEM {
+                why.push(format!("lass/pmem {lp:.3}"));
+            }
+            if dl < GOAL_DISK_OVER_LASS {
+                why.push(format!("disk/lass {dl:.3}"));
+            }
+            (!why.is_empty()).then(|| format!("{} ({})", i.image, why.join(", ")))
+        })
+        .collect();
+    if !per_image_misses.is_empty() {
+        let _ = writeln!(
+            o,
+            "Per image, the goals are missed by: {}.\n",
+            per_image_misses.join("; ")
+        );
+    }
+
+    let _ = writeln!(o, "## Timelines of the median-deploy pull per placement\n");
+    let _ = writeln!(
+        o,
+        "ms since the pull started (nvtier's clock); `dl` = download end, `store` = store start–end and tier.\n"
+    );
+    for im in &r.images {
+        let picks: Vec<Option<&Sample>> = ["lass", "pmem", "disk"]
+            .iter()
+            .map(|p| median_sample(&r.samples, &im.name, p))
+            .collect();
+        let deploys: Vec<String> = picks
+            .iter()
+            .zip(["lass", "pmem", "disk"])
+            .map(|(s, p)| match s {
+                Some(s) => format!(
+                    "{p} rep {} deploy {:.0} ms, downloads done {:.0}, stored {:.0}",
+                    s.rep, s.deploy_ms, s.download_done_ms, s.stored_done_ms
+                ),
+                None => format!("{p} n/a"),
+            })
+            .collect();
+        let _ = writeln!(o, "**{}** ({}): {}\n", im.name, im.spec, deploys.join("; "));
+        let _ = writeln!(
+            o,
+            "| # | blob MiB | lass dl | lass store | pmem dl | pmem store | disk dl | disk store |"
+        );
+        let _ = writeln!(o, "|--:|--:|--:|---|--:|---|--:|---|");
+        for idx in 0..im.layers {
+            let mut row = String::new();
+            let size = picks
+                .iter()
+                .flatten()
+                .find_map(|s| s.layers.iter().find(|l| l.index == idx))
+                .map(|l| mib(l.size));
+            let _ = write!(row, "| {idx} | {}", f1(size));
+            for s in &picks {
+                let l = s.and_then(|s| s.layers.iter().find(|l| l.index == idx));
+                match l {
+                    Some(l) => {
+                        let ldl = s.and_then(|s| s.ldl_index) == Some(idx);
+                        let _ = write!(
+                            row,
+                            " | {} | {}–{} {}{}",
+                            f0(l.download_end_ms),
+                            f0(l.store_start_ms),
+                            f0(l.store_end_ms),
+                            l.tier,
+                            if ldl { " (LDL)" } else { "" }
+                        );
+                    }
+                    None => row.push_str(" | n/a | n/a"),
+                }
+            }
+            let _ = writeln!(o, "{row} |");
+        }
+        o.push('\n');
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 1.0]), Some(1.0));
+    }
+
+    #[test]
+    fn geomeans() {
+        let g = geomean(&[2.0, 8.0]).expect("positive");
+        assert!((g - 4.0).abs() < 1e-9);
+        assert_eq!(geomean(&[1.0, 0.0]), None);
+        assert_eq!(geomean(&[]), None);
+    }
+
+    fn sample(image: &str, placement: &str, deploy: f64, pmem: u64, ldl: Option<usize>) -> Sample {
+        Sample {
+            rep: 1,
+            image: image.into(),
+            placement: placement.into(),
+            deploy_ms: deploy,
+            download_done_ms: deploy / 2.0,
+            stored_done_ms: deploy * 0.9,
+            store_after_download_ms: deploy * 0.4,
+            pmem_bytes: pmem,
+            disk_bytes: 0,
+            ldl_index: ldl,
+            ldl_and_above_bytes: pmem,
+            layers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn summary_ratios() {
+        let images = crate::bench::image_set(true);
+        let mut v = Vec::new();
+        for (im, k) in [("mid", 1.0), ("top", 2.0)] {
+            for rep in 0..3 {
+                let j = rep as f64;
+                v.push(sample(im, "disk", k * 1300.0 + j, 0, Some(3)));
+                v.push(sample(im, "pmem", k * 1000.0 + j, 100, Some(3)));
+                v.push(sample(im, "lass", k * 1020.0 + j, 40, Some(3)));
+            }
+        }
+        let s = summarize(&images, &v);
+        let lp = s.lass_over_pmem_deploy.geomean.expect("ratio");
+        assert!((lp - 1.02).abs() < 0.01, "{lp}");
+        assert_eq!(s.goal_lass_over_pmem_met, Some(true));
+        assert_eq!(s.goal_disk_over_lass_met, Some(true));
+        assert_eq!(s.lass_pmem_equals_ldl_and_above, 6);
+        assert_eq!(s.images[0].placements["lass"].ldl_mode, Some(3));
+        assert!((s.lass_over_pmem_pmem_bytes.geomean.expect("ratio") - 0.4).abs() < 1e-9);
+    }
+}
