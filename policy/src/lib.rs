@@ -2,6 +2,7 @@
 //! function takes what the driver observed and returns what to do, so the
 //! rules can be tested exhaustively.
 
+pub mod classify;
 pub mod lass;
 
 pub use lass::{decide, ldl_index, Decision, DiskReason, Placement, StoreMoment, Tier};
