@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+// nvtier file-access tracer: which image files does a container touch while
+// it cold-starts?
+//
+// Tracepoints only (fentry/kprobes are refused on the target kernels):
+// - syscalls open/openat/openat2 (exit): the opened file, resolved through
+//   overlayfs to the real (layer) inode;
+// - syscalls mmap (enter): file-backed mappings, resolved the same way;
+// - tp_btf sched_process_exec: the executed file;
+// - filemap mm_filemap_add_to_page_cache: every page the kernel reads into
+//   the page cache, keyed by the real inode. This catches what the syscall
+//   view misses: the ELF interpreter the kernel maps at exec, script
+//   interpreters, files reached through another hardlinked name, opens
+//   relative to a directory fd.
+// - syscalls stat family (enter): the path string (and dirfd); user space
+//   resolves it against the image's layers, because a stat has no file.
+//
+// Events are filtered in the kernel by cgroup v2 id and go to user space
+// through a ring buffer with batched wake-ups.
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+#define MAP_ANONYMOUS 0x20
+#define AT_EMPTY_PATH 0x1000
+
+#define KIND_OPEN 1
+#define KIND_EXEC 2
+#define KIND_MMAP 4
+#define KIND_STAT 8
+#define KIND_READ 16
+
+#define EV_INODE 1
+#define EV_PATH 2
+
+#define PATH_MAX_LEN 256
+
+/* Wake user space only when this much data is waiting (batched wake-ups). */
+#define WAKEUP_BYTES (64 * 1024)
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by user space before load. */
+const volatile bool ovl_file_indirect = true; /* 6.13+: private_data is struct ovl_file */
+
+struct inode_event {
+	u32 type; /* EV_INODE */
+	u32 kind;
+	u64 ts_ns;
+	u64 cgroup_id;
+	u64 ino;
+	u32 dev; /* kernel encoding: major << 20 | minor */
+	u32 pid;
+};
+
+struct path_event {
+	u32 type; /* EV_PATH */
+	u32 kind;
+	u64 ts_ns;
+	u64 cgroup_id;
+	s32 dfd;
+	u32 pid;
+	char path[PATH_MAX_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+/* cgroup v2 ids to trace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, u64);
+	__type(value, u8);
+} cgroups SEC(".maps");
+
+/* Events dropped because the ring buffer was full. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, u64);
+} lost SEC(".maps");
+
+/* Inodes already reported by the page-cache tracepoint. */
+struct inode_key {
+	u64 ino;
+	u64 dev;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct inode_key);
+	__type(value, u8);
+} seen_pages SEC(".maps");
+
+struct sys_enter_args {
+	u64 common;
+	s64 nr;
+	u64 args[6];
+};
+
+struct sys_exit_args {
+	u64 common;
+	s64 nr;
+	s64 ret;
+};
+
+static __always_inline bool traced(u64 *cg)
+{
+	u64 id = bpf_get_current_cgroup_id();
+	*cg = id;
+	return bpf_map_lookup_elem(&cgroups, &id) != NULL;
+}
+
+static __always_inline u64 flags_for_submit(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+									  : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void count_lost(void)
+{
+	u32 k = 0;
+	u64 *v = bpf_map_lookup_elem(&lost, &k);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+/* The real (layer) file behind an overlayfs file, or the file itself. */
+static __always_inline struct file *real_file(struct file *f)
+{
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	if (magic != OVERLAYFS_SUPER_MAGIC)
+		return f;
+	void *pd = BPF_CORE_READ(f, private_data);
+	if (!pd)
+		return f;
+	if (ovl_file_indirect) {
+		struct ovl_file *of = pd;
+		struct file *rf = BPF_CORE_READ(of, realfile);
+		return rf ? rf : f;
+	}
+	return (struct file *)pd;
+}
+
+static __always_inline void emit_file(struct file *f, u32 kind, u64 cg)
+{
+	if (!f)
+		return;
+	struct file *rf = real_file(f);
+	struct inode *inode = BPF_CORE_READ(rf, f_inode);
+	if (!inode)
+		return;
+	struct inode_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->type = EV_INODE;
+	e->kind = kind;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = cg;
+	e->ino = BPF_CORE_READ(inode, i_ino);
+	e->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_ringbuf_submit(e, flags_for_submit());
+}
+
+static __always_inline struct file *fd_file(s64 fd)
+{
+	if (fd < 0)
+		return NULL;
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	struct files_struct *files = BPF_CORE_READ(t, files);
+	if (!files)
+		return NULL;
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	if ((u64)fd >= max)
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+static __always_inline int on_open_exit(struct sys_exit_args *ctx)
+{
+	u64 cg;
+	if (ctx->ret < 0 || !traced(&cg))
+		return 0;
+	emit_file(fd_file(ctx->ret), KIND_OPEN, cg);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_openat")
+int exit_openat(struct sys_exit_args *ctx) { return on_open_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_open")
+int exit_open(struct sys_exit_args *ctx) { return on_open_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_exit_openat2")
+int exit_openat2(struct sys_exit_args *ctx) { return on_open_exit(ctx); }
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int enter_mmap(struct sys_enter_args *ctx)
+{
+	u64 cg;
+	/* mmap(addr, len, prot, flags, fd, off) */
+	s64 fd = (s64)ctx->args[4];
+	u64 flags = ctx->args[3];
+	if (fd < 0 || (flags & MAP_ANONYMOUS) || !traced(&cg))
+		return 0;
+	emit_file(fd_file(fd), KIND_MMAP, cg);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	u64 cg;
+	if (!traced(&cg))
+		return 0;
+	emit_file(BPF_CORE_READ(bprm, file), KIND_EXEC, cg);
+	return 0;
+}
+
+SEC("tracepoint/filemap/mm_filemap_add_to_page_cache")
+int on_page_cache_add(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
+{
+	u64 cg;
+	if (!traced(&cg))
+		return 0;
+	/* One event per page is too many: report each inode once. */
+	struct inode_key k = { .ino = ctx->i_ino, .dev = ctx->s_dev };
+	u8 one = 1;
+	if (bpf_map_lookup_elem(&seen_pages, &k))
+		return 0;
+	bpf_map_update_elem(&seen_pages, &k, &one, BPF_ANY);
+	struct inode_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	e->type = EV_INODE;
+	e->kind = KIND_READ;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = cg;
+	e->ino = ctx->i_ino;
+	e->dev = ctx->s_dev;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_ringbuf_submit(e, flags_for_submit());
+	return 0;
+}
+
+static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg)
+{
+	struct path_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->type = EV_PATH;
+	e->kind = KIND_STAT;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = cg;
+	e->dfd = dfd;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	if (bpf_probe_read_user_str(e->path, sizeof(e->path), upath) < 0)
+		e->path[0] = 0;
+	bpf_ringbuf_submit(e, flags_for_submit());
+}
+
+static __always_inline int stat_at(s32 dfd, const char *upath, u64 flags)
+{
+	u64 cg;
+	if (!traced(&cg))
+		return 0;
+	char first = 0;
+	bpf_probe_read_user(&first, 1, upath);
+	if ((flags & AT_EMPTY_PATH) && first == 0) {
+		emit_file(fd_file(dfd), KIND_STAT, cg);
+		return 0;
+	}
+	emit_path(dfd, upath, cg);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_newfstatat")
+int enter_newfstatat(struct sys_enter_args *ctx)
+{
+	return stat_at((s32)ctx->args[0], (const char *)ctx->args[1], ctx->args[3]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_statx")
+int enter_statx(struct sys_enter_args *ctx)
+{
+	return stat_at((s32)ctx->args[0], (const char *)ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_newstat")
+int enter_newstat(struct sys_enter_args *ctx)
+{
+	return stat_at(-100, (const char *)ctx->args[0], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_newlstat")
+int enter_newlstat(struct sys_enter_args *ctx)
+{
+	return stat_at(-100, (const char *)ctx->args[0], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_newfstat")
+int enter_newfstat(struct sys_enter_args *ctx)
+{
+	u64 cg;
+	if (!traced(&cg))
+		return 0;
+	emit_file(fd_file((s64)ctx->args[0]), KIND_STAT, cg);
+	return 0;
+}
