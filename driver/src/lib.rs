@@ -16,5 +16,6 @@ pub mod pull;
 pub mod run;
 pub mod store;
 pub mod tier;
+pub mod trace;
 
 pub use error::{Error, Result};

@@ -53,7 +53,14 @@ pub fn run(store: &Store, image: &str, cmd: &[String], quiet_stdout: bool) -> Re
         }
     };
     let mount_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let r = spawn_in(&rec.target, cmd, quiet_stdout);
+    let r = spawn_in(
+        &rec.target,
+        cmd,
+        SpawnOptions {
+            quiet_stdout,
+            ..Default::default()
+        },
+    );
     let u = umount_image(store, &rec.target);
     let _ = std::fs::remove_dir(&root);
     let (code, elapsed) = r?;
@@ -66,7 +73,77 @@ pub fn run(store: &Store, image: &str, cmd: &[String], quiet_stdout: bool) -> Re
     })
 }
 
-fn spawn_in(root: &Path, cmd: &[String], quiet_stdout: bool) -> Result<(i32, f64)> {
+/// How to run the command.
+#[derive(Default)]
+pub struct SpawnOptions<'a> {
+    /// Send the command's stdout to stderr.
+    pub quiet_stdout: bool,
+    /// Join this cgroup (v2 directory) before anything else.
+    pub cgroup: Option<&'a Cgroup>,
+    /// End the run (kill the cgroup) when this returns true; polled every
+    /// 5 ms. Requires `cgroup`.
+    pub stop_when: Option<&'a mut dyn FnMut() -> bool>,
+}
+
+/// A cgroup v2 directory made for one run, removed on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub dir: PathBuf,
+    pub id: u64,
+    procs: std::ffi::CString,
+}
+
+impl Cgroup {
+    /// Create a fresh cgroup under the v2 hierarchy
+    /// (`/sys/fs/cgroup` on a unified system, else `/sys/fs/cgroup/unified`).
+    pub fn create(prefix: &str) -> Result<Cgroup> {
+        use std::os::unix::fs::MetadataExt;
+        let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/unified")
+        };
+        let dir = base.join(format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir(&dir).ctx("create cgroup (is cgroup v2 mounted?)", &dir)?;
+        let id = std::fs::metadata(&dir).ctx("stat cgroup", &dir)?.ino();
+        let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes())
+            .map_err(|_| Error::Other("cgroup path contains NUL".into()))?;
+        Ok(Cgroup { dir, id, procs })
+    }
+
+    /// Kill every process in the cgroup.
+    pub fn kill(&self) -> Result<()> {
+        std::fs::write(self.dir.join("cgroup.kill"), b"1").ctx("kill cgroup", &self.dir)
+    }
+
+    fn populated(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if !self.populated() {
+                break;
+            }
+            let _ = self.kill();
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Run `cmd` chrooted into the mounted rootfs `root` in new namespaces.
+/// Returns the exit code and the wall time in ms.
+pub fn spawn_in(root: &Path, cmd: &[String], opts: SpawnOptions<'_>) -> Result<(i32, f64)> {
+    let quiet_stdout = opts.quiet_stdout;
+    if cmd.is_empty() {
+        return Err(Error::Other("no command given".into()));
+    }
+    let cgroup_procs = opts.cgroup.map(|c| c.procs.clone());
     let root = root.to_path_buf();
     let proc_dir = root.join("proc");
     let mut c = Command::new(&cmd[0]);
@@ -91,6 +168,18 @@ fn spawn_in(root: &Path, cmd: &[String], quiet_stdout: bool) -> Result<(i32, f64
     unsafe {
         c.pre_exec(move || {
             use nix::sched::CloneFlags as F;
+            if let Some(p) = &cgroup_procs {
+                // Allocation-free: open/write/close on a prepared path.
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             nix::sched::unshare(
                 F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWUTS | F::CLONE_NEWIPC,
             )?;
@@ -132,12 +221,25 @@ fn spawn_in(root: &Path, cmd: &[String], quiet_stdout: bool) -> Result<(i32, f64
         });
     }
     let t = Instant::now();
-    let status = c.status().map_err(|e| {
+    let mut child = c.spawn().map_err(|e| {
         Error::Other(format!(
             "cannot start {:?} in the image: {e} (does the image contain it?)",
             cmd[0]
         ))
     })?;
+    let status = match (opts.stop_when, opts.cgroup) {
+        (Some(stop), Some(cg)) => loop {
+            if let Some(st) = child.try_wait().map_err(|e| Error::Other(format!("wait: {e}")))? {
+                break st;
+            }
+            if stop() {
+                cg.kill()?;
+                break child.wait().map_err(|e| Error::Other(format!("wait: {e}")))?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        },
+        _ => child.wait().map_err(|e| Error::Other(format!("wait: {e}")))?,
+    };
     let elapsed = t.elapsed().as_secs_f64() * 1e3;
     let code = status
         .code()

@@ -1,5 +1,5 @@
 //! The fallback tracer: fanotify on the container's overlay mount
-//! (FAN_OPEN, FAN_OPEN_EXEC). It sees opens and execs (the kernel's own
+//! (FAN_OPEN, FAN_OPEN_EXEC, marked on the overlay's superblock). It sees opens and execs (the kernel's own
 //! open of the ELF interpreter included) but not mmaps of already-open
 //! files or stat-only lookups.
 
@@ -28,7 +28,9 @@ impl FanotifyTracer {
         )
         .map_err(|e| Error::FanotifyUnavailable(format!("fanotify_init: {e}")))?;
         fa.mark(
-            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
+            // The container runs in its own mount namespace, on a copy of
+            // this mount: mark the overlay superblock, which both share.
+            MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
             MaskFlags::FAN_OPEN | MaskFlags::FAN_OPEN_EXEC,
             None,
             Some(root),
@@ -69,11 +71,16 @@ fn drain(fa: Fanotify, root: PathBuf, stop: Arc<AtomicBool>, events: Arc<Mutex<V
                 std::os::fd::AsRawFd::as_raw_fd(&fd)
             ));
             if let Ok(p) = link {
-                if let Ok(rel) = p.strip_prefix(&root) {
-                    let path = format!("/{}", rel.display());
-                    if let Ok(mut v) = events.lock() {
-                        v.push(RawEvent::ImagePath { kind, ts_ns, path });
-                    }
+                // Through our copy of the mount the path carries the mount
+                // point; through the container's copy (not reachable from
+                // here) it is already relative to the overlay root.
+                let path = match p.strip_prefix(&root) {
+                    Ok(rel) => format!("/{}", rel.display()),
+                    Err(_) if p.is_absolute() => p.display().to_string(),
+                    Err(_) => continue,
+                };
+                if let Ok(mut v) = events.lock() {
+                    v.push(RawEvent::ImagePath { kind, ts_ns, path });
                 }
             }
         }

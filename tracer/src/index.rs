@@ -184,6 +184,21 @@ impl LayerIndex {
         None
     }
 
+    /// [`resolve`](Self::resolve), plus every other name of the same inode
+    /// in that layer (hardlinks), as the inode-based tracer reports them.
+    pub fn resolve_all(&self, path: &str) -> Vec<FileRef> {
+        let Some(f) = self.resolve(path) else {
+            return Vec::new();
+        };
+        let p = self.layers[f.layer].dir.join(f.path.trim_start_matches('/'));
+        match std::fs::metadata(&p) {
+            Ok(m) if !self.by_inode(m.dev(), m.ino()).is_empty() => {
+                self.by_inode(m.dev(), m.ino()).to_vec()
+            }
+            _ => vec![f],
+        }
+    }
+
     /// Does layer `i` hide everything below it at `parts` (an opaque
     /// ancestor directory, or a whiteout of an ancestor)?
     fn hidden_below(&self, i: usize, parts: &[String]) -> bool {

@@ -95,12 +95,12 @@ impl Profile {
                         // such files when their data is read).
                         continue;
                     };
-                    if let Some(f) = index.resolve(&full) {
+                    for f in index.resolve_all(&full) {
                         add(&f, *kind, *ts_ns);
                     }
                 }
                 RawEvent::ImagePath { kind, ts_ns, path } => {
-                    if let Some(f) = index.resolve(path) {
+                    for f in index.resolve_all(path) {
                         add(&f, *kind, *ts_ns);
                     }
                 }

@@ -98,8 +98,63 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Cold-start IMAGE under the file-access tracer (eBPF, or fanotify as
+    /// a fallback) and save the files it touched as the image's hot profile.
+    Trace {
+        image: String,
+        /// End the trace window after SECS even if CMD still runs.
+        #[arg(long, value_name = "SECS")]
+        window: Option<f64>,
+        /// Trace until CMD exits (the default without --window).
+        #[arg(long, conflicts_with = "window")]
+        until_exit: bool,
+        /// End the window when 127.0.0.1:PORT accepts a connection.
+        #[arg(long, value_name = "PORT")]
+        ready_port: Option<u16>,
+        /// End the window when PATH (inside the image) exists.
+        #[arg(long, value_name = "PATH")]
+        ready_file: Option<String>,
+        /// Do not drop the page cache first.
+        #[arg(long)]
+        warm: bool,
+        /// auto (eBPF, else fanotify), ebpf or fanotify. NVTIER_TRACER overrides.
+        #[arg(long, default_value = "auto")]
+        tracer: nvtier::trace::TracerChoice,
+        #[arg(long)]
+        json: bool,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show, export or import hot profiles.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
     /// Remove layers no image or mount references.
     Gc {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfileCmd {
+    /// Show an image's hot profile, in first-access order.
+    Show {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a portable profile (keyed by layer diffID + path) to FILE or stdout.
+    Export {
+        image: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Import a profile exported on another node.
+    Import {
+        file: PathBuf,
+        /// Attach it to this image instead of the one named in the file.
+        #[arg(long)]
+        image: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -449,6 +504,100 @@ fn real_main(cli: Cli) -> Result<()> {
             if r.exit_code != 0 {
                 std::process::exit(r.exit_code);
             }
+        }
+        Cmd::Trace {
+            image,
+            window,
+            until_exit: _,
+            ready_port,
+            ready_file,
+            warm,
+            tracer,
+            json,
+            cmd,
+        } => {
+            let name = resolve_image(&store, &image)?;
+            let opts = nvtier::trace::TraceOptions {
+                tracer,
+                warm,
+                window: nvtier::trace::Window {
+                    max: window.map(std::time::Duration::from_secs_f64),
+                    ready_port,
+                    ready_file,
+                },
+                quiet_stdout: json,
+            };
+            let r = nvtier::trace::trace(&store, &name, &cmd, &opts)?;
+            if json {
+                return print_json(&r);
+            }
+            eprintln!("tracer: {} ({})", r.tracer, r.tracer_reason);
+            println!(
+                "{}: exit {} in {:.1} ms; {} image files, {} ({:.1}% of {} image bytes){}",
+                r.image,
+                r.exit_code,
+                r.elapsed_ms,
+                r.files,
+                human(r.bytes),
+                r.hot_share * 100.0,
+                human(r.image_bytes),
+                if r.lost_events > 0 {
+                    format!("; {} events LOST", r.lost_events)
+                } else {
+                    String::new()
+                }
+            );
+            for (i, (c, n, b)) in r.per_layer.iter().enumerate() {
+                println!("  layer {i} {}: {n} files, {}", short(c), human(*b));
+            }
+        }
+        Cmd::Profile(ProfileCmd::Show { image, json }) => {
+            let name = resolve_image(&store, &image)?;
+            let p = nvtier::trace::load_profile(&store, &name)?
+                .with_context(|| format!("no profile for {name}: run `nvtier trace {image} -- CMD` first"))?;
+            if json {
+                return print_json(&p);
+            }
+            println!("{} — {} runs, tracer {}, {} files", p.image, p.runs, p.tracer, p.files.len());
+            for f in &p.files {
+                let kinds: Vec<String> = f
+                    .kinds
+                    .iter()
+                    .map(|k| serde_json::to_value(k).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+                    .collect();
+                println!(
+                    "{:>9.1} ms  {:<12}  {:>10}  {:>4}x  {:<16}  {}",
+                    f.first_access_ms,
+                    short(&f.layer_chain_id),
+                    f.bytes.map(human).unwrap_or_else(|| "-".into()),
+                    f.count,
+                    kinds.join(","),
+                    f.path
+                );
+            }
+        }
+        Cmd::Profile(ProfileCmd::Export { image, output }) => {
+            let name = resolve_image(&store, &image)?;
+            let p = nvtier::trace::load_profile(&store, &name)?
+                .with_context(|| format!("no profile for {name}"))?;
+            let text = p.to_json()?;
+            match output {
+                Some(f) => std::fs::write(&f, text).with_context(|| format!("write {}", f.display()))?,
+                None => println!("{text}"),
+            }
+        }
+        Cmd::Profile(ProfileCmd::Import { file, image, json }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let target = match image {
+                Some(i) => Some(resolve_image(&store, &i)?),
+                None => None,
+            };
+            let p = nvtier::trace::import(&store, &text, target.as_deref())?;
+            if json {
+                return print_json(&p);
+            }
+            println!("imported {} files for {}", p.files.len(), p.image);
         }
         Cmd::Gc { json } => {
             let r = store.gc()?;

@@ -1,0 +1,313 @@
+//! `nvtier trace`: cold-start an image under the file-access tracer and
+//! keep the result as the image's hot profile (`STATE/profiles/`).
+//!
+//! The eBPF tracer is used when it loads; otherwise fanotify on the
+//! container's overlay mount. `NVTIER_TRACER=fanotify` (or `--tracer`)
+//! forces the fallback.
+
+use crate::error::{Error, IoContext, Result};
+use crate::extract::write_atomic;
+use crate::mount::{mount_image, umount_image};
+use crate::run::{drop_caches, spawn_in, Cgroup, SpawnOptions};
+use crate::store::Store;
+use nvtier_tracer::bpf::BpfTracer;
+use nvtier_tracer::fanotify::FanotifyTracer;
+use nvtier_tracer::{LayerIndex, LayerRef, Profile, Tracer};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which tracer to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TracerChoice {
+    #[default]
+    Auto,
+    Ebpf,
+    Fanotify,
+}
+
+impl std::str::FromStr for TracerChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(TracerChoice::Auto),
+            "ebpf" | "bpf" => Ok(TracerChoice::Ebpf),
+            "fanotify" => Ok(TracerChoice::Fanotify),
+            o => Err(format!("unknown tracer {o:?}: auto, ebpf or fanotify")),
+        }
+    }
+}
+
+/// When the trace window ends (besides the command exiting).
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    pub max: Option<Duration>,
+    /// A TCP port on 127.0.0.1 that accepts ("ready").
+    pub ready_port: Option<u16>,
+    /// A path inside the image that appears ("ready").
+    pub ready_file: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    pub tracer: TracerChoice,
+    pub warm: bool,
+    pub window: Window,
+    pub quiet_stdout: bool,
+}
+
+/// What one traced cold start produced.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceReport {
+    pub image: String,
+    pub tracer: String,
+    pub tracer_reason: String,
+    pub exit_code: i32,
+    pub elapsed_ms: f64,
+    pub lost_events: u64,
+    pub files: usize,
+    pub bytes: u64,
+    pub image_bytes: u64,
+    pub hot_share: f64,
+    /// (chainID, files, bytes) per layer in chain order.
+    pub per_layer: Vec<(String, usize, u64)>,
+    /// This run alone (the saved profile merges every run).
+    pub profile: Profile,
+}
+
+pub fn profile_path(store: &Store, image: &str) -> PathBuf {
+    store
+        .state()
+        .join("profiles")
+        .join(format!("{}.json", hex::encode(Sha256::digest(image.as_bytes()))))
+}
+
+pub fn load_profile(store: &Store, image: &str) -> Result<Option<Profile>> {
+    let p = profile_path(store, image);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => Profile::from_json(&t)
+            .map(Some)
+            .map_err(|e| Error::Other(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).ctx("read profile", p),
+    }
+}
+
+pub fn save_profile(store: &Store, p: &Profile) -> Result<()> {
+    let path = profile_path(store, &p.image);
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).ctx("create", d)?;
+    }
+    let json = p.to_json().map_err(|e| Error::Other(e.to_string()))?;
+    write_atomic(&path, json.as_bytes())
+}
+
+/// The image's layers as the tracer needs them, chain order.
+pub fn layer_refs(store: &Store, image: &str) -> Result<Vec<LayerRef>> {
+    let rec = store
+        .image(image)?
+        .ok_or_else(|| Error::ImageNotFound(image.to_string()))?;
+    rec.chain_ids
+        .iter()
+        .zip(&rec.diff_ids)
+        .map(|(c, d)| {
+            let m = store
+                .layer(c)?
+                .ok_or_else(|| Error::Other(format!("layer {c} missing; re-pull the image")))?;
+            Ok(LayerRef {
+                chain_id: c.clone(),
+                diff_id: d.clone(),
+                dir: store.layer_dir(&m)?,
+            })
+        })
+        .collect()
+}
+
+fn start_tracer(
+    choice: TracerChoice,
+    cg: &Cgroup,
+    root: &Path,
+) -> Result<(Box<dyn Tracer>, String)> {
+    let forced = std::env::var("NVTIER_TRACER")
+        .ok()
+        .and_then(|v| v.parse::<TracerChoice>().ok());
+    let choice = forced.unwrap_or(choice);
+    if choice != TracerChoice::Fanotify {
+        let root2 = root.to_path_buf();
+        let cwd_of: nvtier_tracer::bpf::CwdFn = Arc::new(move |pid| {
+            let c = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+            c.strip_prefix(&root2)
+                .ok()
+                .map(|r| format!("/{}", r.display()))
+        });
+        match BpfTracer::start(&[cg.id], Some(cwd_of)) {
+            Ok(t) => return Ok((Box::new(t), "eBPF loaded".into())),
+            Err(e) if choice == TracerChoice::Auto => {
+                let why = format!("{e}; falling back to fanotify");
+                let t = FanotifyTracer::start(root).map_err(|e2| {
+                    Error::Other(format!("no tracer available: {why}; {e2}"))
+                })?;
+                return Ok((Box::new(t), why));
+            }
+            Err(e) => return Err(Error::Other(e.to_string())),
+        }
+    }
+    let why = if forced.is_some() {
+        "forced by NVTIER_TRACER".to_string()
+    } else {
+        "requested with --tracer fanotify".to_string()
+    };
+    let t = FanotifyTracer::start(root).map_err(|e| Error::Other(e.to_string()))?;
+    Ok((Box::new(t), why))
+}
+
+/// Cold-start `image` running `cmd` under the tracer; merge the result into
+/// the image's saved profile.
+pub fn trace(store: &Store, image: &str, cmd: &[String], opts: &TraceOptions) -> Result<TraceReport> {
+    let layers = layer_refs(store, image)?;
+    let index = LayerIndex::build(layers).map_err(|e| Error::Other(e.to_string()))?;
+    let image_bytes: u64 = index
+        .layers
+        .iter()
+        .filter_map(|l| store.layer(&l.chain_id).ok().flatten())
+        .map(|m| m.file_bytes)
+        .sum();
+    let root = store
+        .state()
+        .join("run")
+        .join(format!("trace-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&root).ctx("create", &root)?;
+    let rec = match mount_image(store, image, &root) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir(&root);
+            return Err(e);
+        }
+    };
+    let result = (|| {
+        if !opts.warm {
+            drop_caches()?;
+        }
+        let cg = Cgroup::create("nvtier-trace")?;
+        let (tracer, why) = start_tracer(opts.tracer, &cg, &rec.target)?;
+        let name = tracer.name().to_string();
+        tracing::info!(tracer = %name, reason = %why, "tracer active");
+        let start_ns = nvtier_tracer::event::monotonic_ns();
+        let t0 = Instant::now();
+        let w = opts.window.clone();
+        let target = rec.target.clone();
+        let mut stop = move || {
+            if w.max.is_some_and(|m| t0.elapsed() >= m) {
+                return true;
+            }
+            if let Some(p) = w.ready_port {
+                if std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                    Duration::from_millis(20),
+                )
+                .is_ok()
+                {
+                    return true;
+                }
+            }
+            if let Some(f) = &w.ready_file {
+                if target.join(f.trim_start_matches('/')).exists() {
+                    return true;
+                }
+            }
+            false
+        };
+        let run = spawn_in(
+            &rec.target,
+            cmd,
+            SpawnOptions {
+                quiet_stdout: opts.quiet_stdout,
+                cgroup: Some(&cg),
+                stop_when: Some(&mut stop),
+            },
+        );
+        // Let in-flight events reach the ring buffer before stopping.
+        std::thread::sleep(Duration::from_millis(60));
+        let stopped = tracer.stop().map_err(|e| Error::Other(e.to_string()));
+        drop(cg);
+        let (code, elapsed) = run?;
+        let (events, lost) = stopped?;
+        if lost > 0 {
+            tracing::warn!(lost, "tracer lost events (ring buffer full)");
+        }
+        let profile = Profile::from_events(image, &name, &events, &index, start_ns, lost);
+        Ok((code, elapsed, name, why, profile))
+    })();
+    let u = umount_image(store, &rec.target);
+    let _ = std::fs::remove_dir(&root);
+    let (exit_code, elapsed_ms, tracer, tracer_reason, profile) = result?;
+    u?;
+    let mut saved = load_profile(store, image)?.unwrap_or_else(|| Profile {
+        runs: 0,
+        files: Vec::new(),
+        ..profile.clone()
+    });
+    saved.merge(&profile);
+    save_profile(store, &saved)?;
+    let bytes = profile.total_bytes();
+    let per_layer = index
+        .layers
+        .iter()
+        .map(|l| {
+            let fs: Vec<_> = profile
+                .files
+                .iter()
+                .filter(|f| f.layer_chain_id == l.chain_id)
+                .collect();
+            (
+                l.chain_id.clone(),
+                fs.len(),
+                fs.iter().filter_map(|f| f.bytes).sum(),
+            )
+        })
+        .collect();
+    Ok(TraceReport {
+        image: image.to_string(),
+        tracer,
+        tracer_reason,
+        exit_code,
+        elapsed_ms,
+        lost_events: profile.lost_events,
+        files: profile.files.len(),
+        bytes,
+        image_bytes,
+        hot_share: if image_bytes > 0 {
+            bytes as f64 / image_bytes as f64
+        } else {
+            0.0
+        },
+        per_layer,
+        profile,
+    })
+}
+
+/// Import a profile file (from `nvtier profile export`), keyed by layer
+/// diffID + path, as the profile of `image` (default: the name inside it).
+/// Entries whose layer is not part of the image are dropped; chainIDs are
+/// rewritten to this node's.
+pub fn import(store: &Store, text: &str, image: Option<&str>) -> Result<Profile> {
+    let mut p = Profile::from_json(text).map_err(|e| Error::Other(e.to_string()))?;
+    let name = image.map(str::to_string).unwrap_or_else(|| p.image.clone());
+    let rec = store
+        .image(&name)?
+        .ok_or_else(|| Error::ImageNotFound(name.clone()))?;
+    let chain_of: std::collections::HashMap<&String, &String> =
+        rec.diff_ids.iter().zip(&rec.chain_ids).collect();
+    p.files.retain_mut(|f| match chain_of.get(&f.layer_diff_id) {
+        Some(c) => {
+            f.layer_chain_id = (*c).clone();
+            true
+        }
+        None => false,
+    });
+    p.image = name;
+    p.diff_ids = rec.diff_ids.clone();
+    save_profile(store, &p)?;
+    Ok(p)
+}
