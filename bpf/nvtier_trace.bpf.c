@@ -223,6 +223,19 @@ int enter_mmap(struct sys_enter_args *ctx)
 	return 0;
 }
 
+struct vma_ctx {
+	u64 cg;
+};
+
+static long on_entry_vma(struct task_struct *task, struct vm_area_struct *vma, struct vma_ctx *c)
+{
+	/* vm_file of an overlay mapping is already the real (layer) file. */
+	emit_file(vma->vm_file, KIND_MMAP, c->cg);
+	return 0;
+}
+
+static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg, u32 kind, bool kernel);
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -230,6 +243,19 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (!traced(&cg))
 		return 0;
 	emit_file(BPF_CORE_READ(bprm, file), KIND_EXEC, cg);
+	/* The name exec'd: for a script this is the script itself, which the
+	 * kernel opened without a syscall (bprm->file is its interpreter). */
+	emit_path(-100, BPF_CORE_READ(bprm, filename), cg, KIND_EXEC, true);
+	/* The ELF interpreter is mapped by the kernel, not through mmap(2):
+	 * the new program starts at its entry point, so the mapping that
+	 * holds the start address is the interpreter (or the static binary
+	 * itself). */
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
+	if (regs) {
+		u64 ip = BPF_CORE_READ(regs, ip);
+		struct vma_ctx c = { .cg = cg };
+		bpf_find_vma(p, ip, on_entry_vma, &c, 0);
+	}
 	return 0;
 }
 
@@ -261,7 +287,7 @@ int on_page_cache_add(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
 	return 0;
 }
 
-static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg)
+static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg, u32 kind, bool kernel)
 {
 	struct path_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -269,12 +295,14 @@ static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg)
 		return;
 	}
 	e->type = EV_PATH;
-	e->kind = KIND_STAT;
+	e->kind = kind;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = cg;
 	e->dfd = dfd;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
-	if (bpf_probe_read_user_str(e->path, sizeof(e->path), upath) < 0)
+	long n = kernel ? bpf_probe_read_kernel_str(e->path, sizeof(e->path), upath)
+			: bpf_probe_read_user_str(e->path, sizeof(e->path), upath);
+	if (n < 0)
 		e->path[0] = 0;
 	bpf_ringbuf_submit(e, flags_for_submit());
 }
@@ -290,7 +318,7 @@ static __always_inline int stat_at(s32 dfd, const char *upath, u64 flags)
 		emit_file(fd_file(dfd), KIND_STAT, cg);
 		return 0;
 	}
-	emit_path(dfd, upath, cg);
+	emit_path(dfd, upath, cg, KIND_STAT, false);
 	return 0;
 }
 

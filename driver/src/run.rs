@@ -103,7 +103,11 @@ impl Cgroup {
         } else {
             PathBuf::from("/sys/fs/cgroup/unified")
         };
-        let dir = base.join(format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let dir = base.join(format!(
+            "{prefix}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir(&dir).ctx("create cgroup (is cgroup v2 mounted?)", &dir)?;
         let id = std::fs::metadata(&dir).ctx("stat cgroup", &dir)?.ino();
         let procs = std::ffi::CString::new(dir.join("cgroup.procs").to_string_lossy().as_bytes())
@@ -187,6 +191,10 @@ pub fn spawn_in(root: &Path, cmd: &[String], opts: SpawnOptions<'_>) -> Result<(
             // namespace: fork once more, wait, and pass the status through.
             match nix::unistd::fork()? {
                 nix::unistd::ForkResult::Parent { child } => {
+                    // This process never execs: close std's exec-status pipe
+                    // (and every other inherited fd) so `spawn` returns now
+                    // instead of when the container ends.
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                     let code = match nix::sys::wait::waitpid(child, None) {
                         Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => c,
                         Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
@@ -229,16 +237,23 @@ pub fn spawn_in(root: &Path, cmd: &[String], opts: SpawnOptions<'_>) -> Result<(
     })?;
     let status = match (opts.stop_when, opts.cgroup) {
         (Some(stop), Some(cg)) => loop {
-            if let Some(st) = child.try_wait().map_err(|e| Error::Other(format!("wait: {e}")))? {
+            if let Some(st) = child
+                .try_wait()
+                .map_err(|e| Error::Other(format!("wait: {e}")))?
+            {
                 break st;
             }
             if stop() {
                 cg.kill()?;
-                break child.wait().map_err(|e| Error::Other(format!("wait: {e}")))?;
+                break child
+                    .wait()
+                    .map_err(|e| Error::Other(format!("wait: {e}")))?;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         },
-        _ => child.wait().map_err(|e| Error::Other(format!("wait: {e}")))?,
+        _ => child
+            .wait()
+            .map_err(|e| Error::Other(format!("wait: {e}")))?,
     };
     let elapsed = t.elapsed().as_secs_f64() * 1e3;
     let code = status

@@ -77,10 +77,10 @@ pub struct TraceReport {
 }
 
 pub fn profile_path(store: &Store, image: &str) -> PathBuf {
-    store
-        .state()
-        .join("profiles")
-        .join(format!("{}.json", hex::encode(Sha256::digest(image.as_bytes()))))
+    store.state().join("profiles").join(format!(
+        "{}.json",
+        hex::encode(Sha256::digest(image.as_bytes()))
+    ))
 }
 
 pub fn load_profile(store: &Store, image: &str) -> Result<Option<Profile>> {
@@ -145,9 +145,8 @@ fn start_tracer(
             Ok(t) => return Ok((Box::new(t), "eBPF loaded".into())),
             Err(e) if choice == TracerChoice::Auto => {
                 let why = format!("{e}; falling back to fanotify");
-                let t = FanotifyTracer::start(root).map_err(|e2| {
-                    Error::Other(format!("no tracer available: {why}; {e2}"))
-                })?;
+                let t = FanotifyTracer::start(root)
+                    .map_err(|e2| Error::Other(format!("no tracer available: {why}; {e2}")))?;
                 return Ok((Box::new(t), why));
             }
             Err(e) => return Err(Error::Other(e.to_string())),
@@ -164,7 +163,12 @@ fn start_tracer(
 
 /// Cold-start `image` running `cmd` under the tracer; merge the result into
 /// the image's saved profile.
-pub fn trace(store: &Store, image: &str, cmd: &[String], opts: &TraceOptions) -> Result<TraceReport> {
+pub fn trace(
+    store: &Store,
+    image: &str,
+    cmd: &[String],
+    opts: &TraceOptions,
+) -> Result<TraceReport> {
     let layers = layer_refs(store, image)?;
     let index = LayerIndex::build(layers).map_err(|e| Error::Other(e.to_string()))?;
     let image_bytes: u64 = index
@@ -173,10 +177,11 @@ pub fn trace(store: &Store, image: &str, cmd: &[String], opts: &TraceOptions) ->
         .filter_map(|l| store.layer(&l.chain_id).ok().flatten())
         .map(|m| m.file_bytes)
         .sum();
-    let root = store
-        .state()
-        .join("run")
-        .join(format!("trace-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let root = store.state().join("run").join(format!(
+        "trace-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&root).ctx("create", &root)?;
     let rec = match mount_image(store, image, &root) {
         Ok(r) => r,
@@ -299,13 +304,14 @@ pub fn import(store: &Store, text: &str, image: Option<&str>) -> Result<Profile>
         .ok_or_else(|| Error::ImageNotFound(name.clone()))?;
     let chain_of: std::collections::HashMap<&String, &String> =
         rec.diff_ids.iter().zip(&rec.chain_ids).collect();
-    p.files.retain_mut(|f| match chain_of.get(&f.layer_diff_id) {
-        Some(c) => {
-            f.layer_chain_id = (*c).clone();
-            true
-        }
-        None => false,
-    });
+    p.files
+        .retain_mut(|f| match chain_of.get(&f.layer_diff_id) {
+            Some(c) => {
+                f.layer_chain_id = (*c).clone();
+                true
+            }
+            None => false,
+        });
     p.image = name;
     p.diff_ids = rec.diff_ids.clone();
     save_profile(store, &p)?;

@@ -90,10 +90,7 @@ impl BpfTracer {
     /// (the inode number of the cgroup directory). `cwd_of` maps a pid to
     /// its cwd inside the image; it is called while the process is alive,
     /// for stat events with relative paths.
-    pub fn start(
-        cgroup_ids: &[u64],
-        cwd_of: Option<CwdFn>,
-    ) -> Result<BpfTracer> {
+    pub fn start(cgroup_ids: &[u64], cwd_of: Option<CwdFn>) -> Result<BpfTracer> {
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
@@ -120,7 +117,6 @@ impl BpfTracer {
             }
         }
     }
-
 }
 
 fn fail(what: &str, e: libbpf_rs::Error) -> Error {
@@ -197,7 +193,11 @@ fn run(
         .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
         .ok()
         .flatten()
-        .and_then(|v| v.get(..8).and_then(|s| s.try_into().ok()).map(u64::from_ne_bytes))
+        .and_then(|v| {
+            v.get(..8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_ne_bytes)
+        })
         .unwrap_or(0);
     Ok(lost)
 }
@@ -210,9 +210,12 @@ impl Tracer for BpfTracer {
             Some(Err(_)) => return Err(Error::BpfUnavailable("tracer thread panicked".into())),
             None => 0,
         };
-        let ev = std::mem::take(&mut *self.events.lock().map_err(|_| {
-            Error::BpfUnavailable("event buffer poisoned".into())
-        })?);
+        let ev = std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .map_err(|_| Error::BpfUnavailable("event buffer poisoned".into()))?,
+        );
         Ok((ev, lost))
     }
     fn name(&self) -> &'static str {
@@ -256,7 +259,9 @@ mod tests {
         b[24..28].copy_from_slice(&(-100i32).to_ne_bytes());
         b[32..41].copy_from_slice(b"/etc/conf");
         match decode(&b) {
-            Some(RawEvent::Path { dfd, path, kind, .. }) => {
+            Some(RawEvent::Path {
+                dfd, path, kind, ..
+            }) => {
                 assert_eq!((dfd, path.as_str(), kind), (-100, "/etc/conf", Kind::Stat))
             }
             other => panic!("{other:?}"),

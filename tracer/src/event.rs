@@ -50,7 +50,11 @@ pub enum RawEvent {
         cwd: Option<String>,
     },
     /// A path inside the image (fanotify: already resolved through the mount).
-    ImagePath { kind: Kind, ts_ns: u64, path: String },
+    ImagePath {
+        kind: Kind,
+        ts_ns: u64,
+        path: String,
+    },
 }
 
 impl RawEvent {

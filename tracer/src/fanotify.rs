@@ -35,7 +35,9 @@ impl FanotifyTracer {
             None,
             Some(root),
         )
-        .map_err(|e| Error::FanotifyUnavailable(format!("fanotify_mark {}: {e}", root.display())))?;
+        .map_err(|e| {
+            Error::FanotifyUnavailable(format!("fanotify_mark {}: {e}", root.display()))
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
         let (s2, e2, root) = (stop.clone(), events.clone(), root.to_path_buf());
@@ -54,7 +56,10 @@ impl FanotifyTracer {
 fn drain(fa: Fanotify, root: PathBuf, stop: Arc<AtomicBool>, events: Arc<Mutex<Vec<RawEvent>>>) {
     loop {
         let stopping = stop.load(Ordering::SeqCst);
-        let mut fds = [nix::poll::PollFd::new(fa.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut fds = [nix::poll::PollFd::new(
+            fa.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16));
         let batch = fa.read_events().unwrap_or_default();
         let empty = batch.is_empty();

@@ -95,11 +95,14 @@ impl LayerIndex {
                         stack.push(p);
                     } else if m.is_file() {
                         let rel = p.strip_prefix(&l.dir).unwrap_or(&p);
-                        by_inode.entry((m.dev(), m.ino())).or_default().push(FileRef {
-                            layer: i,
-                            path: format!("/{}", rel.display()),
-                            bytes: m.len(),
-                        });
+                        by_inode
+                            .entry((m.dev(), m.ino()))
+                            .or_default()
+                            .push(FileRef {
+                                layer: i,
+                                path: format!("/{}", rel.display()),
+                                bytes: m.len(),
+                            });
                     }
                 }
             }
@@ -109,7 +112,10 @@ impl LayerIndex {
 
     /// Image files behind a real inode (several names for hardlinks).
     pub fn by_inode(&self, dev: u64, ino: u64) -> &[FileRef] {
-        self.by_inode.get(&(dev, ino)).map(Vec::as_slice).unwrap_or(&[])
+        self.by_inode
+            .get(&(dev, ino))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     /// Resolve an absolute path in the merged image view to the layer file
@@ -190,7 +196,9 @@ impl LayerIndex {
         let Some(f) = self.resolve(path) else {
             return Vec::new();
         };
-        let p = self.layers[f.layer].dir.join(f.path.trim_start_matches('/'));
+        let p = self.layers[f.layer]
+            .dir
+            .join(f.path.trim_start_matches('/'));
         match std::fs::metadata(&p) {
             Ok(m) if !self.by_inode(m.dev(), m.ino()).is_empty() => {
                 self.by_inode(m.dev(), m.ino()).to_vec()
@@ -251,15 +259,33 @@ mod tests {
         let idx = LayerIndex::build(vec![l0.clone(), l1.clone()]).expect("index");
         assert_eq!(
             idx.resolve("/usr/lib/a.so"),
-            Some(FileRef { layer: 0, path: "/usr/lib/a.so".into(), bytes: 4 })
+            Some(FileRef {
+                layer: 0,
+                path: "/usr/lib/a.so".into(),
+                bytes: 4
+            })
         );
-        assert_eq!(idx.resolve("/usr/lib/b.so").map(|f| f.layer), Some(1), "upper layer wins");
-        assert_eq!(idx.resolve("/lib/a.so").map(|f| f.path), Some("/usr/lib/a.so".into()));
-        assert_eq!(idx.resolve("/usr/./lib/../lib/a.so").map(|f| f.layer), Some(0));
+        assert_eq!(
+            idx.resolve("/usr/lib/b.so").map(|f| f.layer),
+            Some(1),
+            "upper layer wins"
+        );
+        assert_eq!(
+            idx.resolve("/lib/a.so").map(|f| f.path),
+            Some("/usr/lib/a.so".into())
+        );
+        assert_eq!(
+            idx.resolve("/usr/./lib/../lib/a.so").map(|f| f.layer),
+            Some(0)
+        );
         assert_eq!(idx.resolve("/usr/lib"), None, "directories are not files");
         assert_eq!(idx.resolve("/nope"), None);
         let m = fs::metadata(l1.dir.join("usr/lib/b.so")).expect("stat");
-        let names: Vec<_> = idx.by_inode(m.dev(), m.ino()).iter().map(|f| f.path.clone()).collect();
+        let names: Vec<_> = idx
+            .by_inode(m.dev(), m.ino())
+            .iter()
+            .map(|f| f.path.clone())
+            .collect();
         assert_eq!(names.len(), 2, "both hardlinked names: {names:?}");
         assert!(idx.by_inode(0, 0).is_empty());
     }

@@ -71,7 +71,11 @@ impl Profile {
         for ev in events {
             match ev {
                 RawEvent::Inode {
-                    kind, ts_ns, dev, ino, ..
+                    kind,
+                    ts_ns,
+                    dev,
+                    ino,
+                    ..
                 } => {
                     for f in index.by_inode(*dev, *ino) {
                         add(f, *kind, *ts_ns);
@@ -192,7 +196,10 @@ mod tests {
     fn image() -> (tempfile::TempDir, LayerIndex) {
         let t = tempfile::tempdir().expect("tmp");
         let mut layers = Vec::new();
-        for (i, files) in [vec!["bin/sh", "etc/passwd"], vec!["app/main.py"]].iter().enumerate() {
+        for (i, files) in [vec!["bin/sh", "etc/passwd"], vec!["app/main.py"]]
+            .iter()
+            .enumerate()
+        {
             let dir = t.path().join(format!("l{i}"));
             for f in files {
                 let p = dir.join(f);
@@ -268,7 +275,9 @@ mod tests {
         );
         assert_eq!(
             p.files[0].kinds,
-            [Kind::Exec, Kind::Read].into_iter().collect::<BTreeSet<_>>()
+            [Kind::Exec, Kind::Read]
+                .into_iter()
+                .collect::<BTreeSet<_>>()
         );
         assert_eq!(p.files[0].first_access_ms, 1.0);
         assert_eq!(p.files[0].bytes, Some(6));
@@ -306,7 +315,10 @@ mod tests {
         let back = Profile::from_json(&m.to_json().expect("json")).expect("parse");
         assert_eq!(back, m);
         assert!(Profile::from_json("{").is_err());
-        let bad = m.to_json().expect("json").replace("/bin/sh", "../../etc/shadow");
+        let bad = m
+            .to_json()
+            .expect("json")
+            .replace("/bin/sh", "../../etc/shadow");
         assert!(Profile::from_json(&bad).is_err());
     }
 }

@@ -553,17 +553,29 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Profile(ProfileCmd::Show { image, json }) => {
             let name = resolve_image(&store, &image)?;
-            let p = nvtier::trace::load_profile(&store, &name)?
-                .with_context(|| format!("no profile for {name}: run `nvtier trace {image} -- CMD` first"))?;
+            let p = nvtier::trace::load_profile(&store, &name)?.with_context(|| {
+                format!("no profile for {name}: run `nvtier trace {image} -- CMD` first")
+            })?;
             if json {
                 return print_json(&p);
             }
-            println!("{} — {} runs, tracer {}, {} files", p.image, p.runs, p.tracer, p.files.len());
+            println!(
+                "{} — {} runs, tracer {}, {} files",
+                p.image,
+                p.runs,
+                p.tracer,
+                p.files.len()
+            );
             for f in &p.files {
                 let kinds: Vec<String> = f
                     .kinds
                     .iter()
-                    .map(|k| serde_json::to_value(k).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+                    .map(|k| {
+                        serde_json::to_value(k)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    })
                     .collect();
                 println!(
                     "{:>9.1} ms  {:<12}  {:>10}  {:>4}x  {:<16}  {}",
@@ -582,7 +594,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 .with_context(|| format!("no profile for {name}"))?;
             let text = p.to_json()?;
             match output {
-                Some(f) => std::fs::write(&f, text).with_context(|| format!("write {}", f.display()))?,
+                Some(f) => {
+                    std::fs::write(&f, text).with_context(|| format!("write {}", f.display()))?
+                }
                 None => println!("{text}"),
             }
         }

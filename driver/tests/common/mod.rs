@@ -151,9 +151,10 @@ impl Bed {
     }
 
     pub fn nvtier_json(&self, args: &[&str]) -> Value {
-        // Right after the subcommand, so it never lands after `--`.
+        // Before `--`, so it never becomes part of the container's command.
         let mut a = args.to_vec();
-        a.insert(1.min(a.len()), "--json");
+        let at = a.iter().position(|x| *x == "--").unwrap_or(a.len());
+        a.insert(at, "--json");
         let out = self.nvtier_ok(&a);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}\n{out}"))
     }

@@ -1,0 +1,351 @@
+//! Root integration tests of the file-access tracer: the real eBPF tracer
+//! (and the fanotify fallback) on nvtier-mounted images.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::process::Command;
+
+/// Build (once) an image whose top layer holds a dynamically linked
+/// program with its ELF interpreter and libc, on top of a 4-layer busybox
+/// image. Returns the OCI tag.
+fn dynamic_image() -> String {
+    let tag = "tracedyn".to_string();
+    let base = "tracebase";
+    let oci = oci_dir();
+    let _lock = build_lock();
+    let stamp = oci.join(format!(".nvtier-stamps/{tag}"));
+    if stamp.exists() {
+        return tag;
+    }
+    let out = Command::new("bash")
+        .arg(repo().join("testbed/build-image.sh"))
+        .args([
+            "--out",
+            oci.to_str().expect("utf8"),
+            "--tag",
+            base,
+            "--layers",
+            "busybox,1M,2M,1M",
+        ])
+        .output()
+        .expect("build-image");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let work = tempfile::tempdir().expect("tmp");
+    let root = work.path().join("root");
+    for d in ["usr/bin", "lib64", "lib/x86_64-linux-gnu"] {
+        fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    let src = work.path().join("hello.c");
+    fs::write(
+        &src,
+        "#include <stdio.h>\nint main(void){puts(\"hello from a dynamic binary\");return 0;}\n",
+    )
+    .expect("write");
+    let cc = Command::new("gcc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(root.join("usr/bin/hello"))
+        .arg(&src)
+        .output()
+        .expect("gcc");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    for (from, to) in [
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let real = fs::canonicalize(from).expect("host lib");
+        fs::copy(&real, root.join(to)).expect("copy lib");
+    }
+    let tar = work.path().join("layer.tar");
+    let t = Command::new("tar")
+        .args([
+            "--sort=name",
+            "--mtime=@1700000000",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-C",
+        ])
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .output()
+        .expect("tar");
+    assert!(t.status.success());
+    let add = Command::new("umoci")
+        .args(["raw", "add-layer", "--image"])
+        .arg(format!("{}:{base}", oci.display()))
+        .args([
+            "--tag",
+            &tag,
+            "--history.created_by",
+            "COPY hello /usr/bin/hello",
+        ])
+        .arg(&tar)
+        .output()
+        .expect("umoci");
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    fs::create_dir_all(stamp.parent().expect("parent")).expect("mkdir");
+    fs::write(&stamp, "dynamic").expect("stamp");
+    tag
+}
+
+fn push_dynamic(bed: &Bed) -> String {
+    let tag = dynamic_image();
+    let reference = format!("{}/nvtier-test/{tag}:latest", bed.registry);
+    let out = Command::new("bash")
+        .arg(repo().join("testbed/push-image.sh"))
+        .arg(format!("{}:{tag}", oci_dir().display()))
+        .arg(&reference)
+        .output()
+        .expect("push");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+/// path → (layer index, kinds) from a profile JSON.
+fn files(p: &Value, layers: &[String]) -> BTreeMap<String, (usize, BTreeSet<String>)> {
+    p["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            let chain = f["layer_chain_id"].as_str().expect("chain");
+            let layer = layers
+                .iter()
+                .position(|c| c == chain)
+                .expect("a layer of the image");
+            let kinds = f["kinds"]
+                .as_array()
+                .expect("kinds")
+                .iter()
+                .map(|k| k.as_str().expect("kind").to_string())
+                .collect();
+            (
+                f["path"].as_str().expect("path").to_string(),
+                (layer, kinds),
+            )
+        })
+        .collect()
+}
+
+fn chain_ids(bed: &Bed, r: &str) -> Vec<String> {
+    bed.nvtier_json(&["layers", r])
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["chain_id"].as_str().expect("chain").to_string())
+        .collect()
+}
+
+const WORKLOAD: &str = "cat /data/layer1.txt /data/layer2.txt /data/layer3.txt >/dev/null; \
+                        test -e /etc/passwd; echo new > /tmp/written; cat /tmp/written >/dev/null; /usr/bin/hello";
+
+#[test]
+fn ebpf_profile_is_exact_and_complete() {
+    let bed = Bed::up("trc", "none", "4G");
+    let r = push_dynamic(&bed);
+    bed.nvtier_ok(&["pull", &r]);
+    let layers = chain_ids(&bed, &r);
+    assert_eq!(layers.len(), 5);
+    // A process outside the container reads image files of the same layers
+    // directly while the trace runs: none of it may appear.
+    let l2 = bed.nvtier_json(&["layers", &r])[2].clone();
+    let tier = if l2["tier"] == "pmem" {
+        &bed.pmem
+    } else {
+        &bed.disk
+    };
+    let outside = tier
+        .join("layers")
+        .join(
+            l2["chain_id"]
+                .as_str()
+                .expect("chain")
+                .trim_start_matches("sha256:"),
+        )
+        .join("data/layer2.bin");
+    let noise = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq 200); do cat {} >/dev/null; done",
+            outside.display()
+        ))
+        .spawn()
+        .expect("noise");
+    let rep = bed.nvtier_json(&[
+        "trace", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD,
+    ]);
+    let mut noise = noise;
+    let _ = noise.wait();
+    assert_eq!(rep["tracer"], "ebpf", "{rep}");
+    assert_eq!(rep["exit_code"], 0, "{rep}");
+    assert_eq!(rep["lost_events"], 0);
+    let prof = bed.nvtier_json(&["profile", "show", &r]);
+    let got = files(&prof, &layers);
+    let names: BTreeSet<&str> = got.keys().map(String::as_str).collect();
+    let want: BTreeSet<&str> = [
+        "/bin/busybox",
+        "/data/layer1.txt",
+        "/data/hard", // a second name of layer1.txt's inode
+        "/data/layer2.txt",
+        "/data/layer3.txt",
+        "/etc/passwd",
+        "/usr/bin/hello",
+        "/lib64/ld-linux-x86-64.so.2",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(names, want, "profile: {prof:#}");
+    // Right layers.
+    assert_eq!(got["/bin/busybox"].0, 0);
+    assert_eq!(got["/data/layer1.txt"].0, 1);
+    assert_eq!(got["/data/layer2.txt"].0, 2);
+    assert_eq!(got["/data/layer3.txt"].0, 3);
+    assert_eq!(got["/usr/bin/hello"].0, 4);
+    // Kinds: exec'd binaries, mapped libraries, the kernel-mapped
+    // interpreter, a stat-only file.
+    assert!(got["/bin/busybox"].1.contains("exec"));
+    assert!(got["/usr/bin/hello"].1.contains("exec"));
+    assert!(got["/lib/x86_64-linux-gnu/libc.so.6"].1.contains("mmap"));
+    assert!(got["/lib/x86_64-linux-gnu/libc.so.6"].1.contains("open"));
+    assert!(!got["/lib64/ld-linux-x86-64.so.2"].1.is_empty());
+    assert_eq!(
+        got["/etc/passwd"].1,
+        ["stat".to_string()].into_iter().collect()
+    );
+    // First-access order.
+    let order: Vec<f64> = prof["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["first_access_ms"].as_f64().expect("ms"))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    assert_eq!(prof["files"][0]["path"], "/bin/busybox");
+    for f in prof["files"].as_array().expect("files") {
+        assert!(f["bytes"].as_u64().is_some());
+        assert!(f["count"].as_u64().expect("count") >= 1);
+    }
+
+    // Export, remove, import: the same profile back.
+    let exported = bed.state.join("exported.json");
+    bed.nvtier_ok(&[
+        "profile",
+        "export",
+        &r,
+        "-o",
+        exported.to_str().expect("utf8"),
+    ]);
+    fs::remove_dir_all(bed.state.join("profiles")).expect("rm profiles");
+    assert!(!bed.nvtier(&["profile", "show", &r]).status.success());
+    bed.nvtier_ok(&["profile", "import", exported.to_str().expect("utf8")]);
+    let back = bed.nvtier_json(&["profile", "show", &r]);
+    assert_eq!(back, prof);
+    // Garbage is rejected and changes nothing.
+    fs::write(&exported, "{ not json").expect("write");
+    assert!(!bed
+        .nvtier(&["profile", "import", exported.to_str().expect("utf8")])
+        .status
+        .success());
+    assert_eq!(bed.nvtier_json(&["profile", "show", &r]), prof);
+}
+
+#[test]
+fn fanotify_fallback_sees_the_same_files() {
+    let bed = Bed::up("fan", "none", "4G");
+    let r = push_dynamic(&bed);
+    bed.nvtier_ok(&["pull", &r]);
+    let layers = chain_ids(&bed, &r);
+    // Opens and execs only: stat-only lookups are invisible to fanotify.
+    let work = "cat /data/layer1.txt /data/layer3.txt >/dev/null; /usr/bin/hello";
+    let a = bed.nvtier_json(&["trace", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", work]);
+    assert_eq!(a["tracer"], "ebpf");
+    let pa = files(&bed.nvtier_json(&["profile", "show", &r]), &layers);
+    fs::remove_dir_all(bed.state.join("profiles")).expect("rm profiles");
+    let out = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .args(["trace", "--json", &r, "--", "/bin/sh", "-c", work])
+        .env("NVTIER_CONFIG", &bed.config)
+        .env("NVTIER_TRACER", "fanotify")
+        .output()
+        .expect("trace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(b["tracer"], "fanotify");
+    let pb = files(&bed.nvtier_json(&["profile", "show", &r]), &layers);
+    let la: BTreeMap<_, _> = pa.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    let lb: BTreeMap<_, _> = pb.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+    assert_eq!(la, lb, "ebpf and fanotify file sets differ");
+}
+
+#[test]
+fn trace_window_ends_a_long_running_container() {
+    let bed = Bed::up("win", "none", "4G");
+    let r = bed.push("winimg", "busybox,1M");
+    bed.nvtier_ok(&["pull", &r]);
+    let t = std::time::Instant::now();
+    let rep = bed.nvtier_json(&[
+        "trace",
+        &r,
+        "--window",
+        "1",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/layer1.txt >/dev/null; sleep 30",
+    ]);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "window did not end the run"
+    );
+    assert_ne!(rep["exit_code"], 0, "killed at the end of the window");
+    let prof = bed.nvtier_json(&["profile", "show", &r]);
+    let names: Vec<&str> = prof["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(names.contains(&"/data/layer1.txt"), "{names:?}");
+    // Ready file: the window ends as soon as the container creates it.
+    let t = std::time::Instant::now();
+    bed.nvtier_json(&[
+        "trace",
+        &r,
+        "--ready-file",
+        "/tmp/ready",
+        "--",
+        "/bin/sh",
+        "-c",
+        "touch /tmp/ready; sleep 30",
+    ]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+}
