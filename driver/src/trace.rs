@@ -2,8 +2,9 @@
 //! keep the result as the image's hot profile (`STATE/profiles/`).
 //!
 //! The eBPF tracer is used when it loads; otherwise fanotify on the
-//! container's overlay mount. `NVTIER_TRACER=fanotify` (or `--tracer`)
-//! forces the fallback.
+//! container's overlay mount, and if that is unavailable too, inotify on
+//! the merged directories. `NVTIER_TRACER=fanotify|inotify` (or
+//! `--tracer`) forces a fallback. One log line says which is active and why.
 
 use crate::error::{Error, IoContext, Result};
 use crate::extract::write_atomic;
@@ -12,6 +13,7 @@ use crate::run::{drop_caches, spawn_in, Cgroup, SpawnOptions};
 use crate::store::Store;
 use nvtier_tracer::bpf::BpfTracer;
 use nvtier_tracer::fanotify::FanotifyTracer;
+use nvtier_tracer::inotify::InotifyTracer;
 use nvtier_tracer::{LayerIndex, LayerRef, Profile, Tracer};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ pub enum TracerChoice {
     Auto,
     Ebpf,
     Fanotify,
+    Inotify,
 }
 
 impl std::str::FromStr for TracerChoice {
@@ -34,7 +37,10 @@ impl std::str::FromStr for TracerChoice {
             "auto" => Ok(TracerChoice::Auto),
             "ebpf" | "bpf" => Ok(TracerChoice::Ebpf),
             "fanotify" => Ok(TracerChoice::Fanotify),
-            o => Err(format!("unknown tracer {o:?}: auto, ebpf or fanotify")),
+            "inotify" => Ok(TracerChoice::Inotify),
+            o => Err(format!(
+                "unknown tracer {o:?}: auto, ebpf, fanotify or inotify"
+            )),
         }
     }
 }
@@ -72,6 +78,11 @@ pub struct TraceReport {
     pub hot_share: f64,
     /// (chainID, files, bytes) per layer in chain order.
     pub per_layer: Vec<(String, usize, u64)>,
+    /// Miss mode: image files this cold start touched whose data lives on
+    /// the disk tier (each one costs disk I/O on a cold start). Promotion
+    /// aims to make this empty.
+    pub misses: Vec<nvtier_tracer::ProfileFile>,
+    pub miss_bytes: u64,
     /// This run alone (the saved profile merges every run).
     pub profile: Profile,
 }
@@ -133,7 +144,13 @@ fn start_tracer(
         .ok()
         .and_then(|v| v.parse::<TracerChoice>().ok());
     let choice = forced.unwrap_or(choice);
-    if choice != TracerChoice::Fanotify {
+    let why_forced = if forced.is_some() {
+        "forced by NVTIER_TRACER"
+    } else {
+        "requested with --tracer"
+    };
+    let mut why = String::new();
+    if matches!(choice, TracerChoice::Auto | TracerChoice::Ebpf) {
         let root2 = root.to_path_buf();
         let cwd_of: nvtier_tracer::bpf::CwdFn = Arc::new(move |pid| {
             let c = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
@@ -143,21 +160,34 @@ fn start_tracer(
         });
         match BpfTracer::start(&[cg.id], Some(cwd_of)) {
             Ok(t) => return Ok((Box::new(t), "eBPF loaded".into())),
-            Err(e) if choice == TracerChoice::Auto => {
-                let why = format!("{e}; falling back to fanotify");
-                let t = FanotifyTracer::start(root)
-                    .map_err(|e2| Error::Other(format!("no tracer available: {why}; {e2}")))?;
-                return Ok((Box::new(t), why));
-            }
+            Err(e) if choice == TracerChoice::Auto => why = format!("{e}; "),
             Err(e) => return Err(Error::Other(e.to_string())),
         }
     }
-    let why = if forced.is_some() {
-        "forced by NVTIER_TRACER".to_string()
+    if matches!(choice, TracerChoice::Auto | TracerChoice::Fanotify) {
+        match FanotifyTracer::start(root) {
+            Ok(t) => {
+                let why = if choice == TracerChoice::Auto {
+                    format!("{why}falling back to fanotify")
+                } else {
+                    why_forced.to_string()
+                };
+                return Ok((Box::new(t), why));
+            }
+            Err(e) if choice == TracerChoice::Auto => why = format!("{why}{e}; "),
+            Err(e) => return Err(Error::Other(e.to_string())),
+        }
+    }
+    let t = InotifyTracer::start(root)
+        .map_err(|e| Error::Other(format!("no tracer available: {why}{e}")))?;
+    let why = if choice == TracerChoice::Auto {
+        format!(
+            "{why}falling back to inotify ({} directory watches)",
+            t.watches
+        )
     } else {
-        "requested with --tracer fanotify".to_string()
+        why_forced.to_string()
     };
-    let t = FanotifyTracer::start(root).map_err(|e| Error::Other(e.to_string()))?;
     Ok((Box::new(t), why))
 }
 
@@ -272,7 +302,28 @@ pub fn trace(
             )
         })
         .collect();
+    let disk_layers: std::collections::HashSet<&String> = index
+        .layers
+        .iter()
+        .filter(|l| {
+            store
+                .layer(&l.chain_id)
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.tier == crate::tier::TierKind::Disk)
+        })
+        .map(|l| &l.chain_id)
+        .collect();
+    let misses: Vec<_> = profile
+        .files
+        .iter()
+        .filter(|f| disk_layers.contains(&f.layer_chain_id))
+        .cloned()
+        .collect();
+    let miss_bytes = misses.iter().filter_map(|f| f.bytes).sum();
     Ok(TraceReport {
+        misses,
+        miss_bytes,
         image: image.to_string(),
         tracer,
         tracer_reason,

@@ -166,7 +166,7 @@ const WORKLOAD: &str = "cat /data/layer1.txt /data/layer2.txt /data/layer3.txt >
 
 #[test]
 fn ebpf_profile_is_exact_and_complete() {
-    let bed = Bed::up("trc", "none", "4G");
+    let bed = Bed::up("trc", "100mbit", "4G");
     let r = push_dynamic(&bed);
     bed.nvtier_ok(&["pull", &r]);
     let layers = chain_ids(&bed, &r);
@@ -204,6 +204,20 @@ fn ebpf_profile_is_exact_and_complete() {
     assert_eq!(rep["tracer"], "ebpf", "{rep}");
     assert_eq!(rep["exit_code"], 0, "{rep}");
     assert_eq!(rep["lost_events"], 0);
+    // Miss mode: exactly the touched files of disk-tier layers.
+    let tiers: Vec<String> = bed
+        .nvtier_json(&["layers", &r])
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["tier"].as_str().expect("tier").to_string())
+        .collect();
+    let missed: BTreeSet<String> = rep["misses"]
+        .as_array()
+        .expect("misses")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path").to_string())
+        .collect();
     let prof = bed.nvtier_json(&["profile", "show", &r]);
     let got = files(&prof, &layers);
     let names: BTreeSet<&str> = got.keys().map(String::as_str).collect();
@@ -221,6 +235,16 @@ fn ebpf_profile_is_exact_and_complete() {
     .into_iter()
     .collect();
     assert_eq!(names, want, "profile: {prof:#}");
+    let want_missed: BTreeSet<String> = got
+        .iter()
+        .filter(|(_, (layer, _))| tiers[*layer] == "disk")
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(missed, want_missed);
+    assert!(
+        !missed.is_empty(),
+        "the bottom layers are on disk after a LASS pull"
+    );
     // Right layers.
     assert_eq!(got["/bin/busybox"].0, 0);
     assert_eq!(got["/data/layer1.txt"].0, 1);
@@ -276,34 +300,37 @@ fn ebpf_profile_is_exact_and_complete() {
 }
 
 #[test]
-fn fanotify_fallback_sees_the_same_files() {
+fn fallback_tracers_see_the_same_files() {
     let bed = Bed::up("fan", "none", "4G");
     let r = push_dynamic(&bed);
     bed.nvtier_ok(&["pull", &r]);
     let layers = chain_ids(&bed, &r);
-    // Opens and execs only: stat-only lookups are invisible to fanotify.
+    // Opens and execs only: stat-only lookups are invisible to the
+    // fallbacks.
     let work = "cat /data/layer1.txt /data/layer3.txt >/dev/null; /usr/bin/hello";
     let a = bed.nvtier_json(&["trace", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", work]);
     assert_eq!(a["tracer"], "ebpf");
     let pa = files(&bed.nvtier_json(&["profile", "show", &r]), &layers);
-    fs::remove_dir_all(bed.state.join("profiles")).expect("rm profiles");
-    let out = Command::new(env!("CARGO_BIN_EXE_nvtier"))
-        .args(["trace", "--json", &r, "--", "/bin/sh", "-c", work])
-        .env("NVTIER_CONFIG", &bed.config)
-        .env("NVTIER_TRACER", "fanotify")
-        .output()
-        .expect("trace");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let b: Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(b["tracer"], "fanotify");
-    let pb = files(&bed.nvtier_json(&["profile", "show", &r]), &layers);
     let la: BTreeMap<_, _> = pa.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-    let lb: BTreeMap<_, _> = pb.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-    assert_eq!(la, lb, "ebpf and fanotify file sets differ");
+    for fallback in ["fanotify", "inotify"] {
+        fs::remove_dir_all(bed.state.join("profiles")).expect("rm profiles");
+        let out = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+            .args(["trace", "--json", &r, "--", "/bin/sh", "-c", work])
+            .env("NVTIER_CONFIG", &bed.config)
+            .env("NVTIER_TRACER", fallback)
+            .output()
+            .expect("trace");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let b: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(b["tracer"], fallback);
+        let pb = files(&bed.nvtier_json(&["profile", "show", &r]), &layers);
+        let lb: BTreeMap<_, _> = pb.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+        assert_eq!(la, lb, "ebpf and {fallback} file sets differ");
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod event;
 pub mod fanotify;
 pub mod index;
+pub mod inotify;
 pub mod profile;
 
 pub use event::{Kind, RawEvent};

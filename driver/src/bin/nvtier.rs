@@ -117,9 +117,13 @@ enum Cmd {
         /// Do not drop the page cache first.
         #[arg(long)]
         warm: bool,
-        /// auto (eBPF, else fanotify), ebpf or fanotify. NVTIER_TRACER overrides.
+        /// auto (eBPF, else fanotify, else inotify), ebpf, fanotify or
+        /// inotify. NVTIER_TRACER overrides.
         #[arg(long, default_value = "auto")]
         tracer: nvtier::trace::TracerChoice,
+        /// Miss mode: list every image file read from the disk tier.
+        #[arg(long)]
+        misses: bool,
         #[arg(long)]
         json: bool,
         #[arg(last = true, required = true)]
@@ -513,6 +517,7 @@ fn real_main(cli: Cli) -> Result<()> {
             ready_file,
             warm,
             tracer,
+            misses,
             json,
             cmd,
         } => {
@@ -549,6 +554,22 @@ fn real_main(cli: Cli) -> Result<()> {
             );
             for (i, (c, n, b)) in r.per_layer.iter().enumerate() {
                 println!("  layer {i} {}: {n} files, {}", short(c), human(*b));
+            }
+            println!(
+                "disk-tier misses: {} files, {}",
+                r.misses.len(),
+                human(r.miss_bytes)
+            );
+            if misses {
+                for f in &r.misses {
+                    println!(
+                        "  miss {:>9.1} ms  {:<12}  {:>10}  {}",
+                        f.first_access_ms,
+                        short(&f.layer_chain_id),
+                        f.bytes.map(human).unwrap_or_else(|| "-".into()),
+                        f.path
+                    );
+                }
             }
         }
         Cmd::Profile(ProfileCmd::Show { image, json }) => {
