@@ -10,7 +10,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
-OUT= TAG= PACKAGES= APP=
+OUT='' TAG='' PACKAGES='' APP=''
 MIRROR=${NVTIER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 while (($#)); do
     case $1 in
