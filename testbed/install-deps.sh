@@ -8,6 +8,8 @@ source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 PACKAGES=(
     docker-registry umoci skopeo busybox-static containerd runc debootstrap
     fio cgroup-tools iproute2 clang libelf-dev zlib1g-dev pkg-config jq
+    # eBPF tracer build: vmlinux.h from the running kernel's BTF
+    bpftool gcc
     e2fsprogs util-linux kmod
     # used by the testbed scripts themselves
     curl openssl tar
