@@ -26,7 +26,9 @@ done
 need_root
 
 stamp_dir=$OUT/.nvtier-stamps
-want="debian bookworm minbase | $PACKAGES | $APP"
+app_sum=
+[[ -n $APP ]] && app_sum="$(sha256sum "${APP%%:*}" | cut -d' ' -f1):${APP#*:}"
+want="debian bookworm minbase | $PACKAGES | $app_sum"
 if [[ -f $stamp_dir/$TAG && $(cat "$stamp_dir/$TAG") == "$want" ]]; then
     info "$OUT:$TAG is up to date"
     exit 0
