@@ -26,6 +26,7 @@ while (($#)); do
 done
 [[ $(id -u) -eq 0 ]] || { echo "bench-trace.sh: needs root" >&2; exit 1; }
 
+t_start=$(date +%s)
 bash testbed/install-deps.sh
 cargo build --release --locked -p nvtier-driver
 NVTIER=$PWD/target/release/nvtier
@@ -64,7 +65,6 @@ CFG
 
 RES=$STATE/samples.jsonl
 : >"$RES"
-t_start=$(date +%s)
 for placement in $PLACEMENTS; do
     "$NVTIER" rm "$REF" >/dev/null 2>&1 || true
     "$NVTIER" pull --json --placement "$placement" "$REF" >/dev/null
@@ -112,7 +112,7 @@ out = {"date": date, "machine": {"cpu": cpu, "nproc": os.cpu_count(), "mem_kib":
                  "traced_ms": storm["elapsed_ms"], "base_ms": storm_base["elapsed_ms"]}}
 json.dump(out, open("testbed/results/trace.json", "w"), indent=1)
 md = [f"# nvtier tracer benchmark\n",
-      f"**{date}** · {cpu} ({os.cpu_count()} CPUs, {int(mem)//1024//1024} GiB, Linux {platform.release()}) · {reps} reps per placement, alternating order · run took {(int(__import__('time').time())-t0)//60} min\n",
+      f"**{date}** · {cpu} ({os.cpu_count()} CPUs, {int(mem)//1024//1024} GiB, Linux {platform.release()}) · {reps} reps per placement, alternating order · run took {(int(__import__('time').time())-t0)/60:.1f} min including build\n",
       "Workload: Debian bookworm + python3, `python3 /app/main.py` importing json, email.parser, http.client, sqlite3, asyncio, decimal, argparse, logging, xml.dom.minidom, csv, unittest, urllib.request. Caches dropped before every run; the HDD tier throttled (150 IOPS, 150 MiB/s). Baseline = `nvtier run --drop-caches`; traced = `nvtier trace --tracer ebpf` (same probe, plus the eBPF tracer). Wall time of the command, medians (min–max).\n",
       "| placement | baseline ms | traced ms | overhead | files in profile | hot share of image bytes | lost events |",
       "|---|--:|--:|--:|--:|--:|--:|"]
