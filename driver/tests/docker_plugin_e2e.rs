@@ -57,12 +57,12 @@ fn stop(child: &mut Child, grace: Duration) {
 
 impl Engine {
     /// Testbed + plugin; `start_dockerd` also brings up dockerd.
-    fn up(tag: &str, start_dockerd: bool) -> Engine {
+    fn up(tag: &str, pmem_budget: &str, start_dockerd: bool) -> Engine {
         assert!(
             Path::new(DOCKERD).exists(),
             "{DOCKERD} missing: run testbed/install-deps.sh (Debian docker.io)"
         );
-        let bed = Bed::up(tag, "none", "256M");
+        let bed = Bed::up(tag, "none", pmem_budget);
         let base = bed.state.parent().expect("base").to_path_buf();
         let plugin_name = format!("nvtier-{}", bed.name);
         let mut e = Engine {
@@ -298,7 +298,7 @@ fn reference_sums(rootfs: &Path, dirs: &[&str]) -> BTreeSet<String> {
 
 #[test]
 fn docker_pull_run_diff_commit_save_with_the_plugin() {
-    let eng = Engine::up("dkrun", true);
+    let eng = Engine::up("dkrun", "256M", true);
     let r = eng.bed.push("dkimg", SPEC);
 
     // Pull: every layer goes through Create + ApplyDiff into the nvtier store.
@@ -308,6 +308,55 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     assert!(recs.values().all(|v| v["chain_id"].is_string()));
     let layers = eng.bed.nvtier_json(&["layers"]);
     assert_eq!(layers.as_array().map(Vec::len), Some(4), "{layers:#}");
+    // The plugin's chainIDs are the image's OCI chainIDs (Docker sends the
+    // uncompressed layer tars), so nvtier and Docker share layers.
+    let diff_ids: Vec<String> = serde_json::from_str(&eng.docker_ok(&[
+        "image",
+        "inspect",
+        &r,
+        "--format",
+        "{{json .RootFS.Layers}}",
+    ]))
+    .expect("diff ids");
+    let want_chains: BTreeSet<String> = nvtier::store::chain_ids(&diff_ids).into_iter().collect();
+    let got_chains: BTreeSet<String> = recs
+        .values()
+        .map(|v| v["chain_id"].as_str().expect("chain").to_string())
+        .collect();
+    assert_eq!(got_chains, want_chains);
+    // Tier rule: the bottom layer has no applied parent (disk); every
+    // placement is explained; pmem accounting matches the store's.
+    for v in recs.values() {
+        let why = v["placement"].as_str().expect("placement");
+        if v["parent"].is_null() {
+            assert!(why.starts_with("gated"), "{v}");
+        }
+    }
+    let pmem_charged: u64 = layers
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["pmem_bytes"].as_u64().expect("pmem bytes"))
+        .sum();
+    let st = eng.bed.nvtier_json(&["status"]);
+    assert_eq!(st["pmem_used_bytes"].as_u64(), Some(pmem_charged), "{st:#}");
+    eprintln!("placement after docker pull: {layers:#}");
+    // `nvtier pull` of the same image reuses every layer Docker stored.
+    let rep = eng.bed.nvtier_json(&["pull", &r]);
+    assert!(
+        rep["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .all(|l| l["reused"] == true),
+        "{rep:#}"
+    );
+    eng.bed.nvtier_ok(&["rm", &r]);
+    assert_eq!(
+        eng.bed.nvtier_json(&["layers"]).as_array().map(Vec::len),
+        Some(4),
+        "`nvtier rm` keeps the layers Docker uses"
+    );
     let info = eng.docker_ok(&["image", "inspect", &r, "--format", "{{json .GraphDriver}}"]);
     let gd: Value = serde_json::from_str(&info).expect("inspect json");
     assert_eq!(gd["Name"], eng.plugin_name.as_str());
@@ -483,7 +532,7 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
 
 #[test]
 fn docker_plugin_restart_keeps_layers_and_running_containers() {
-    let mut eng = Engine::up("dkrst", true);
+    let mut eng = Engine::up("dkrst", "256M", true);
     let r = eng.bed.push("dkimg", SPEC);
     eng.docker_ok(&["pull", &r]);
     let cid = eng
@@ -573,7 +622,7 @@ fn snapshot(bed: &Bed) -> BTreeMap<String, String> {
 
 #[test]
 fn docker_plugin_rejects_hostile_requests_without_changes() {
-    let eng = Engine::up("dkbad", false);
+    let eng = Engine::up("dkbad", "256M", false);
     let sock = eng.plugin_sock.clone();
     let (st, body) = post(&sock, "/Plugin.Activate", b"{}");
     assert_eq!(st, 200);
@@ -713,4 +762,39 @@ fn docker_plugin_rejects_hostile_requests_without_changes() {
     );
     assert_eq!(st, 200, "plugin log:\n{}", eng.plugin_log());
     assert!(body.contains("\"Exists\":true"), "{body}");
+}
+
+#[test]
+fn docker_plugin_budget_exhaustion_falls_back_to_disk() {
+    // 2 MiB of pmem: the 4 MiB and 2 MiB layers cannot fit.
+    let eng = Engine::up("dkbud", "2M", true);
+    let r = eng.bed.push("dkimg", SPEC);
+    eng.docker_ok(&["pull", &r]);
+    let st = eng.bed.nvtier_json(&["status"]);
+    assert!(
+        st["pmem_used_bytes"].as_u64().expect("used") <= 2 << 20,
+        "{st:#}"
+    );
+    let layers = eng.bed.nvtier_json(&["layers"]);
+    let big_on_disk = layers
+        .as_array()
+        .expect("layers")
+        .iter()
+        .filter(|l| l["file_bytes"].as_u64().expect("bytes") >= 2 << 20)
+        .all(|l| l["tier"] == "disk");
+    assert!(big_on_disk, "{layers:#}");
+    let out = eng.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &r,
+        "sh",
+        "-c",
+        "head -c 20 /data/layer1.bin | wc -c; cat /data/layer2.txt",
+    ]);
+    assert!(out.starts_with("20\nnvtier testbed layer 2"), "{out}");
+    assert!(eng.bed.leftovers().is_empty(), "{:?}", eng.bed.leftovers());
+    let spool = eng.bed.state.join("graph/spool");
+    assert_eq!(fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0), 0);
 }
