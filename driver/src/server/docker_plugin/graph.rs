@@ -125,6 +125,19 @@ pub struct Graph {
     lock: Mutex<()>,
     /// When each layer's `ApplyDiff` ended (this process only).
     applied_at: Mutex<HashMap<String, Instant>>,
+    /// Layers with an `ApplyDiff` in progress.
+    applying: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a layer as being applied; unmarks on drop.
+struct Applying<'a>(&'a Graph, String);
+
+impl Drop for Applying<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.applying.lock() {
+            s.remove(&self.1);
+        }
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> Error {
@@ -137,6 +150,7 @@ impl Graph {
             store,
             lock: Mutex::new(()),
             applied_at: Mutex::new(HashMap::new()),
+            applying: Mutex::new(Default::default()),
         };
         for d in [g.records_dir(), g.disk_root(), g.spool_dir()] {
             fs::create_dir_all(&d).ctx("create", &d)?;
@@ -489,6 +503,16 @@ impl Graph {
     /// Returns the layer's size in bytes.
     pub fn apply_diff(&self, id: &str, parent: &str, body: &mut dyn Read) -> Result<u64> {
         let rec = self.apply_precheck(id, parent)?;
+        let _applying = {
+            let mut s = self
+                .applying
+                .lock()
+                .map_err(|_| other("graph driver lock poisoned"))?;
+            if !s.insert(id.to_string()) {
+                return Err(other(format!("layer {id}: ApplyDiff already in progress")));
+            }
+            Applying(self, id.to_string())
+        };
         let parent_rec = match &rec.parent {
             Some(p) => Some(self.must_load(p)?),
             None => None,
