@@ -7,6 +7,7 @@
 mod common;
 use common::*;
 use serde_json::Value;
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
@@ -477,6 +478,17 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
         .map(|v| v.as_str().expect("str").to_string())
         .collect();
     assert_eq!(layer_paths.len(), 5, "4 image layers + the committed one");
+    // Every saved layer tar is byte-identical to the layer Docker recorded
+    // (its sha256 is the diffID): the pulled ones are reassembled from
+    // files read through `Get`, the committed one came from our `Diff`.
+    let config: Value =
+        serde_json::from_slice(&files[manifest[0]["Config"].as_str().expect("Config")])
+            .expect("config");
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().expect("diff_ids");
+    for (p, d) in layer_paths.iter().zip(diff_ids) {
+        let sum = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&files[p])));
+        assert_eq!(Some(sum.as_str()), d.as_str(), "saved layer {p}");
+    }
     let mut top: BTreeMap<String, (tar::EntryType, Vec<u8>)> = BTreeMap::new();
     let mut ar = tar::Archive::new(&files[layer_paths.last().expect("top")][..]);
     for e in ar.entries().expect("layer entries") {
