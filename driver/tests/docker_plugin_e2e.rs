@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 
 const SPEC: &str = "busybox,4M,2M,1M";
 const DOCKER: &str = "/usr/bin/docker";
-const DOCKERD: &str = "/usr/sbin/dockerd";
+
+/// The engine under test: Debian's dockerd 20.10, or another build (e.g.
+/// 26.1) named by `NVTIER_TEST_DOCKERD`.
+fn dockerd_bin() -> String {
+    std::env::var("NVTIER_TEST_DOCKERD").unwrap_or_else(|_| "/usr/sbin/dockerd".into())
+}
 
 /// A plugin process + dockerd on top of a testbed.
 struct Engine {
@@ -59,9 +64,10 @@ fn stop(child: &mut Child, grace: Duration) {
 impl Engine {
     /// Testbed + plugin; `start_dockerd` also brings up dockerd.
     fn up(tag: &str, pmem_budget: &str, start_dockerd: bool) -> Engine {
+        let dockerd = dockerd_bin();
         assert!(
-            Path::new(DOCKERD).exists(),
-            "{DOCKERD} missing: run testbed/install-deps.sh (Debian docker.io)"
+            Path::new(&dockerd).exists(),
+            "{dockerd} missing: run testbed/install-deps.sh (Debian docker.io)"
         );
         let bed = Bed::up(tag, "none", pmem_budget);
         let base = bed.state.parent().expect("base").to_path_buf();
@@ -126,7 +132,7 @@ impl Engine {
         // A private (empty) daemon.json: never the host's /etc/docker/daemon.json.
         let cfg = self.root.with_extension("json");
         fs::write(&cfg, "{}\n").expect("daemon.json");
-        let child = Command::new(DOCKERD)
+        let child = Command::new(dockerd_bin())
             .args(["--experimental", "-s", &self.plugin_name])
             .arg("--config-file")
             .arg(&cfg)
@@ -159,6 +165,12 @@ impl Engine {
                     String::from_utf8_lossy(&o.stdout).trim(),
                     self.plugin_name,
                     "dockerd uses another storage driver"
+                );
+                let v = self.docker(&["version", "--format", "{{.Server.Version}}"]);
+                eprintln!(
+                    "dockerd {} with storage driver {}",
+                    String::from_utf8_lossy(&v.stdout).trim(),
+                    self.plugin_name
                 );
                 break;
             }
