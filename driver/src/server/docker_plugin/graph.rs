@@ -155,7 +155,42 @@ impl Graph {
         for d in [g.records_dir(), g.disk_root(), g.spool_dir()] {
             fs::create_dir_all(&d).ctx("create", &d)?;
         }
+        g.cleanup_leftovers()?;
         Ok(g)
+    }
+
+    /// Remove what a killed plugin left: spool files of dead processes and
+    /// layer directories without a record (a crash inside `Create` or
+    /// `Remove`). Mounts are never touched: Docker may still use them.
+    fn cleanup_leftovers(&self) -> Result<()> {
+        let spool = self.spool_dir();
+        for e in fs::read_dir(&spool).ctx("list", &spool)? {
+            let e = e.ctx("list", &spool)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: u32 = name
+                .split('.')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            if !crate::store::pid_alive(pid) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _g = self.guard()?;
+        let root = self.disk_root();
+        for e in fs::read_dir(&root).ctx("list", &root)? {
+            let e = e.ctx("list", &root)?;
+            let id = e.file_name().to_string_lossy().into_owned();
+            if validate_id(&id).is_err() || self.record_path(&id).exists() {
+                continue;
+            }
+            if is_mounted(&self.merged_dir(&id)) {
+                continue;
+            }
+            tracing::info!(path = %e.path().display(), "removing layer directory without a record");
+            fs::remove_dir_all(e.path()).ctx("remove orphaned layer directory", e.path())?;
+        }
+        Ok(())
     }
 
     fn records_dir(&self) -> PathBuf {

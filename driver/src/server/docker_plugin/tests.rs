@@ -364,3 +364,158 @@ fn changes_against_the_parent_chain() {
     assert!(all.iter().all(|c| c.kind == ChangeKind::Add));
     assert_eq!(all.len(), 7);
 }
+
+fn temp_graph(budget: &str) -> (tempfile::TempDir, graph::Graph) {
+    let d = tempfile::tempdir().expect("tmp");
+    for s in ["state", "pmem", "disk"] {
+        std::fs::create_dir(d.path().join(s)).expect("mkdir");
+    }
+    let p = |s: &str| d.path().join(s);
+    let text = format!(
+        "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = {budget:?}\n",
+        p("state"),
+        p("pmem"),
+        p("disk")
+    );
+    let cfg = crate::config::Config::parse(&p("config.toml"), &text).expect("config");
+    let store = Store::open(&cfg).expect("store");
+    let g = graph::Graph::new(store).expect("graph");
+    (d, g)
+}
+
+#[test]
+fn graph_lifecycle_without_mounts() {
+    if !is_root() {
+        eprintln!("extraction with owners needs root");
+        return;
+    }
+    let (_d, g) = temp_graph("64M");
+    let id = "a".repeat(64);
+    g.create(&id, "", false).expect("create");
+    assert!(g.create(&id, "", false).is_err(), "duplicate create");
+    assert!(g.create("b", "nope", false).is_err(), "missing parent");
+    assert!(g.exists(&id).expect("exists"));
+    let mut t = T::new();
+    t.dir("etc").file("etc/f", b"hello");
+    let tar = t.done();
+    // Wrong parent is refused before the body is read.
+    assert!(g.apply_diff(&id, "zzz", &mut &tar[..]).is_err());
+    let size = g.apply_diff(&id, "", &mut &tar[..]).expect("apply");
+    assert_eq!(size, 5);
+    assert!(
+        g.apply_diff(&id, "", &mut &tar[..]).is_err(),
+        "second ApplyDiff"
+    );
+    let rec = g.load(&id).expect("load").expect("record");
+    let chain = rec.chain_id.clone().expect("chain");
+    // No parent: the chainID is the diffID of the tar Docker sent.
+    assert_eq!(
+        chain,
+        format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+    );
+    // Chain bottoms are gated: disk.
+    let meta = g.store.layer(&chain).expect("meta").expect("stored");
+    assert_eq!(meta.tier, crate::tier::TierKind::Disk);
+    // The store counts the graph layer as a reference; gc keeps it.
+    assert_eq!(g.store.refcounts().expect("refs").get(&chain), Some(&1));
+    assert!(g.store.gc().expect("gc").removed.is_empty());
+    // Get of a parentless layer is its own directory; counted.
+    let p = g.get(&id).expect("get");
+    assert_eq!(std::fs::read(p.join("etc/f")).expect("read"), b"hello");
+    g.get(&id).expect("get again");
+    assert_eq!(g.load(&id).expect("load").expect("rec").mount_count, 2);
+    g.put(&id).expect("put");
+    g.put(&id).expect("put");
+    assert_eq!(g.load(&id).expect("load").expect("rec").mount_count, 0);
+    // A child applied right after its parent goes to pmem.
+    let child = "c".repeat(64);
+    g.create(&child, &id, false).expect("create child");
+    let mut t = T::new();
+    t.dir("etc").file("etc/.wh.f", b"").file("etc/g", b"g");
+    let size = g
+        .apply_diff(&child, &id, &mut &t.done()[..])
+        .expect("apply child");
+    assert_eq!(size, 1);
+    let crec = g.load(&child).expect("load").expect("child");
+    let cmeta = g
+        .store
+        .layer(crec.chain_id.as_deref().expect("chain"))
+        .expect("meta")
+        .expect("stored");
+    assert_eq!(cmeta.tier, crate::tier::TierKind::Pmem, "{crec:?}");
+    assert_eq!(cmeta.parent.as_deref(), Some(chain.as_str()));
+    let ch = g.changes(&child, &id).expect("changes");
+    let got: Vec<(String, u8)> = ch.iter().map(|c| (c.path.clone(), c.kind.into())).collect();
+    assert_eq!(
+        got,
+        [
+            ("/etc".into(), 0),
+            ("/etc/f".into(), 2),
+            ("/etc/g".into(), 1)
+        ]
+    );
+    assert!(g.changes(&child, "").is_err(), "not its parent");
+    // Remove frees the store layers once nothing references them.
+    g.remove(&child).expect("remove child");
+    g.remove(&id).expect("remove");
+    g.remove(&id).expect("remove is idempotent");
+    assert!(g.store.layers().expect("layers").is_empty());
+    assert!(g.list().expect("list").is_empty());
+}
+
+#[test]
+fn graph_budget_exhaustion_spools_and_stores_on_disk() {
+    if !is_root() {
+        return;
+    }
+    let (d, g) = temp_graph("16K");
+    let (p, c) = ("p".repeat(64), "q".repeat(64));
+    g.create(&p, "", false).expect("create");
+    let mut t = T::new();
+    t.file("small", b"s");
+    g.apply_diff(&p, "", &mut &t.done()[..]).expect("apply");
+    g.create(&c, &p, false).expect("create child");
+    let big = vec![9u8; 100_000];
+    let mut t = T::new();
+    t.file("big", &big);
+    g.apply_diff(&c, &p, &mut &t.done()[..]).expect("apply big");
+    let rec = g.load(&c).expect("load").expect("rec");
+    let meta = g
+        .store
+        .layer(rec.chain_id.as_deref().expect("chain"))
+        .expect("meta")
+        .expect("stored");
+    assert_eq!(meta.tier, crate::tier::TierKind::Disk);
+    assert!(rec.placement.expect("why").contains("budget"));
+    let dir = g
+        .data_dir(&g.load(&c).expect("l").expect("r"))
+        .expect("dir");
+    assert_eq!(std::fs::read(dir.join("big")).expect("read"), big);
+    // Nothing left in spool, staging or reservations.
+    for sub in [
+        "state/graph/spool",
+        "state/reservations",
+        "pmem/staging",
+        "disk/staging",
+    ] {
+        let n = std::fs::read_dir(d.path().join(sub)).expect("list").count();
+        assert_eq!(n, 0, "{sub}");
+    }
+}
+
+#[test]
+fn graph_start_up_removes_orphans_but_keeps_records() {
+    let (d, g) = temp_graph("1M");
+    g.create("keep", "", true).expect("create");
+    let orphan = d.path().join("disk/graph/orphan/diff");
+    std::fs::create_dir_all(&orphan).expect("orphan");
+    let spool = d.path().join("state/graph/spool/999999999.0000.tar");
+    std::fs::write(&spool, b"x").expect("spool");
+    let store = g.store.clone();
+    drop(g);
+    let g = graph::Graph::new(store).expect("reopen");
+    assert!(!orphan.exists());
+    assert!(!spool.exists());
+    assert!(g.exists("keep").expect("exists"));
+    assert!(d.path().join("disk/graph/keep/diff").is_dir());
+}
