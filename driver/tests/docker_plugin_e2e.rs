@@ -120,6 +120,14 @@ impl Engine {
         });
     }
 
+    /// `kill -9`: the socket file stays behind (stale).
+    fn kill_plugin(&mut self) {
+        if let Some(mut c) = self.plugin.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn stop_plugin(&mut self) {
         if let Some(mut c) = self.plugin.take() {
             stop(&mut c, Duration::from_secs(10));
@@ -567,7 +575,13 @@ fn docker_plugin_restart_keeps_layers_and_running_containers() {
     let mounts_before = eng.mounts_under(&eng.bed.disk.join("graph"));
     assert!(!mounts_before.is_empty(), "the container rootfs is mounted");
 
+    // kill -9 (a stale socket stays), start again, SIGTERM, start again.
+    eng.kill_plugin();
+    assert!(eng.plugin_sock.exists(), "stale socket");
+    eng.start_plugin();
+    assert_eq!(eng.graph_records(), before);
     eng.stop_plugin();
+    assert!(!eng.plugin_sock.exists(), "SIGTERM removes the socket");
     eng.start_plugin();
 
     // Layers, refcounts and the running container's rootfs are intact.
@@ -663,6 +677,22 @@ fn docker_plugin_rejects_hostile_requests_without_changes() {
     );
     assert_eq!((st, body.trim()), (200, "{}"));
     let before = snapshot(&eng.bed);
+    // The socket is private, and a second plugin refuses a live socket.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&sock).expect("socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let second = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .args(["docker-plugin", "--socket"])
+        .arg(&sock)
+        .env("NVTIER_CONFIG", &eng.bed.config)
+        .output()
+        .expect("second plugin");
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
 
     let huge = "b".repeat(100_000);
     let hostile_ids = [
