@@ -458,6 +458,77 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     .collect();
     assert_eq!(diff, want, "docker diff");
 
+    // A directory replaced in a container becomes overlay-opaque: Changes
+    // lists the hidden lower entries as deleted, and Diff writes
+    // `.wh..wh..opq`, which the committed image applies again.
+    eng.docker_ok(&[
+        "run",
+        "--name",
+        "c2",
+        "--network",
+        "none",
+        &r,
+        "sh",
+        "-c",
+        "rm -r /opt/dir && mkdir /opt/dir && echo n > /opt/dir/new",
+    ]);
+    let diff: BTreeSet<String> = eng
+        .docker_ok(&["diff", "c2"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want: BTreeSet<String> = ["C /opt", "C /opt/dir", "D /opt/dir/c", "A /opt/dir/new"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(diff, want, "docker diff of a replaced directory");
+    eng.docker_ok(&["commit", "c2", "nvtier-opaque:v1"]);
+    let out = eng.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "nvtier-opaque:v1",
+        "ls",
+        "/opt/dir",
+    ]);
+    assert_eq!(out, "new\n");
+    let saved = eng.bed.state.parent().expect("base").join("opaque.tar");
+    eng.docker_ok(&[
+        "save",
+        "-o",
+        saved.to_str().expect("utf8"),
+        "nvtier-opaque:v1",
+    ]);
+    let mut outer = tar::Archive::new(fs::File::open(&saved).expect("open saved"));
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for e in outer.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let p = e.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("read");
+        files.insert(p, data);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    let top = manifest[0]["Layers"]
+        .as_array()
+        .and_then(|l| l.last())
+        .and_then(Value::as_str)
+        .expect("top layer")
+        .to_string();
+    let mut inner = tar::Archive::new(&files[&top][..]);
+    let names: Vec<String> = inner
+        .entries()
+        .expect("layer entries")
+        .flatten()
+        .filter_map(|x| x.path().ok().map(|p| p.to_string_lossy().into_owned()))
+        .collect();
+    // The committed layer (not the base image's layer 2, which has one too).
+    let found = names.iter().any(|n| n == "opt/dir/.wh..wh..opq");
+    assert!(found, "no opaque marker in the committed layer: {names:?}");
+    eng.docker_ok(&["rm", "c2"]);
+    eng.docker_ok(&["rmi", "nvtier-opaque:v1"]);
+
     // Commit: Diff of the container layer → a new image layer (ApplyDiff).
     eng.docker_ok(&["commit", "c1", "nvtier-committed:v1"]);
     let out = eng.docker_ok(&[
