@@ -894,6 +894,30 @@ fn docker_plugin_budget_exhaustion_falls_back_to_disk() {
     // 2 MiB of pmem: the 4 MiB and 2 MiB layers cannot fit.
     let eng = Engine::up("dkbud", "2M", true);
     let r = eng.bed.push("dkimg", SPEC);
+    // nvtier pulls first; Docker's ApplyDiffs then find every layer in the
+    // store and reuse it (stored once), and `nvtier rm` keeps them.
+    eng.bed.nvtier_ok(&["pull", &r]);
+    eng.docker_ok(&["pull", &r]);
+    assert_eq!(
+        eng.bed.nvtier_json(&["layers"]).as_array().map(Vec::len),
+        Some(4)
+    );
+    eng.bed.nvtier_ok(&["rm", &r]);
+    assert_eq!(
+        eng.bed.nvtier_json(&["layers"]).as_array().map(Vec::len),
+        Some(4)
+    );
+    assert!(
+        eng.plugin_log().contains("reusing it"),
+        "{}",
+        eng.plugin_log()
+    );
+    eng.docker_ok(&["rmi", &r]);
+    assert_eq!(
+        eng.bed.nvtier_json(&["layers"]).as_array().map(Vec::len),
+        Some(0)
+    );
+    // Now Docker alone, on a 2 MiB budget.
     eng.docker_ok(&["pull", &r]);
     let st = eng.bed.nvtier_json(&["status"]);
     assert!(
