@@ -11,6 +11,8 @@ PACKAGES=(
     # eBPF tracer build: vmlinux.h from the running kernel's BTF
     bpftool gcc
     e2fsprogs util-linux kmod
+    # Docker Engine 20.10 (dockerd) for the legacy graph driver plugin tests
+    docker.io
     # used by the testbed scripts themselves
     curl openssl tar
     # lint for these scripts (run by run-tests.sh)
@@ -58,12 +60,26 @@ if ((${#missing[@]})); then
     lists=/var/lib/apt/lists
     aptlog=$(mktemp)
     trap 'rm -f "$aptlog"' EXIT
+    # Another process (a parallel test run, another engineer) may hold the
+    # dpkg/apt locks: let apt wait for them, and retry a few times on top.
+    apt_retry() {
+        local i
+        for i in 1 2 3 4 5 6; do
+            if apt-get -o DPkg::Lock::Timeout=120 "$@" >"$aptlog" 2>&1; then
+                return 0
+            fi
+            grep -qiE 'lock|Could not get lock|dpkg was interrupted' "$aptlog" || return 1
+            info "apt is busy (attempt $i); retrying"
+            sleep $((i * 5))
+        done
+        return 1
+    }
     if [[ -z $(find "$lists" -maxdepth 1 -name '*_Packages*' -mtime -1 -print -quit 2>/dev/null) ]]; then
         info "apt-get update"
-        apt-get update -qq >"$aptlog" 2>&1 || { cat "$aptlog" >&2; die "apt-get update failed"; }
+        apt_retry update -qq || { cat "$aptlog" >&2; die "apt-get update failed"; }
     fi
     info "installing: ${missing[*]}"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$aptlog" 2>&1 ||
+    apt_retry install -y -qq --no-install-recommends "${missing[@]}" ||
         { cat "$aptlog" >&2; die "apt-get install failed for: ${missing[*]}"; }
 else
     info "all Debian packages present"

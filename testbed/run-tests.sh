@@ -27,24 +27,29 @@ else
 fi
 
 echo "==> cargo test (unit + root integration tests)"
-testbeds() { find /run/nvtier-testbed -mindepth 1 -maxdepth 1 -type d -printf '%f\n' 2>/dev/null | sort; }
-before=$(testbeds)
+# Every testbed a test brings up is named in this file (driver/tests/common),
+# so the leak check looks at this run's testbeds only, not at other users'.
+NVTIER_TEST_NAMES_FILE=$(mktemp /tmp/nvtier-test-names.XXXXXX)
+export NVTIER_TEST_NAMES_FILE
+trap 'rm -f "$NVTIER_TEST_NAMES_FILE"' EXIT
 cargo test --workspace --locked -- --test-threads=4
 
 # Tests must leave no testbed behind (mounts, loops, namespaces, daemons).
-after=$(testbeds)
-leaked=$(comm -13 <(echo "$before" | sort) <(echo "$after" | sort) | sed '/^$/d')
-if [[ -n $leaked ]]; then
-    echo "run-tests.sh: tests leaked testbeds: $leaked" >&2
+leaked=()
+while read -r name; do
+    [[ -n $name ]] || continue
+    if [[ -e /run/nvtier-testbed/$name ]]; then
+        leaked+=("testbed $name")
+    fi
+    if ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "nvt-$name"; then
+        leaked+=("netns nvt-$name")
+    fi
+    if losetup -a 2>/dev/null | grep -q "/nvtier-testbed/$name/"; then
+        leaked+=("loop device of $name")
+    fi
+done < <(sort -u "$NVTIER_TEST_NAMES_FILE")
+if ((${#leaked[@]})); then
+    echo "run-tests.sh: tests leaked: ${leaked[*]}" >&2
     exit 1
 fi
-if ip netns list 2>/dev/null | grep -q '^nvt-'; then
-    for ns in $(ip netns list | awk '/^nvt-/{print $1}'); do
-        name=${ns#nvt-}
-        if ! grep -qx "$name" <<<"$before"; then
-            echo "run-tests.sh: leaked network namespace $ns" >&2
-            exit 1
-        fi
-    done
-fi
-echo "==> all tests passed"
+echo "==> all tests passed ($(sort -u "$NVTIER_TEST_NAMES_FILE" | grep -c .) testbeds brought up and torn down)"

@@ -137,6 +137,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Internal: serve only the legacy Docker graph driver plugin API on a
+    /// unix socket (until `nvtier serve` hosts it). Stops on SIGTERM/SIGINT.
+    #[command(hide = true)]
+    DockerPlugin {
+        /// Socket path (its parent directories are created; mode 0600).
+        #[arg(long, default_value = "/run/docker/plugins/nvtier.sock")]
+        socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +252,9 @@ fn main() {
 fn real_main(cli: Cli) -> Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     let store = Store::open(&cfg)?;
+    if let Cmd::DockerPlugin { socket } = &cli.cmd {
+        return docker_plugin(store, socket);
+    }
     match cli.cmd {
         Cmd::Pull {
             reference,
@@ -646,6 +657,49 @@ fn real_main(cli: Cli) -> Result<()> {
                 human(r.disk_bytes_freed)
             );
         }
+        Cmd::DockerPlugin { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Bind the plugin socket (removing a stale one, refusing a live one) and
+/// serve until SIGTERM/SIGINT; the socket is removed on the way out.
+fn docker_plugin(store: Store, socket: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(md) if md.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                bail!(
+                    "{} is in use by a running plugin (stop it first)",
+                    socket.display()
+                );
+            }
+            std::fs::remove_file(socket)
+                .with_context(|| format!("remove stale socket {}", socket.display()))?;
+        }
+        Ok(_) => bail!("{} exists and is not a socket", socket.display()),
+        Err(_) => {}
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let res = rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(socket)
+            .with_context(|| format!("bind {}", socket.display()))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", socket.display()))?;
+        eprintln!("nvtier: docker graph driver plugin listening on {}", socket.display());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = nvtier::server::docker_plugin::serve(listener, store) => r.map_err(anyhow::Error::from),
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); Ok(()) }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); Ok(()) }
+        }
+    });
+    let _ = std::fs::remove_file(socket);
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    res
 }

@@ -7,6 +7,9 @@
 //!   layer chain).
 //! - `STATE/mounts/<sha256(target)>.json`: overlay mounts with refcounts.
 //! - `STATE/reservations/`: pmem budget held by extractions in progress.
+//! - `STATE/graph/layers/<id>.json`: Docker graph-driver layers (see
+//!   `server::docker_plugin`); one whose `chain_id` is set references that
+//!   store layer.
 //! - `STATE/locks/`: flock files. `gc.lock` is held shared by every pull and
 //!   exclusively by garbage collection, so a layer stored by a running pull
 //!   is never collected before its image record is written.
@@ -14,14 +17,17 @@
 //!   `layers/` when complete.
 //!
 //! Reference counts are derived, never stored: a layer is referenced by every
-//! image whose chain contains it and every mount that uses it. Nothing can
+//! image whose chain contains it, every mount that uses it and every Docker
+//! graph-driver layer whose content it is. Nothing can
 //! drift after a crash.
 
 mod budget;
 mod meta;
 
 pub use budget::Reservation;
-pub use meta::{read_json as meta_read, ImageRecord, LayerMeta, MountRecord};
+pub use meta::{
+    read_all as meta_read_all, read_json as meta_read, ImageRecord, LayerMeta, MountRecord,
+};
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -150,6 +156,10 @@ impl Store {
     }
     pub fn reservations_dir(&self) -> PathBuf {
         self.state().join("reservations")
+    }
+    /// Records of the Docker graph driver plugin, one per Docker layer ID.
+    pub fn graph_layers_dir(&self) -> PathBuf {
+        self.state().join("graph").join("layers")
     }
     pub fn tier(&self, k: TierKind) -> &Tier {
         match k {
@@ -401,7 +411,28 @@ impl Store {
                 *m.entry(c.clone()).or_insert(0) += 1;
             }
         }
+        for c in self.graph_driver_refs()? {
+            *m.entry(c).or_insert(0) += 1;
+        }
         Ok(m)
+    }
+
+    /// Store layers that Docker graph-driver layers use as their content
+    /// (the `chain_id` of each record in [`Store::graph_layers_dir`]). They
+    /// count as references, so `nvtier rm`/`gc` never frees a layer Docker
+    /// still has.
+    pub fn graph_driver_refs(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct GraphRef {
+            #[serde(default)]
+            chain_id: Option<String>,
+        }
+        let dir = self.graph_layers_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let refs: Vec<GraphRef> = meta::read_all(&dir)?;
+        Ok(refs.into_iter().filter_map(|r| r.chain_id).collect())
     }
 
     /// Collect unreferenced layers. Skips (returns an empty report) when a

@@ -63,6 +63,13 @@ impl Bed {
     pub fn up(tag: &str, rate: &str, pmem_budget: &str) -> Bed {
         require_root();
         let name = format!("{tag}{:x}", std::process::id() % 0xffff);
+        // run-tests.sh checks afterwards that every testbed named here is gone.
+        if let Some(f) = std::env::var_os("NVTIER_TEST_NAMES_FILE") {
+            use std::io::Write;
+            if let Ok(mut f) = fs::OpenOptions::new().append(true).open(f) {
+                let _ = writeln!(f, "{name}");
+            }
+        }
         // Tear down anything left by an earlier crashed run of this name.
         let _ = Command::new("bash")
             .arg(repo().join("testbed/registry.sh"))

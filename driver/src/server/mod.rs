@@ -1,0 +1,3 @@
+//! Engine integrations.
+
+pub mod docker_plugin;
