@@ -7,6 +7,7 @@
 //! - [`pull`]: registry pull with LASS placement.
 //! - [`mount`]: overlay root filesystems.
 //! - [`run`]: the cold-start probe.
+//! - [`server`]: `nvtier serve` (containerd proxy snapshotter).
 
 pub mod config;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod extract;
 pub mod mount;
 pub mod pull;
 pub mod run;
+pub mod server;
 pub mod store;
 pub mod tier;
 

@@ -3,5 +3,6 @@
 //! rules can be tested exhaustively.
 
 pub mod lass;
+pub mod unpack;
 
 pub use lass::{decide, ldl_index, Decision, DiskReason, Placement, StoreMoment, Tier};

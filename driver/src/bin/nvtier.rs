@@ -98,6 +98,9 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Run the daemon: the containerd proxy snapshotter on
+    /// `snapshotter_socket` (plugin name `nvtier`). Stops on SIGTERM/SIGINT.
+    Serve,
     /// Remove layers no image or mount references.
     Gc {
         #[arg(long)]
@@ -449,6 +452,12 @@ fn real_main(cli: Cli) -> Result<()> {
             if r.exit_code != 0 {
                 std::process::exit(r.exit_code);
             }
+        }
+        Cmd::Serve => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(nvtier::server::serve(store))?;
         }
         Cmd::Gc { json } => {
             let r = store.gc()?;

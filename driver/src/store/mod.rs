@@ -6,6 +6,8 @@
 //! - `STATE/images/<sha256(name)>.json`: image records (name, manifest, the
 //!   layer chain).
 //! - `STATE/mounts/<sha256(target)>.json`: overlay mounts with refcounts.
+//! - `STATE/snapshots/<sha256(key)>.json`: containerd snapshots (see
+//!   `server::snapshotter`); `STATE/l/<id>`: their short lowerdir links.
 //! - `STATE/reservations/`: pmem budget held by extractions in progress.
 //! - `STATE/locks/`: flock files. `gc.lock` is held shared by every pull and
 //!   exclusively by garbage collection, so a layer stored by a running pull
@@ -21,7 +23,9 @@ mod budget;
 mod meta;
 
 pub use budget::Reservation;
-pub use meta::{read_json as meta_read, ImageRecord, LayerMeta, MountRecord};
+pub use meta::{
+    read_json as meta_read, ImageRecord, LayerMeta, MountRecord, SnapshotKind, SnapshotRecord,
+};
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
@@ -116,6 +120,8 @@ impl Store {
             s.locks_dir(),
             s.downloads_dir(),
             s.reservations_dir(),
+            s.snapshots_dir(),
+            s.links_dir(),
             s.disk.root.join("containers"),
         ] {
             fs::create_dir_all(&d).map_err(|e| Error::Config {
@@ -150,6 +156,21 @@ impl Store {
     }
     pub fn reservations_dir(&self) -> PathBuf {
         self.state().join("reservations")
+    }
+    /// containerd snapshot records.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.state().join("snapshots")
+    }
+    /// Short per-snapshot links used as overlay lowerdirs.
+    pub fn links_dir(&self) -> PathBuf {
+        self.state().join("l")
+    }
+    /// The record file of a snapshot key (the key is hashed: never a path).
+    pub fn snapshot_path(&self, key: &str) -> PathBuf {
+        self.snapshots_dir().join(format!("{}.json", name_key(key)))
+    }
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        meta::read_all(&self.snapshots_dir())
     }
     pub fn tier(&self, k: TierKind) -> &Tier {
         match k {
@@ -388,7 +409,8 @@ impl Store {
 
     // ---- references and GC ----
 
-    /// How many images and mounts reference each chainID.
+    /// How many images, mounts and containerd snapshots reference each
+    /// chainID.
     pub fn refcounts(&self) -> Result<BTreeMap<String, u32>> {
         let mut m = BTreeMap::new();
         for i in self.images()? {
@@ -399,6 +421,11 @@ impl Store {
         for mr in self.mounts()? {
             for c in &mr.chain_ids {
                 *m.entry(c.clone()).or_insert(0) += 1;
+            }
+        }
+        for s in self.snapshots()? {
+            if let Some(c) = s.layer {
+                *m.entry(c).or_insert(0) += 1;
             }
         }
         Ok(m)
