@@ -8,7 +8,10 @@ set -euo pipefail
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 CACHE=${NVTIER_ENGINES_DIR:-/var/tmp/nvtier-engines}
-PACKAGES=(containerd docker.io docker-cli runc)
+# runc is NOT taken from trixie: its binary needs glibc 2.38 (bookworm has
+# 2.36) and fails with "GLIBC_2.38 not found"; bookworm's runc 1.1.5 is used.
+# The Go binaries below run on bookworm.
+PACKAGES=(containerd docker.io docker-cli)
 
 usage() {
     cat <<EOF
@@ -21,8 +24,10 @@ Downloads ${PACKAGES[*]} from the Debian trixie suite (same mirror as the
 bookworm lines in /etc/apt/sources.list.d/) with \`apt-get download\` under a
 private Dir::Etc::SourceList/Dir::State/Dir::Cache, and unpacks them with
 \`dpkg -x\` into $CACHE/root. Prints:
-  ENGINES_ROOT, CONTAINERD17 (containerd binary), DOCKERD26, DOCKER_CLI,
-  RUNC_TRIXIE, CONTAINERD_SHIM (containerd-shim-runc-v2)
+  ENGINES_ROOT, ENGINES_BIN (a directory of links to the trixie binaries,
+  to put first in PATH: containerd, containerd-shim-runc-v2, ctr, dockerd,
+  docker, docker-init, docker-proxy; runc stays bookworm's),
+  CONTAINERD17, CONTAINERD_SHIM, DOCKERD26, DOCKER_CLI
 Override the cache with NVTIER_ENGINES_DIR. Must run as root.
 EOF
 }
@@ -34,7 +39,7 @@ print_env() {
     printf 'CONTAINERD_SHIM=%s\n' "$r/usr/bin/containerd-shim-runc-v2"
     printf 'DOCKERD26=%s\n' "$r/usr/sbin/dockerd"
     printf 'DOCKER_CLI=%s\n' "$r/usr/bin/docker"
-    printf 'RUNC_TRIXIE=%s\n' "$r/usr/sbin/runc"
+    printf 'ENGINES_BIN=%s\n' "$CACHE/bin"
 }
 
 fetch() {
@@ -87,8 +92,14 @@ fetch() {
     for d in "$apt"/debs/*.deb; do
         dpkg -x "$d" "$CACHE/root.tmp"
     done
-    rm -rf "$CACHE/root"
+    rm -rf "${CACHE:?}/root" "${CACHE:?}/bin"
     mv "$CACHE/root.tmp" "$CACHE/root"
+    mkdir -p "$CACHE/bin"
+    local b
+    for b in usr/bin/containerd usr/bin/containerd-shim-runc-v2 usr/bin/ctr \
+        usr/sbin/dockerd usr/bin/docker usr/bin/docker-init usr/sbin/docker-proxy; do
+        if [[ -e $CACHE/root/$b ]]; then ln -sf "$CACHE/root/$b" "$CACHE/bin/"; fi
+    done
     "$CACHE/root/usr/bin/containerd" --version >&2 ||
         die "the trixie containerd binary does not run here"
     "$CACHE/root/usr/sbin/dockerd" --version >&2 ||

@@ -40,6 +40,7 @@ use crate::tier::TierKind;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
 use nvtier_policy::unpack::{decide_unpack, UnpackMoment, INGEST_FRESH_MS};
+use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -132,6 +133,24 @@ pub fn validate_labels<'a>(
         }
     }
     Ok(())
+}
+
+/// The chainID an unpack snapshot is for: the `containerd.io/snapshot.ref`
+/// label (set by containerd's pull-time unpacker), or containerd's unpack key
+/// format `[<ns>/<n>/]extract-<unique> <chainID>` (used by `ctr`'s separate
+/// unpack, which sets no label). `None` for any other snapshot.
+pub fn unpack_chain(key: &str, labels: &BTreeMap<String, String>) -> Option<String> {
+    if let Some(t) = labels.get(LABEL_REF).filter(|t| digest_hex(t).is_ok()) {
+        return Some(t.clone());
+    }
+    let mut parts = key.splitn(3, '/');
+    let (a, b, c) = (parts.next(), parts.next(), parts.next());
+    let last = match (a, b, c) {
+        (Some(_), Some(n), Some(rest)) if n.bytes().all(|x| x.is_ascii_digit()) => rest,
+        _ => key,
+    };
+    let (head, chain) = last.rsplit_once(' ')?;
+    (head.starts_with("extract-") && digest_hex(chain).is_ok()).then(|| chain.to_string())
 }
 
 /// The mounts of a snapshot. `lowers` are the parent chain's directories,
@@ -611,10 +630,9 @@ impl Inner {
         }
         let chain = labels
             .get(LABEL_REF)
-            .or_else(|| r.labels.get(LABEL_REF))
+            .filter(|c| digest_hex(c).is_ok())
             .cloned()
-            .or_else(|| name.rsplit('/').next().map(str::to_string))
-            .filter(|c| digest_hex(c).is_ok());
+            .or_else(|| unpack_chain(key, &r.labels));
         let parent_layer = match snaps.get(&r.parent) {
             Some(p) => p.layer.clone().map(Some),
             None => Some(None),
@@ -925,6 +943,23 @@ impl NvSnapshotter {
                 match pull(&store, image, &opts).await {
                     Ok(rep) => {
                         tracing::info!(image, ldl = ?rep.ldl_index, pmem = rep.pmem_bytes, disk = rep.disk_bytes, ms = rep.stored_done_ms, "pulled");
+                        // The last report per image, for `nvtier`/tests:
+                        // STATE/pulls/<sha256(image)>.json.
+                        let dir = store.state().join("pulls");
+                        let path = dir.join(format!(
+                            "{}.json",
+                            hex::encode(sha2::Sha256::digest(image.as_bytes()))
+                        ));
+                        let saved = std::fs::create_dir_all(&dir)
+                            .ctx("create", &dir)
+                            .and_then(|()| {
+                                let j = serde_json::to_vec_pretty(&rep)
+                                    .map_err(|e| Error::Other(e.to_string()))?;
+                                write_atomic(&path, &j)
+                            });
+                        if let Err(e) = saved {
+                            tracing::warn!(error = %e, "saving the pull report");
+                        }
                         Ok(())
                     }
                     Err(e) => Err(e.to_string()),
@@ -952,17 +987,17 @@ impl NvSnapshotter {
         }
         validate_labels(labels.iter())?;
         let labels: BTreeMap<String, String> = labels.into_iter().collect();
-        let target = labels
-            .get(LABEL_REF)
-            .filter(|t| digest_hex(t).is_ok())
-            .cloned();
+        let target = unpack_chain(&key, &labels);
         let mut tier = TierKind::Disk;
         if let (Some(target), SnapshotKind::Active) = (target, kind) {
+            let labelled = labels.contains_key(LABEL_REF);
             let (k, p, t, l) = (key.clone(), parent.clone(), target.clone(), labels.clone());
-            if self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
+            // Only a labelled Prepare may be answered with AlreadyExists:
+            // that is containerd's remote-snapshot protocol.
+            if labelled && self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
                 return Err(SnapError::AlreadyExists(key));
             }
-            if let Some(image) = labels.get(LABEL_CRI_IMAGE_REF) {
+            if let Some(image) = labels.get(LABEL_CRI_IMAGE_REF).filter(|_| labelled) {
                 match self.pull_once(image).await {
                     Ok(()) => {
                         let (k, p, t, l) =
@@ -1105,6 +1140,30 @@ mod tests {
         let mut l = HashMap::new();
         l.insert(String::new(), "v".into());
         assert!(validate_labels(l.iter()).is_err());
+    }
+
+    #[test]
+    fn unpack_keys() {
+        let c = format!("sha256:{}", "a".repeat(64));
+        let none = BTreeMap::new();
+        assert_eq!(
+            unpack_chain(&format!("default/5/extract-12-ab {c}"), &none),
+            Some(c.clone())
+        );
+        assert_eq!(
+            unpack_chain(&format!("extract-12-ab {c}"), &none),
+            Some(c.clone())
+        );
+        assert_eq!(unpack_chain("default/5/mycontainer", &none), None);
+        assert_eq!(
+            unpack_chain("default/5/extract-1 sha256:../../x", &none),
+            None
+        );
+        let mut l = BTreeMap::new();
+        l.insert(LABEL_REF.to_string(), c.clone());
+        assert_eq!(unpack_chain("default/7/whatever", &l), Some(c));
+        l.insert(LABEL_REF.to_string(), "sha256:nothex".into());
+        assert_eq!(unpack_chain("default/7/whatever", &l), None);
     }
 
     #[test]
