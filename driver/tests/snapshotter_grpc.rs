@@ -117,6 +117,37 @@ fn snapshot_semantics_and_hostile_requests() {
         String::from_utf8_lossy(&o.stderr)
     );
 
+    let img = bed.push("grpc1", "busybox,1M");
+    // chainID of the base layer = its diffID, from the image config.
+    let oci = common::oci_dir();
+    let build_lock = common::build_lock();
+    let index: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(oci.join("index.json")).expect("index"))
+            .expect("json");
+    let manifest_digest = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "grpc1")
+        .and_then(|m| m["digest"].as_str())
+        .expect("tag grpc1")
+        .to_string();
+    let blob = |d: &str| {
+        oci.join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blob(&manifest_digest)).expect("manifest")).expect("json");
+    let config: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(manifest["config"]["digest"].as_str().expect("cfg"))).expect("config"),
+    )
+    .expect("json");
+    let base_chain = config["rootfs"]["diff_ids"][0]
+        .as_str()
+        .expect("diff id")
+        .to_string();
+    drop(build_lock);
+
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let mut c = connect(&sock).await;
@@ -493,6 +524,68 @@ fn snapshot_semantics_and_hostile_requests() {
         assert!(added.iter().all(|p| !p.contains("evil")), "{added:?}");
         c.remove(RemoveSnapshotRequest {
             key: traversal.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("remove");
+
+        // --- remote-snapshot pull, deduplicated ------------------------
+        // Two concurrent Prepares for the same image (CRI labels): nvtier
+        // pulls it once, both get AlreadyExists, and Stat then succeeds.
+        let chain0 = bed.nvtier_json(&["layers"]);
+        assert_eq!(chain0, serde_json::json!([]));
+        let cri = |key: &str| PrepareSnapshotRequest {
+            key: key.into(),
+            parent: String::new(),
+            labels: labels(&[
+                ("containerd.io/snapshot.ref", &base_chain),
+                ("containerd.io/snapshot/cri.image-ref", &img),
+                ("containerd.io/snapshot/cri.layer-digest", "sha256:unused"),
+                ("containerd.io/snapshot/cri.image-layers", "sha256:unused"),
+            ]),
+            ..Default::default()
+        };
+        let (mut c1, mut c2) = (c.clone(), c.clone());
+        let (r1, r2) = tokio::join!(
+            c1.prepare(cri("moby/1/extract-1 k")),
+            c2.prepare(cri("moby/2/extract-2 k"))
+        );
+        assert_eq!(code(r1), Code::AlreadyExists);
+        assert_eq!(code(r2), Code::AlreadyExists);
+        let st = c
+            .stat(StatSnapshotRequest {
+                key: base_chain.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("stat after AlreadyExists")
+            .into_inner()
+            .info
+            .expect("info");
+        assert_eq!(st.kind, 3);
+        assert_eq!(
+            st.labels.get("containerd.io/snapshot.ref"),
+            Some(&base_chain)
+        );
+        assert_eq!(
+            code(
+                c.stat(StatSnapshotRequest {
+                    key: "moby/1/extract-1 k".into(),
+                    ..Default::default()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+        let pulls = nv.log_text().matches("pulling for containerd").count();
+        assert_eq!(
+            pulls,
+            1,
+            "the image must be pulled once:\n{}",
+            nv.log_text()
+        );
+        c.remove(RemoveSnapshotRequest {
+            key: base_chain.clone(),
             ..Default::default()
         })
         .await
