@@ -258,6 +258,17 @@ insecure_registries = ["10.0.0.2:5000"]
     }
 
     #[test]
+    fn shipped_example_parses() {
+        let c = Config::parse(
+            Path::new("dist/config.example.toml"),
+            include_str!("../dist/config.example.toml"),
+        )
+        .expect("the example config is valid");
+        assert_eq!(c.docker_plugin_socket, None);
+        assert!(c.snapshotter_socket.is_some());
+    }
+
+    #[test]
     fn sockets() {
         let c = parse(&format!(
             "{OK}\nsnapshotter_socket = \"/tmp/s.sock\"\ndocker_plugin_socket = \"\""
