@@ -662,6 +662,11 @@ impl Inner {
                     }
                 }
                 c.layer = Some(chain);
+                // A fresh id: if we crash between the two record writes
+                // below, the stale active record shares nothing (link,
+                // directory) with the committed one.
+                c.id = self.unique_id(&snaps);
+                // Referenced from here on (we still hold the GC lock).
                 self.save(&c)?;
                 self.delete_record(key)?;
                 let _ = fs::remove_dir_all(&d);
