@@ -172,6 +172,12 @@ fn ctr_pull_run_restart_remove() {
         "600",
     ]);
     let before = snapshot_records(&bed).len();
+    let status = bed.nvtier_json(&["status"]);
+    assert_eq!(
+        status["snapshots"].as_u64(),
+        Some(before as u64),
+        "{status}"
+    );
     assert!(nv.stop(20), "nvtier serve did not stop on SIGTERM");
     assert!(!sock.exists(), "socket left after SIGTERM");
     nv = start_nvtier(&bed, &sock, "nvtier2");

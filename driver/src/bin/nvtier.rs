@@ -362,6 +362,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 "pmem_layers": layers.iter().filter(|l| l.tier == TierKind::Pmem).count(),
                 "disk_layers": layers.iter().filter(|l| l.tier == TierKind::Disk).count(),
                 "mounts": store.mounts()?.len(),
+                "snapshots": store.snapshots()?.len(),
+                "snapshotter_socket": cfg.snapshotter_socket,
                 "max_concurrent_downloads": cfg.max_concurrent_downloads,
             });
             if json {
@@ -389,6 +391,14 @@ fn real_main(cli: Cli) -> Result<()> {
                 v["disk_layers"],
                 v["mounts"],
                 cfg.placement
+            );
+            println!(
+                "containerd {} snapshots; socket {}",
+                v["snapshots"],
+                cfg.snapshotter_socket
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "disabled".into())
             );
         }
         Cmd::Mount { image, dir, json } => {
