@@ -534,9 +534,10 @@ impl Inner {
             let _ = fs::remove_dir_all(&d);
             return Err(e.into());
         }
-        let m = self.mounts_of(&snaps, &r);
-        snaps.insert(key.to_string(), r);
-        m
+        // The record is on disk: keep memory in step even if building the
+        // mounts fails (containerd can ask again with Mounts, or Remove).
+        snaps.insert(key.to_string(), r.clone());
+        self.mounts_of(&snaps, &r)
     }
 
     /// Attach an existing nvtier layer (or committed snapshot) for `target`
