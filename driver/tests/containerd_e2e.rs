@@ -348,3 +348,91 @@ fn docker26_containerd_store() {
     drop(nv);
     drop(rd);
 }
+
+/// An unpack that begins on pmem but does not fit the budget at Commit is
+/// copied to disk; whiteouts and opaque dirs survive the copy.
+#[test]
+fn ctr_unpack_over_budget_goes_to_disk() {
+    let bed = Bed::up("ctrb", "1gbit", "3M");
+    let rd = make_run_dir(&bed);
+    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+    let sock = write_serve_config(&bed, "3M", &ctd_root);
+    let nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, None);
+    // Layer 2 (4 MiB) holds the whiteout of /etc/removeme and the opaque
+    // /opt/dir.
+    let img = bed.push("ctrb1", "busybox,1M,4M");
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "nvtier",
+        &img,
+    ]);
+    let layers = layers_json(&bed);
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    let big = layers
+        .iter()
+        .find(|l| l["file_bytes"].as_u64().unwrap_or(0) >= 4 << 20)
+        .expect("the 4 MiB layer");
+    assert_eq!(big["tier"], "disk", "{big}");
+    assert!(layers.iter().any(|l| l["tier"] == "pmem"), "{layers:?}");
+    let status = bed.nvtier_json(&["status"]);
+    assert!(
+        status["pmem_used_bytes"].as_u64().unwrap_or(u64::MAX) <= 3 << 20,
+        "{status}"
+    );
+    assert!(
+        nv.log_text().contains("moving it to disk"),
+        "{}",
+        nv.log_text()
+    );
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "nvtier",
+        &img,
+        "cb",
+        "sh",
+        "-c",
+        "ls /etc; echo --; ls /opt/dir; echo --; sha256sum /data/layer2.bin",
+    ]);
+    assert!(
+        !out.contains("removeme"),
+        "whiteout lost in the copy: {out}"
+    );
+    let opt: Vec<&str> = out
+        .split("--")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(opt, vec!["c"], "opaque dir lost in the copy: {out}");
+    // The same bytes as the image's layer file.
+    let reference = common::reference_rootfs("ctrb1");
+    let want = common::listing(&reference);
+    let sum = out
+        .split("--")
+        .nth(2)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(sum.len(), 64, "{out}");
+    assert!(
+        want["data/layer2.bin"].contains(&sum),
+        "{sum} vs {}",
+        want["data/layer2.bin"]
+    );
+    ctd.ctr_ok(&["images", "rm", "--sync", &img]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}
