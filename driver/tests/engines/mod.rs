@@ -96,7 +96,8 @@ impl Drop for Daemon {
 
 /// Write the bed's nvtier config with the snapshotter keys.
 pub fn write_serve_config(bed: &Bed, budget: &str, containerd_root: &Path) -> PathBuf {
-    let sock = run_dir(bed).join("nvtier.sock");
+    // In a sub-directory that `nvtier serve` must create itself.
+    let sock = run_dir(bed).join("sock/nvtier.sock");
     fs::write(
         &bed.config,
         format!(
