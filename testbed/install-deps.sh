@@ -7,6 +7,8 @@ source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 PACKAGES=(
     docker-registry umoci skopeo busybox-static containerd runc debootstrap
+    # protoc: build.rs of the containerd-snapshots crate compiles the protos
+    protobuf-compiler
     fio cgroup-tools iproute2 clang libelf-dev zlib1g-dev pkg-config jq
     # eBPF tracer build: vmlinux.h from the running kernel's BTF
     bpftool gcc

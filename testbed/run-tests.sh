@@ -52,4 +52,15 @@ if ((${#leaked[@]})); then
     echo "run-tests.sh: tests leaked: ${leaked[*]}" >&2
     exit 1
 fi
+# The snapshotter tests' engines (containerd, dockerd, nvtier serve) run on
+# sockets under /run/nvtier-eng/NAME and must all be gone.
+if pgrep -f -- '/run/nvtier-eng/' >/dev/null; then
+    echo "run-tests.sh: tests leaked engine processes:" >&2
+    pgrep -af -- '/run/nvtier-eng/' >&2
+    exit 1
+fi
+if [[ -n $(find /run/nvtier-eng -mindepth 1 -maxdepth 1 2>/dev/null) ]]; then
+    echo "run-tests.sh: tests leaked engine directories in /run/nvtier-eng" >&2
+    exit 1
+fi
 echo "==> all tests passed ($(sort -u "$NVTIER_TEST_NAMES_FILE" | grep -c .) testbeds brought up and torn down)"

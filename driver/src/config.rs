@@ -18,7 +18,19 @@ pub struct Config {
     pub max_concurrent_downloads: usize,
     pub insecure_registries: Vec<String>,
     pub placement: Placement,
+    /// containerd proxy snapshotter socket (`nvtier serve`); `None` = off.
+    pub snapshotter_socket: Option<PathBuf>,
+    /// Docker legacy graph-driver plugin socket; `None` = off.
+    pub docker_plugin_socket: Option<PathBuf>,
+    /// containerd's root directory: the snapshotter watches its content
+    /// ingest area to see whether downloads are still running (LASS on the
+    /// engine's own unpack path).
+    pub containerd_root: PathBuf,
 }
+
+pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/nvtier/snapshotter.sock";
+pub const DEFAULT_DOCKER_PLUGIN_SOCKET: &str = "/run/docker/plugins/nvtier.sock";
+pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,9 +43,9 @@ struct Raw {
     #[serde(default)]
     insecure_registries: Vec<String>,
     placement: Option<String>,
-    // Keys used by later components; accepted so one file serves them all.
     snapshotter_socket: Option<String>,
     docker_plugin_socket: Option<String>,
+    containerd_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,7 +151,50 @@ impl Config {
                 .parse()
                 .map_err(|e: String| err(format!("key `placement`: {e}")))?,
         };
-        let _ = (raw.snapshotter_socket, raw.docker_plugin_socket);
+        let socket = |v: Option<String>, key: &str, default: &str| -> Result<Option<PathBuf>> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            if v.is_empty() {
+                return Ok(None);
+            }
+            let p = PathBuf::from(&v);
+            if !p.is_absolute() || p.file_name().is_none() {
+                return Err(err(format!(
+                    "key `{key}` must be an absolute socket path (or \"\" to disable), got {v:?}"
+                )));
+            }
+            // sun_path holds 108 bytes including the NUL.
+            if v.len() > 107 {
+                return Err(err(format!(
+                    "key `{key}`: socket path is {} bytes, the limit is 107",
+                    v.len()
+                )));
+            }
+            Ok(Some(p))
+        };
+        let snapshotter_socket = socket(
+            raw.snapshotter_socket,
+            "snapshotter_socket",
+            DEFAULT_SNAPSHOTTER_SOCKET,
+        )?;
+        let docker_plugin_socket = socket(
+            raw.docker_plugin_socket,
+            "docker_plugin_socket",
+            DEFAULT_DOCKER_PLUGIN_SOCKET,
+        )?;
+        if snapshotter_socket.is_some() && snapshotter_socket == docker_plugin_socket {
+            return Err(err(
+                "keys `snapshotter_socket` and `docker_plugin_socket` name the same socket".into(),
+            ));
+        }
+        let containerd_root = raw
+            .containerd_root
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_ROOT));
+        if !containerd_root.is_absolute() {
+            return Err(err(format!(
+                "key `containerd_root` must be an absolute path, got {}",
+                containerd_root.display()
+            )));
+        }
         Ok(Config {
             file: file.to_path_buf(),
             state_dir,
@@ -149,6 +204,9 @@ impl Config {
             max_concurrent_downloads,
             insecure_registries: raw.insecure_registries,
             placement,
+            snapshotter_socket,
+            docker_plugin_socket,
+            containerd_root,
         })
     }
 }
@@ -188,6 +246,47 @@ insecure_registries = ["10.0.0.2:5000"]
         assert_eq!(c.max_concurrent_downloads, 3);
         assert_eq!(c.placement, Placement::Lass);
         assert_eq!(c.insecure_registries, vec!["10.0.0.2:5000".to_string()]);
+        assert_eq!(
+            c.snapshotter_socket.as_deref(),
+            Some(Path::new(DEFAULT_SNAPSHOTTER_SOCKET))
+        );
+        assert_eq!(
+            c.docker_plugin_socket.as_deref(),
+            Some(Path::new(DEFAULT_DOCKER_PLUGIN_SOCKET))
+        );
+        assert_eq!(c.containerd_root, Path::new(DEFAULT_CONTAINERD_ROOT));
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let c = Config::parse(
+            Path::new("dist/config.example.toml"),
+            include_str!("../dist/config.example.toml"),
+        )
+        .expect("the example config is valid");
+        assert_eq!(c.docker_plugin_socket, None);
+        assert!(c.snapshotter_socket.is_some());
+    }
+
+    #[test]
+    fn sockets() {
+        let c = parse(&format!(
+            "{OK}\nsnapshotter_socket = \"/tmp/s.sock\"\ndocker_plugin_socket = \"\""
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.snapshotter_socket.as_deref(),
+            Some(Path::new("/tmp/s.sock"))
+        );
+        assert_eq!(c.docker_plugin_socket, None);
+        for bad in [
+            "snapshotter_socket = \"rel.sock\"".to_string(),
+            format!("snapshotter_socket = \"/{}\"", "x".repeat(120)),
+            "snapshotter_socket = \"/a.sock\"\ndocker_plugin_socket = \"/a.sock\"".to_string(),
+        ] {
+            let e = parse(&format!("{OK}\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains("snapshotter_socket"), "{e}");
+        }
     }
 
     #[test]

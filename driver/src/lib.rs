@@ -7,7 +7,8 @@
 //! - [`pull`]: registry pull with LASS placement.
 //! - [`mount`]: overlay root filesystems.
 //! - [`run`]: the cold-start probe.
-//! - [`server`]: engine integrations (the legacy Docker graph driver plugin).
+//! - [`server`]: `nvtier serve`: the containerd proxy snapshotter and the legacy
+//!   Docker graph driver plugin.
 
 pub mod config;
 pub mod error;

@@ -4,5 +4,6 @@
 
 pub mod classify;
 pub mod lass;
+pub mod unpack;
 
 pub use lass::{decide, ldl_index, Decision, DiskReason, Placement, StoreMoment, Tier};

@@ -132,6 +132,10 @@ enum Cmd {
     /// Show, export or import hot profiles.
     #[command(subcommand)]
     Profile(ProfileCmd),
+    /// Run the daemon: the containerd proxy snapshotter on
+    /// `snapshotter_socket` (plugin name `nvtier`) and the Docker graph
+    /// driver plugin on `docker_plugin_socket`. Stops on SIGTERM/SIGINT.
+    Serve,
     /// Remove layers no image or mount references.
     Gc {
         #[arg(long)]
@@ -429,6 +433,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 "pmem_layers": layers.iter().filter(|l| l.tier == TierKind::Pmem).count(),
                 "disk_layers": layers.iter().filter(|l| l.tier == TierKind::Disk).count(),
                 "mounts": store.mounts()?.len(),
+                "snapshots": store.snapshots()?.len(),
+                "snapshotter_socket": cfg.snapshotter_socket,
                 "max_concurrent_downloads": cfg.max_concurrent_downloads,
             });
             if json {
@@ -456,6 +462,14 @@ fn real_main(cli: Cli) -> Result<()> {
                 v["disk_layers"],
                 v["mounts"],
                 cfg.placement
+            );
+            println!(
+                "containerd {} snapshots; socket {}",
+                v["snapshots"],
+                cfg.snapshotter_socket
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "disabled".into())
             );
         }
         Cmd::Mount { image, dir, json } => {
@@ -644,6 +658,12 @@ fn real_main(cli: Cli) -> Result<()> {
                 return print_json(&p);
             }
             println!("imported {} files for {}", p.files.len(), p.image);
+        }
+        Cmd::Serve => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(nvtier::server::serve(store))?;
         }
         Cmd::Gc { json } => {
             let r = store.gc()?;

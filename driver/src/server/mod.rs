@@ -1,3 +1,150 @@
-//! Engine integrations.
+//! `nvtier serve`: the daemon. It serves, each on its own unix socket
+//! (root-only, mode 0600):
+//! - the containerd proxy snapshotter ([`snapshotter`]), key
+//!   `snapshotter_socket`;
+//! - the Docker legacy graph-driver plugin ([`docker_plugin`]), key
+//!   `docker_plugin_socket`.
+//!
+//! SIGTERM/SIGINT stop accepting, let requests in flight finish, and remove
+//! the sockets. State is on disk, so a restart while containerd holds
+//! snapshots (and containers run on them) leaves them intact.
 
 pub mod docker_plugin;
+pub mod snapshotter;
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use tokio::net::UnixListener;
+
+/// Bind a unix socket: create the parent directory, remove a stale socket
+/// (refusing if a live server answers on it), and make it root-only (0600).
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ctx("create socket directory", dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::Other(format!(
+                    "{} is in use by a running server (another `nvtier serve`?)",
+                    path.display()
+                )));
+            }
+            tracing::info!(socket = %path.display(), "removing stale socket");
+            std::fs::remove_file(path).ctx("remove stale socket", path)?;
+        }
+        Ok(_) => {
+            return Err(Error::Other(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).ctx("stat socket", path),
+    }
+    // Bind with a restrictive umask so the socket is never reachable by
+    // others, not even between bind and chmod.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let l = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = l.ctx("bind socket", path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .ctx("chmod socket", path)?;
+    Ok(l)
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = i.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+struct SocketGuard(PathBuf);
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn serve(store: Store) -> Result<()> {
+    let cfg = store.cfg.clone();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut guards = Vec::new();
+
+    if let Some(path) = &cfg.snapshotter_socket {
+        let snap = snapshotter::NvSnapshotter::open(store.clone())?;
+        let listener = bind_socket(path)?;
+        guards.push(SocketGuard(path.clone()));
+        tracing::info!(socket = %path.display(), "containerd snapshotter listening (proxy plugin `nvtier`)");
+        let mut rx = rx.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(snap.service())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    async move {
+                        let _ = rx.wait_for(|v| *v).await;
+                    },
+                )
+                .await
+                .map_err(|e| Error::Other(format!("snapshotter server: {e}")))
+        });
+    }
+
+    if let Some(path) = &cfg.docker_plugin_socket {
+        let listener = bind_socket(path)?;
+        guards.push(SocketGuard(path.clone()));
+        tracing::info!(socket = %path.display(), "Docker graph driver plugin listening (dockerd --experimental -s nvtier)");
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                r = docker_plugin::serve(listener, store) => r,
+                _ = rx.wait_for(|v| *v) => Ok(()),
+            }
+        });
+    }
+
+    if tasks.is_empty() {
+        return Err(Error::Config {
+            file: cfg.file.clone(),
+            msg: "nothing to serve: keys `snapshotter_socket` and `docker_plugin_socket` are both empty".into(),
+        });
+    }
+
+    let mut result = Ok(());
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(r) = tasks.join_next() => {
+            result = r.map_err(|e| Error::Other(e.to_string())).and_then(|x| x);
+            if result.is_ok() {
+                result = Err(Error::Other("a server stopped unexpectedly".into()));
+            }
+        }
+    }
+    let _ = tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!(error = %e, "server ended with an error");
+        }
+    }
+    drop(guards);
+    tracing::info!("stopped");
+    result
+}

@@ -58,6 +58,37 @@ pub struct MountRecord {
     pub created_ms: u64,
 }
 
+/// Kind of a containerd snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotKind {
+    View,
+    Active,
+    Committed,
+}
+
+/// One containerd snapshot (`STATE/snapshots/<sha256(key)>.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// containerd's key (or committed name); never used as a path.
+    pub key: String,
+    /// Short random id `[0-9a-z]{10}`: names the snapshot's directory
+    /// (`<tier>/snapshots/<id>/`) and its short link `STATE/l/<id>`.
+    pub id: String,
+    pub kind: SnapshotKind,
+    /// Key of the parent snapshot ("" = none).
+    pub parent: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// Tier holding the snapshot's own directory (upper/work, or the
+    /// committed tree when `layer` is `None`).
+    pub tier: TierKind,
+    /// Committed snapshots backed by an nvtier store layer: its chainID.
+    /// Such a snapshot references the layer (see `Store::refcounts`).
+    pub layer: Option<String>,
+}
+
 pub fn read_json<T: DeserializeOwned>(p: &Path) -> Result<Option<T>> {
     match std::fs::read(p) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {

@@ -6,6 +6,8 @@
 //! - `STATE/images/<sha256(name)>.json`: image records (name, manifest, the
 //!   layer chain).
 //! - `STATE/mounts/<sha256(target)>.json`: overlay mounts with refcounts.
+//! - `STATE/snapshots/<sha256(key)>.json`: containerd snapshots (see
+//!   `server::snapshotter`); `STATE/l/<id>`: their short lowerdir links.
 //! - `STATE/reservations/`: pmem budget held by extractions in progress.
 //! - `STATE/graph/layers/<id>.json`: Docker graph-driver layers (see
 //!   `server::docker_plugin`); one whose `chain_id` is set references that
@@ -27,6 +29,7 @@ mod meta;
 pub use budget::Reservation;
 pub use meta::{
     read_all as meta_read_all, read_json as meta_read, ImageRecord, LayerMeta, MountRecord,
+    SnapshotKind, SnapshotRecord,
 };
 
 use crate::config::Config;
@@ -122,6 +125,8 @@ impl Store {
             s.locks_dir(),
             s.downloads_dir(),
             s.reservations_dir(),
+            s.snapshots_dir(),
+            s.links_dir(),
             s.disk.root.join("containers"),
         ] {
             fs::create_dir_all(&d).map_err(|e| Error::Config {
@@ -160,6 +165,21 @@ impl Store {
     /// Records of the Docker graph driver plugin, one per Docker layer ID.
     pub fn graph_layers_dir(&self) -> PathBuf {
         self.state().join("graph").join("layers")
+    }
+    /// containerd snapshot records.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.state().join("snapshots")
+    }
+    /// Short per-snapshot links used as overlay lowerdirs.
+    pub fn links_dir(&self) -> PathBuf {
+        self.state().join("l")
+    }
+    /// The record file of a snapshot key (the key is hashed: never a path).
+    pub fn snapshot_path(&self, key: &str) -> PathBuf {
+        self.snapshots_dir().join(format!("{}.json", name_key(key)))
+    }
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        meta::read_all(&self.snapshots_dir())
     }
     pub fn tier(&self, k: TierKind) -> &Tier {
         match k {
@@ -398,7 +418,8 @@ impl Store {
 
     // ---- references and GC ----
 
-    /// How many images and mounts reference each chainID.
+    /// How many images, mounts and containerd snapshots reference each
+    /// chainID.
     pub fn refcounts(&self) -> Result<BTreeMap<String, u32>> {
         let mut m = BTreeMap::new();
         for i in self.images()? {
@@ -413,6 +434,11 @@ impl Store {
         }
         for c in self.graph_driver_refs()? {
             *m.entry(c).or_insert(0) += 1;
+        }
+        for s in self.snapshots()? {
+            if let Some(c) = s.layer {
+                *m.entry(c).or_insert(0) += 1;
+            }
         }
         Ok(m)
     }

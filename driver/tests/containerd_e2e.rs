@@ -1,0 +1,438 @@
+//! Root integration tests of the containerd proxy snapshotter against real
+//! engines: containerd 1.6 (bookworm) with `ctr`, and containerd 1.7 +
+//! dockerd 26 (trixie, via `testbed/engines.sh`) with the containerd image
+//! store. Each test brings up its own tiers, registry, `nvtier serve` and
+//! engines on private sockets and directories; all are stopped on drop.
+
+mod common;
+mod engines;
+
+use common::{check_lass_rule, Bed};
+use engines::*;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn snapshot_records(bed: &Bed) -> Vec<Value> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(bed.state.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "json") {
+            let t = fs::read_to_string(e.path()).expect("record");
+            v.push(serde_json::from_str(&t).expect("record json"));
+        }
+    }
+    v
+}
+
+fn layers_json(bed: &Bed) -> Vec<Value> {
+    bed.nvtier_json(&["layers"])
+        .as_array()
+        .expect("layers array")
+        .clone()
+}
+
+/// Keeps a fake, growing download in containerd's ingest area (as if
+/// another pull were running) until dropped.
+struct FakeIngest {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    t: Option<std::thread::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl FakeIngest {
+    fn start(ctd_root: &Path) -> FakeIngest {
+        let dir = ctd_root.join("io.containerd.content.v1.content/ingest/nvtier-test-fake");
+        fs::create_dir_all(&dir).expect("ingest dir");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _ = fs::write(dir.join("ref"), "nvtier-test-fake-download");
+        let _ = fs::write(dir.join("startedat"), "2026-01-01T00:00:00Z");
+        let _ = fs::write(dir.join("updatedat"), "2026-01-01T00:00:00Z");
+        let _ = fs::write(dir.join("total"), "1000000000");
+        let (s2, d2) = (stop.clone(), dir.clone());
+        let t = std::thread::spawn(move || {
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = fs::write(d2.join("data"), b"partial");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        FakeIngest {
+            stop,
+            t: Some(t),
+            dir,
+        }
+    }
+}
+
+impl Drop for FakeIngest {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.t.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// containerd 1.6 + `ctr`: pull through nvtier (the engine's own unpack
+/// path, placed by the ingest rule), run, write into the upper dir, restart
+/// `nvtier serve` under a running container, remove everything.
+#[test]
+fn ctr_pull_run_restart_remove() {
+    let bed = Bed::up("ctr", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let mut nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, None);
+    let img = bed.push("ctr1", "busybox,4M,2M,1M");
+    let img2 = bed.push("ctr2", "busybox,3M,1M");
+
+    // 1. `ctr pull` fetches everything, then unpacks: no download runs when
+    //    any unpack begins, so every layer goes to pmem.
+    let t = std::time::Instant::now();
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "nvtier",
+        &img,
+    ]);
+    eprintln!("ctr pull of {img}: {:?}", t.elapsed());
+    let layers = layers_json(&bed);
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    for l in &layers {
+        assert_eq!(l["tier"], "pmem", "{l}");
+        assert_eq!(l["refs"], 1, "{l}");
+    }
+    let snaps = ctd.ctr_ok(&["snapshots", "--snapshotter", "nvtier", "ls"]);
+    assert_eq!(snaps.matches("Committed").count(), 4, "{snaps}");
+
+    // 2. The same rule with a download running (a fresh ingest): the
+    //    unpacked layers that are new go to disk.
+    {
+        let _busy = FakeIngest::start(&ctd.root);
+        ctd.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "nvtier",
+            &img2,
+        ]);
+    }
+    let layers = layers_json(&bed);
+    assert_eq!(layers.len(), 6, "base layer shared: {layers:?}");
+    let new: Vec<&Value> = layers.iter().filter(|l| l["tier"] == "disk").collect();
+    assert_eq!(new.len(), 2, "the two new layers go to disk: {layers:?}");
+
+    // 3. Run: the image content is visible (whiteouts applied), a write
+    //    lands in the active snapshot's upper dir on the disk tier.
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--snapshotter",
+        "nvtier",
+        &img,
+        "c1",
+        "sh",
+        "-c",
+        "cat /data/layer1.txt; ls /etc; echo written-by-c1 > /root/w",
+    ]);
+    assert!(out.contains("nvtier testbed layer 1"), "{out}");
+    assert!(!out.contains("removeme"), "whiteout not applied: {out}");
+    let rec = snapshot_records(&bed)
+        .into_iter()
+        .find(|r| r["key"].as_str().is_some_and(|k| k.ends_with("/c1")))
+        .expect("snapshot record of c1");
+    assert_eq!(rec["kind"], "active");
+    assert_eq!(rec["tier"], "disk");
+    let upper = bed
+        .disk
+        .join("snapshots")
+        .join(rec["id"].as_str().expect("id"))
+        .join("fs");
+    assert_eq!(
+        fs::read_to_string(upper.join("root/w")).expect("write in upper"),
+        "written-by-c1\n"
+    );
+
+    // 4. Restart nvtier serve while a container runs on a snapshot.
+    ctd.ctr_ok(&[
+        "run",
+        "-d",
+        "--snapshotter",
+        "nvtier",
+        &img,
+        "c2",
+        "sleep",
+        "600",
+    ]);
+    let before = snapshot_records(&bed).len();
+    let status = bed.nvtier_json(&["status"]);
+    assert_eq!(
+        status["snapshots"].as_u64(),
+        Some(before as u64),
+        "{status}"
+    );
+    assert!(nv.stop(20), "nvtier serve did not stop on SIGTERM");
+    assert!(!sock.exists(), "socket left after SIGTERM");
+    nv = start_nvtier(&bed, &sock, "nvtier2");
+    assert_eq!(snapshot_records(&bed).len(), before);
+    // The running container never needed the snapshotter.
+    let out = ctd.ctr_ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c2",
+        "cat",
+        "/data/layer2.txt",
+    ]);
+    assert!(out.contains("nvtier testbed layer 2"), "{out}");
+    // containerd reconnects to the proxy after its gRPC back-off.
+    let t = std::time::Instant::now();
+    wait_for("containerd to reconnect to nvtier", 60, || {
+        ctd.ctr(&["snapshots", "--snapshotter", "nvtier", "ls"])
+            .status
+            .success()
+    });
+    eprintln!("containerd reconnected after {:?}", t.elapsed());
+    let snaps2 = ctd.ctr_ok(&["snapshots", "--snapshotter", "nvtier", "ls"]);
+    assert!(snaps2.contains("c2") && snaps2.contains("c1"), "{snaps2}");
+    // A new container after the restart works too.
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "nvtier",
+        &img,
+        "c3",
+        "cat",
+        "/data/layer3.txt",
+    ]);
+    assert!(out.contains("nvtier testbed layer 3"), "{out}");
+
+    // 5. nvtier rm can never free what containerd uses: the layers are
+    //    referenced by snapshot records.
+    for l in layers_json(&bed) {
+        assert!(l["refs"].as_u64().unwrap_or(0) >= 1, "{l}");
+    }
+    bed.nvtier_ok(&["gc"]);
+    assert_eq!(layers_json(&bed).len(), 6);
+
+    // 6. Remove containers and images: every snapshot and layer is freed.
+    ctd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "c2"]);
+    wait_for("c2 to stop", 20, || {
+        ctd.ctr(&["tasks", "rm", "c2"]).status.success()
+    });
+    ctd.ctr_ok(&["containers", "rm", "c1", "c2"]);
+    ctd.ctr_ok(&["images", "rm", "--sync", &img, &img2]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
+    let left: Vec<_> = [
+        bed.pmem.join("snapshots"),
+        bed.disk.join("snapshots"),
+        bed.state.join("l"),
+    ]
+    .iter()
+    .flat_map(|d| {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    })
+    .collect();
+    assert!(left.is_empty(), "leftovers: {left:?}");
+    assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}
+
+/// Docker 26 + containerd 1.7 with the containerd image store: `docker pull`
+/// is served by nvtier's own LASS pull (remote-snapshot protocol), and
+/// `docker run` works on the nvtier snapshots.
+#[test]
+fn docker26_containerd_store() {
+    let eng = trixie_engines();
+    let bin = PathBuf::from(&eng["ENGINES_BIN"]);
+    let bed = Bed::up("dkr", "100mbit", "256M");
+    let rd = make_run_dir(&bed);
+    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, Some(&bin));
+    let v = ctd.ctr_ok(&["version"]);
+    assert!(v.contains("1.7.24"), "{v}");
+    let dockerd = Dockerd::start(&bed, &ctd);
+    let info = dockerd.docker_ok(&["info", "--format", "{{.Driver}} {{.ServerVersion}}"]);
+    assert!(info.starts_with("nvtier 26.1.5"), "docker info: {info}");
+
+    let img = bed.push("dkr1", "busybox,8M,4M,12M,2M,1M");
+    let t = std::time::Instant::now();
+    dockerd.docker_ok(&["pull", &img]);
+    eprintln!("docker pull of {img} at 100mbit: {:?}", t.elapsed());
+
+    // nvtier pulled it itself: an image record, blob digests on the layers,
+    // and the placement follows LASS on the recorded timeline.
+    let images = bed.nvtier_json(&["images"]);
+    assert_eq!(images.as_array().map(Vec::len), Some(1), "{images}");
+    let layers = layers_json(&bed);
+    assert_eq!(layers.len(), 6, "{layers:?}");
+    for l in &layers {
+        assert!(l["blob_digest"].is_string(), "not pulled by nvtier: {l}");
+    }
+    let reports: Vec<Value> = fs::read_dir(bed.state.join("pulls"))
+        .expect("pull reports")
+        .flatten()
+        .map(|e| serde_json::from_str(&fs::read_to_string(e.path()).expect("read")).expect("json"))
+        .collect();
+    assert_eq!(reports.len(), 1);
+    let rep = &reports[0];
+    check_lass_rule(rep);
+    let ldl = rep["ldl_index"].as_u64().expect("an LDL") as usize;
+    for l in rep["layers"].as_array().expect("layers") {
+        let i = l["index"].as_u64().expect("index") as usize;
+        let want = if i >= ldl { "pmem" } else { "disk" };
+        let stored = layers
+            .iter()
+            .find(|x| x["chain_id"] == l["chain_id"])
+            .expect("stored layer");
+        assert_eq!(stored["tier"], want, "layer {i}: {stored}");
+    }
+    eprintln!(
+        "LDL {ldl}; pmem {} B, disk {} B, stored_done {} ms",
+        rep["pmem_bytes"], rep["disk_bytes"], rep["stored_done_ms"]
+    );
+    // containerd skipped the layer blobs: its content store has none.
+    let content = ctd.ctr_ok(&["-n", "moby", "content", "ls", "-q"]);
+    for l in rep["layers"].as_array().expect("layers") {
+        let d = l["digest"].as_str().expect("digest");
+        assert!(!content.contains(d), "containerd fetched {d} itself");
+    }
+
+    let out = dockerd.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &img,
+        "sh",
+        "-c",
+        "cat /data/layer3.txt; ls /etc",
+    ]);
+    assert!(out.contains("nvtier testbed layer 3"), "{out}");
+    assert!(!out.contains("removeme"), "{out}");
+    dockerd.docker_ok(&["image", "inspect", &img]);
+
+    // docker rmi drops containerd's snapshots; the layers stay while
+    // nvtier's own image record holds them, and `nvtier rm` frees them.
+    dockerd.docker_ok(&["rmi", &img]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    assert_eq!(layers_json(&bed).len(), 6);
+    let name = images[0]["name"].as_str().expect("name").to_string();
+    bed.nvtier_ok(&["rm", &name]);
+    assert!(layers_json(&bed).is_empty());
+    assert!(dockerd.docker(&["version"]).status.success());
+    drop(dockerd);
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}
+
+/// An unpack that begins on pmem but does not fit the budget at Commit is
+/// copied to disk; whiteouts and opaque dirs survive the copy.
+#[test]
+fn ctr_unpack_over_budget_goes_to_disk() {
+    let bed = Bed::up("ctrb", "1gbit", "3M");
+    let rd = make_run_dir(&bed);
+    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+    let sock = write_serve_config(&bed, "3M", &ctd_root);
+    let nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, None);
+    // Layer 2 (4 MiB) holds the whiteout of /etc/removeme and the opaque
+    // /opt/dir.
+    let img = bed.push("ctrb1", "busybox,1M,4M");
+    ctd.ctr_ok(&[
+        "images",
+        "pull",
+        "--plain-http",
+        "--snapshotter",
+        "nvtier",
+        &img,
+    ]);
+    let layers = layers_json(&bed);
+    assert_eq!(layers.len(), 3, "{layers:?}");
+    let big = layers
+        .iter()
+        .find(|l| l["file_bytes"].as_u64().unwrap_or(0) >= 4 << 20)
+        .expect("the 4 MiB layer");
+    assert_eq!(big["tier"], "disk", "{big}");
+    assert!(layers.iter().any(|l| l["tier"] == "pmem"), "{layers:?}");
+    let status = bed.nvtier_json(&["status"]);
+    assert!(
+        status["pmem_used_bytes"].as_u64().unwrap_or(u64::MAX) <= 3 << 20,
+        "{status}"
+    );
+    assert!(
+        nv.log_text().contains("moving it to disk"),
+        "{}",
+        nv.log_text()
+    );
+    let out = ctd.ctr_ok(&[
+        "run",
+        "--rm",
+        "--snapshotter",
+        "nvtier",
+        &img,
+        "cb",
+        "sh",
+        "-c",
+        "ls /etc; echo --; ls /opt/dir; echo --; sha256sum /data/layer2.bin",
+    ]);
+    assert!(
+        !out.contains("removeme"),
+        "whiteout lost in the copy: {out}"
+    );
+    let opt: Vec<&str> = out
+        .split("--")
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(opt, vec!["c"], "opaque dir lost in the copy: {out}");
+    // The same bytes as the image's layer file.
+    let reference = common::reference_rootfs("ctrb1");
+    let want = common::listing(&reference);
+    let sum = out
+        .split("--")
+        .nth(2)
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(sum.len(), 64, "{out}");
+    assert!(
+        want["data/layer2.bin"].contains(&sum),
+        "{sum} vs {}",
+        want["data/layer2.bin"]
+    );
+    ctd.ctr_ok(&["images", "rm", "--sync", &img]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}

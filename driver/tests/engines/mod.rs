@@ -1,0 +1,361 @@
+//! Real container engines for the snapshotter tests: `nvtier serve`,
+//! containerd (bookworm 1.6, or trixie 1.7 from `testbed/engines.sh`) and
+//! dockerd 26, each on private sockets and directories, stopped on drop
+//! (also when the test fails).
+#![allow(dead_code)]
+
+use crate::common::{repo, Bed};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runtime directory of one test's engines (short: socket paths ≤ 107 bytes).
+pub fn run_dir(bed: &Bed) -> PathBuf {
+    PathBuf::from(format!("/run/nvtier-eng/{}", bed.name))
+}
+
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+pub fn ok(o: Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A child process that is stopped (TERM, then KILL) on drop.
+pub struct Daemon {
+    pub name: &'static str,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Daemon {
+        let f = fs::File::create(log).expect("log file");
+        cmd.stdout(f.try_clone().expect("dup")).stderr(f);
+        cmd.stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Daemon {
+            name,
+            child: Some(child),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait up to `secs`, then SIGKILL. Returns whether it exited
+    /// on TERM.
+    pub fn stop(&mut self, secs: u64) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(20);
+    }
+}
+
+/// Write the bed's nvtier config with the snapshotter keys.
+pub fn write_serve_config(bed: &Bed, budget: &str, containerd_root: &Path) -> PathBuf {
+    // In a sub-directory that `nvtier serve` must create itself.
+    let sock = run_dir(bed).join("sock/nvtier.sock");
+    fs::write(
+        &bed.config,
+        format!(
+            "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = {:?}\ninsecure_registries = [{:?}]\nsnapshotter_socket = {:?}\ndocker_plugin_socket = \"\"\ncontainerd_root = {:?}\n",
+            bed.state, bed.pmem, bed.disk, budget, bed.registry, sock, containerd_root
+        ),
+    )
+    .expect("write config");
+    sock
+}
+
+pub fn start_nvtier(bed: &Bed, sock: &Path, log_name: &str) -> Daemon {
+    let _ = fs::remove_file(sock);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nvtier"));
+    cmd.arg("serve")
+        .env("NVTIER_CONFIG", &bed.config)
+        .env("NVTIER_LOG", "info,h2=warn,tower=warn,hyper=warn");
+    let d = Daemon::spawn(
+        "nvtier serve",
+        cmd,
+        &run_dir(bed).join(format!("{log_name}.log")),
+    );
+    wait_for("the nvtier socket", 30, || sock.exists());
+    d
+}
+
+/// A private containerd.
+pub struct Containerd {
+    pub daemon: Daemon,
+    pub root: PathBuf,
+    pub sock: PathBuf,
+    pub path_env: String,
+}
+
+impl Containerd {
+    /// `bin_dir`: where `containerd`/`containerd-shim-runc-v2` come from
+    /// (None = the system's bookworm containerd 1.6).
+    pub fn start(bed: &Bed, snap_sock: &Path, bin_dir: Option<&Path>) -> Containerd {
+        let run = run_dir(bed);
+        let root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+        fs::create_dir_all(&root).expect("containerd root");
+        let sock = run.join("ctd.sock");
+        let cfg = run.join("containerd.toml");
+        fs::write(
+            &cfg,
+            format!(
+                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n[proxy_plugins]\n  [proxy_plugins.nvtier]\n    type = \"snapshot\"\n    address = {:?}\n",
+                root,
+                run.join("ctd-state"),
+                sock,
+                snap_sock
+            ),
+        )
+        .expect("containerd config");
+        let path_env = match bin_dir {
+            Some(b) => format!(
+                "{}:{}",
+                b.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+            None => std::env::var("PATH").unwrap_or_default(),
+        };
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&cfg).env("PATH", &path_env);
+        let daemon = Daemon::spawn("containerd", cmd, &run.join("containerd.log"));
+        let s2 = sock.clone();
+        wait_for("the containerd socket", 30, || s2.exists());
+        Containerd {
+            daemon,
+            root,
+            sock,
+            path_env,
+        }
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.sock)
+            .args(args)
+            .env("PATH", &self.path_env)
+            .output()
+            .expect("run ctr")
+    }
+
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        ok(self.ctr(args), &format!("ctr {args:?}"))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Kill leftover tasks (shims outlive containerd otherwise).
+        for ns in ["default", "moby"] {
+            if let Ok(o) = Command::new("ctr")
+                .arg("-a")
+                .arg(&self.sock)
+                .args(["-n", ns, "tasks", "ls", "-q"])
+                .env("PATH", &self.path_env)
+                .output()
+            {
+                for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("ctr")
+                        .arg("-a")
+                        .arg(&self.sock)
+                        .args(["-n", ns, "tasks", "kill", "-s", "SIGKILL", id])
+                        .env("PATH", &self.path_env)
+                        .output();
+                    std::thread::sleep(Duration::from_millis(300));
+                    let _ = Command::new("ctr")
+                        .arg("-a")
+                        .arg(&self.sock)
+                        .args(["-n", ns, "tasks", "rm", "-f", id])
+                        .env("PATH", &self.path_env)
+                        .output();
+                }
+            }
+        }
+        self.daemon.stop(20);
+        // Unmount what containerd left (rootfs mounts under its state).
+        unmount_under(&run_dir_of(&self.sock));
+        unmount_under(&self.root);
+    }
+}
+
+fn run_dir_of(sock: &Path) -> PathBuf {
+    sock.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+pub fn unmount_under(dir: &Path) {
+    let Some(d) = dir.to_str() else { return };
+    if d.len() < 5 {
+        return;
+    }
+    if let Ok(t) = fs::read_to_string("/proc/self/mountinfo") {
+        let mut mps: Vec<&str> = t
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|mp| mp.starts_with(d))
+            .collect();
+        mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mp in mps {
+            let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Runtime dir cleanup, last (after every daemon stopped).
+pub struct RunDir(pub PathBuf);
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn make_run_dir(bed: &Bed) -> RunDir {
+    let d = run_dir(bed);
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).expect("run dir");
+    RunDir(d)
+}
+
+/// `testbed/engines.sh fetch`: the trixie engines (cached).
+pub fn trixie_engines() -> std::collections::BTreeMap<String, String> {
+    let o = Command::new("bash")
+        .arg(repo().join("testbed/engines.sh"))
+        .arg("fetch")
+        .output()
+        .expect("engines.sh");
+    let text = ok(o, "testbed/engines.sh fetch");
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A private dockerd 26 with the containerd image store and nvtier as its
+/// snapshotter.
+pub struct Dockerd {
+    pub daemon: Daemon,
+    pub sock: PathBuf,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    pub path_env: String,
+}
+
+impl Dockerd {
+    pub fn start(bed: &Bed, ctd: &Containerd) -> Dockerd {
+        let run = run_dir(bed);
+        let cfg = run.join("daemon.json");
+        fs::write(
+            &cfg,
+            r#"{"features": {"containerd-snapshotter": true}, "storage-driver": "nvtier"}"#,
+        )
+        .expect("daemon.json");
+        let data_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/docker", bed.name));
+        let exec_root = run.join("dx");
+        let sock = run.join("docker.sock");
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--config-file")
+            .arg(&cfg)
+            .arg("--data-root")
+            .arg(&data_root)
+            .arg("--exec-root")
+            .arg(&exec_root)
+            .arg("--pidfile")
+            .arg(run.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--containerd")
+            .arg(&ctd.sock)
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .arg("--insecure-registry")
+            .arg(&bed.registry)
+            .env("PATH", &ctd.path_env);
+        let daemon = Daemon::spawn("dockerd", cmd, &run.join("dockerd.log"));
+        let d = Dockerd {
+            daemon,
+            sock,
+            data_root,
+            exec_root,
+            path_env: ctd.path_env.clone(),
+        };
+        wait_for("dockerd", 60, || d.docker(&["version"]).status.success());
+        d
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args)
+            .env("PATH", &self.path_env)
+            .output()
+            .expect("run docker")
+    }
+
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        ok(self.docker(args), &format!("docker {args:?}"))
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Ok(o) = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(["ps", "-aq"])
+            .env("PATH", &self.path_env)
+            .output()
+        {
+            for id in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = self.docker(&["rm", "-f", id]);
+            }
+        }
+        self.daemon.stop(30);
+        unmount_under(&self.exec_root);
+        unmount_under(&self.data_root);
+    }
+}
