@@ -231,6 +231,7 @@ pub fn trace(
         let start_ns = nvtier_tracer::event::monotonic_ns();
         let t0 = Instant::now();
         let w = opts.window.clone();
+        let has_window = w.max.is_some() || w.ready_port.is_some() || w.ready_file.is_some();
         let target = rec.target.clone();
         let mut stop = move || {
             if w.max.is_some_and(|m| t0.elapsed() >= m) {
@@ -259,7 +260,9 @@ pub fn trace(
             SpawnOptions {
                 quiet_stdout: opts.quiet_stdout,
                 cgroup: Some(&cg),
-                stop_when: Some(&mut stop),
+                // Without a window condition, wait for the exit directly
+                // (no polling delay in the measured wall time).
+                stop_when: if has_window { Some(&mut stop) } else { None },
             },
         );
         // Let in-flight events reach the ring buffer before stopping.

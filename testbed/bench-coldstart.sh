@@ -1,0 +1,450 @@
+#!/usr/bin/env bash
+# Cold start through containerd + runc (issue 5): the same image, three
+# storage set-ups, each with its own private containerd 1.6 (bookworm):
+#   Docker      stock overlayfs snapshotter, containerd root on the emulated HDD
+#   NVM-Docker  stock overlayfs snapshotter, containerd root on emulated pmem
+#   nvtier      `nvtier serve` proxy snapshotter (placement lass; disk tier
+#               and nvtier's state on the HDD, pmem tier on the tmpfs)
+# Image: Debian bookworm + python3 + /app/main.py (same as bench-trace.sh),
+# pushed to a testbed registry. Each system pulls once (`ctr images pull`,
+# timed), then every rep drops the caches and times
+# `ctr run --rm python3 /app/main.py`, systems interleaved. Containers run in
+# a per-run blkio cgroup under the testbed's cgroup that gets the HDD
+# throttle rules (v1 rules are not inherited). Results:
+# testbed/results/coldstart.{json,md}.
+#
+#   sudo bash testbed/bench-coldstart.sh [--reps 7] [--rate 1gbit] [--name cold]
+#                                        [--no-wait] [--wait-max 1800] [--quiet 30]
+#
+# Before measuring it waits (up to --wait-max seconds) until no cargo/rustc,
+# run-tests.sh or other benchmark has run for --quiet seconds. Everything (containerd,
+# nvtier serve, shims, mounts, cgroups, testbed) is torn down on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$ROOT"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source testbed/lib.sh
+
+REPS=7
+RATE=1gbit
+NAME=cold
+WAIT=1
+WAIT_MAX=1800
+QUIET=30
+while (($#)); do
+    case $1 in
+        --reps) REPS=${2:?--reps needs a value}; shift 2 ;;
+        --rate) RATE=${2:?--rate needs a value}; shift 2 ;;
+        --name) NAME=${2:?--name needs a value}; shift 2 ;;
+        --no-wait) WAIT=0; shift ;;
+        --wait-max) WAIT_MAX=${2:?--wait-max needs a value}; shift 2 ;;
+        --quiet) QUIET=${2:?--quiet needs a value}; shift 2 ;;
+        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer"
+[[ $WAIT_MAX =~ ^[0-9]+$ ]] || die "--wait-max must be a number of seconds"
+[[ $QUIET =~ ^[0-9]+$ ]] || die "--quiet must be a number of seconds"
+validate_name "$NAME"
+need_root
+need_cmd containerd ctr runc jq python3 findmnt du
+
+T_START=$(date +%s)
+B=/var/tmp/nvtier-bench/$NAME
+NVTIER=$ROOT/target/release/nvtier
+OCI=/var/tmp/nvtier-bench-images/debian
+SYSTEMS=(docker nvm nvtier)
+declare -A SNAP=([docker]=overlayfs [nvm]=overlayfs [nvtier]=nvtier)
+declare -A CTD_ROOT=()
+declare -A PIDS=()
+
+# --- build ------------------------------------------------------------------
+info "building nvtier (release)"
+cargo build --release --locked -p nvtier-driver
+[[ -x $NVTIER ]] || die "no $NVTIER after the build"
+
+# --- wait until the machine is quiet -----------------------------------------
+busy() {
+    # By process name (a full-command-line match of "cargo" also hits
+    # unrelated processes whose environment mentions ~/.cargo/bin).
+    local p
+    for p in cargo rustc cargo-nextest; do
+        pgrep -x "$p" >/dev/null && return 0
+    done
+    pgrep -f '^(/usr/bin/)?bash ([^ ]*/)?(bench-trace|bench-pull|bench-docker|bench-docker-plugin|run-tests|demo)\.sh' >/dev/null && return 0
+    return 1
+}
+if ((WAIT)); then
+    waited=0 quiet=0
+    while ((quiet < QUIET)); do
+        if busy; then
+            quiet=0
+            ((waited % 60 == 0)) && info "another heavy job is running; waiting (${waited}s so far)"
+        else
+            quiet=$((quiet + 5))
+        fi
+        ((waited >= WAIT_MAX)) && die "still busy after ${WAIT_MAX}s; giving up (use --no-wait to measure anyway)"
+        sleep 5
+        waited=$((waited + 5))
+    done
+    info "machine quiet for ${QUIET}s (waited ${waited}s in all); starting"
+fi
+
+# --- image -------------------------------------------------------------------
+APP=$(mktemp)
+cat >"$APP" <<'PY'
+import json, email.parser, http.client, sqlite3, asyncio, decimal, argparse, logging, xml.dom.minidom, csv, unittest, urllib.request
+print("ready")
+PY
+bash testbed/build-debian-image.sh --out "$OCI" --tag python --packages python3 --app-file "$APP:/app/main.py"
+rm -f "$APP"
+
+# --- teardown ------------------------------------------------------------------
+sock_of() { printf '%s/%s/ctd.sock' "$B" "$1"; }
+
+stop_pid() { # stop_pid PID SECS: TERM, wait, KILL
+    local pid=$1 secs=$2 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? s id pid m d
+    trap - EXIT INT TERM
+    set +e
+    if ((rc != 0)); then
+        warn "failed (exit $rc); last lines of the daemon logs:"
+        for f in "$B"/*/*.log; do
+            [[ -f $f ]] && { printf '==> %s <==\n' "$f" >&2; tail -15 "$f" >&2; }
+        done
+    fi
+    for s in "${SYSTEMS[@]}"; do
+        [[ -S $(sock_of "$s") ]] || continue
+        for id in $(ctr -a "$(sock_of "$s")" -n bench tasks ls -q 2>/dev/null); do
+            ctr -a "$(sock_of "$s")" -n bench tasks kill -s SIGKILL "$id" >/dev/null 2>&1
+            sleep 0.3
+            ctr -a "$(sock_of "$s")" -n bench tasks rm -f "$id" >/dev/null 2>&1
+        done
+    done
+    for s in "${!PIDS[@]}"; do
+        [[ $s == serve ]] || stop_pid "${PIDS[$s]}" 20
+    done
+    [[ -n ${PIDS[serve]-} ]] && stop_pid "${PIDS[serve]}" 20
+    # Shims of our containerds (started by them, identified by our socket).
+    for s in "${SYSTEMS[@]}"; do
+        for pid in $(pgrep -f -- "-address $(sock_of "$s")" 2>/dev/null); do
+            stop_pid "$pid" 5
+        done
+    done
+    # Mounts containerd/nvtier left under our directories and the tiers
+    # (not the tier mount points themselves: tiers.sh down does those).
+    while read -r m; do
+        case $m in
+            "$B"/* | /run/nvtier-testbed/"$NAME"/pmem/* | /run/nvtier-testbed/"$NAME"/hdd/*)
+                umount -l "$m" 2>/dev/null ;;
+        esac
+    done < <(findmnt -rn -o TARGET | sort -r)
+    # Per-container cgroups (runc removes them; this is for failures) and the
+    # parents runc created in the other v1 hierarchies.
+    for d in /sys/fs/cgroup/*/nvtier-testbed-"$NAME"; do
+        [[ -d $d ]] || continue
+        find "$d" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
+        [[ $d == /sys/fs/cgroup/blkio/* ]] || rmdir "$d" 2>/dev/null
+    done
+    bash testbed/registry.sh down "$NAME" >/dev/null 2>&1
+    bash testbed/tiers.sh down "$NAME" >/dev/null 2>&1
+    rm -rf "$B"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- tiers, registry, image --------------------------------------------------------
+rm -rf "$B"
+mkdir -p "$B"
+eval "$(NVT_QUIET=1 bash testbed/tiers.sh up "$NAME" --pmem-size 2G --hdd-size 6G)"
+eval "$(NVT_QUIET=1 bash testbed/registry.sh up "$NAME" --rate "$RATE")"
+export NO_PROXY="${REGISTRY%%:*}${NO_PROXY:+,$NO_PROXY}"
+export no_proxy=$NO_PROXY
+REF=$REGISTRY/bench/python:latest
+bash testbed/push-image.sh "$OCI:python" "$REF" >/dev/null
+LOOP=$(basename "$LOOP_DEV")
+CG_REL=/nvtier-testbed-$NAME # containers go in CG_REL/<system>-<id>
+read -r IOPS_RULE <"$BLKIO_CGROUP/blkio.throttle.read_iops_device"
+info "tiers: pmem $PMEM_DIR, hdd $DISK_DIR on $LOOP_DEV (read rule: $IOPS_RULE); registry $REGISTRY at $RATE"
+
+CTD_ROOT[docker]=$DISK_DIR/ctd-docker
+CTD_ROOT[nvm]=$PMEM_DIR/ctd-nvm
+CTD_ROOT[nvtier]=$DISK_DIR/ctd-nvtier
+
+# --- nvtier serve ----------------------------------------------------------------
+mkdir -p "$B/nvtier" "$PMEM_DIR/nvtier" "$DISK_DIR/nvtier" "$DISK_DIR/nvtier-state"
+NVCFG=$B/nvtier/nvtier.toml
+cat >"$NVCFG" <<EOF
+state_dir = "$DISK_DIR/nvtier-state"
+pmem_dir = "$PMEM_DIR/nvtier"
+disk_dir = "$DISK_DIR/nvtier"
+pmem_budget = "1G"
+placement = "lass"
+insecure_registries = ["$REGISTRY"]
+snapshotter_socket = "$B/nvtier/snap.sock"
+docker_plugin_socket = ""
+containerd_root = "${CTD_ROOT[nvtier]}"
+EOF
+export NVTIER_CONFIG=$NVCFG
+NVTIER_LOG=warn setsid bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" serve >"$B/nvtier/serve.log" 2>&1 &
+PIDS[serve]=$!
+
+# --- containerds -------------------------------------------------------------------
+for s in "${SYSTEMS[@]}"; do
+    mkdir -p "$B/$s" "${CTD_ROOT[$s]}"
+    {
+        printf 'version = 2\nroot = "%s"\nstate = "%s"\n' "${CTD_ROOT[$s]}" "$B/$s/state"
+        printf 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        printf '[grpc]\n  address = "%s"\n' "$(sock_of "$s")"
+        if [[ $s == nvtier ]]; then
+            printf '[proxy_plugins]\n  [proxy_plugins.nvtier]\n    type = "snapshot"\n    address = "%s"\n' "$B/nvtier/snap.sock"
+        fi
+    } >"$B/$s/containerd.toml"
+done
+for _ in $(seq 100); do [[ -S $B/nvtier/snap.sock ]] && break; sleep 0.2; done
+[[ -S $B/nvtier/snap.sock ]] || die "nvtier serve did not create its socket"
+for s in "${SYSTEMS[@]}"; do
+    setsid bash testbed/tiers.sh exec "$NAME" -- containerd --config "$B/$s/containerd.toml" >"$B/$s/containerd.log" 2>&1 &
+    PIDS[$s]=$!
+done
+cx() { local s=$1; shift; ctr -a "$(sock_of "$s")" -n bench "$@"; }
+for s in "${SYSTEMS[@]}"; do
+    for _ in $(seq 100); do cx "$s" version >/dev/null 2>&1 && break; sleep 0.2; done
+    cx "$s" version >/dev/null 2>&1 || die "containerd for $s did not come up"
+done
+plugins=$(cx nvtier plugins ls 2>&1 || true)
+grep -Eq 'io\.containerd\.snapshotter\.v1 +nvtier .* ok' <<<"$plugins" ||
+    warn "containerd may not have loaded the nvtier proxy snapshotter: $(grep nvtier <<<"$plugins" || echo 'not listed')"
+
+# --- helpers ------------------------------------------------------------------------
+now_ns() { date +%s%N; }
+loop_read_bytes() { awk '{print $3 * 512}' "/sys/block/$LOOP/stat"; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# Blkio cgroup for one container, with the testbed's throttle rules (cgroup
+# v1 rules are per cgroup, not inherited). runc joins it and removes it.
+make_cgroup() {
+    local d=/sys/fs/cgroup/blkio$CG_REL/$1 f
+    mkdir -p "$d"
+    for f in read_iops_device read_bps_device write_iops_device write_bps_device; do
+        echo "$LOOP_MAJMIN $(awk -v mm="$LOOP_MAJMIN" '$1 == mm {print $2}' "$BLKIO_CGROUP/blkio.throttle.$f")" \
+            >"$d/blkio.throttle.$f"
+    done
+}
+pmem_bytes() {
+    case $1 in
+        docker) echo 0 ;;
+        nvm) du -sb "${CTD_ROOT[nvm]}" | cut -f1 ;;
+        nvtier) "$NVTIER" status --json | jq .pmem_used_bytes ;;
+    esac
+}
+SAMPLES=$B/samples.jsonl
+: >"$SAMPLES"
+
+# --- pulls ---------------------------------------------------------------------------
+for s in "${SYSTEMS[@]}"; do
+    drop_caches
+    r0=$(loop_read_bytes)
+    t0=$(now_ns)
+    cx "$s" images pull --plain-http --snapshotter "${SNAP[$s]}" "$REF" >"$B/$s/pull.out" 2>&1 ||
+        { cat "$B/$s/pull.out" >&2; die "pull for $s failed"; }
+    t1=$(now_ns)
+    r1=$(loop_read_bytes)
+    jq -nc --arg sys "$s" --argjson ms "$(((t1 - t0) / 1000000))" --argjson hdd "$((r1 - r0))" \
+        '{kind: "pull", system: $sys, ms: $ms, hdd_read_bytes: $hdd}' >>"$SAMPLES"
+    info "pull $s: $(((t1 - t0) / 1000000)) ms"
+done
+sync
+for s in "${SYSTEMS[@]}"; do
+    extra='{}'
+    [[ $s == nvm ]] && extra=$(jq -nc --argjson snap "$(du -sb "${CTD_ROOT[nvm]}/io.containerd.snapshotter.v1.overlayfs" | cut -f1)" \
+        --argjson content "$(du -sb "${CTD_ROOT[nvm]}/io.containerd.content.v1.content" | cut -f1)" \
+        '{snapshots_bytes: $snap, content_bytes: $content}')
+    [[ $s == nvtier ]] && extra=$("$NVTIER" layers --json | jq -c '{layers: [.[] | {tier, pmem_bytes, disk_bytes, files}]}')
+    jq -nc --arg sys "$s" --argjson b "$(pmem_bytes "$s")" --argjson x "$extra" \
+        '{kind: "pmem", when: "after_pull", system: $sys, bytes: $b} + $x' >>"$SAMPLES"
+done
+
+# One cold start per system (not timed) that shows what the container's
+# own blkio cgroup saw: its read rule and its serviced reads on the loop
+# device. Also the warm-up of each containerd.
+# shellcheck disable=SC2016 # expanded inside the container
+VERIFY_SH='python3 /app/main.py; echo "cgroup $(grep blkio /proc/self/cgroup)"; echo "rule $(cat /sys/fs/cgroup/blkio/blkio.throttle.read_iops_device)"; grep -h " Read " /sys/fs/cgroup/blkio/blkio.throttle.io_serviced /sys/fs/cgroup/blkio/blkio.throttle.io_service_bytes | sed "s/^/stat /"'
+for s in "${SYSTEMS[@]}"; do
+    id=verify
+    make_cgroup "$s-$id"
+    drop_caches
+    r0=$(loop_read_bytes)
+    out=$(cx "$s" run --rm --cgroup "$CG_REL/$s-$id" --snapshotter "${SNAP[$s]}" "$REF" "$id" \
+        sh -c "$VERIFY_SH" 2>&1) ||
+        { printf '%s\n' "$out" >&2; die "verification run for $s failed"; }
+    r1=$(loop_read_bytes)
+    printf '%s\n' "$out" | sed "s/^/  [$s] /" >&2
+    grep -qx ready <<<"$out" || die "verification run for $s did not print ready"
+    ios=$(awk -v mm="$LOOP_MAJMIN" '$1 == "stat" && $2 == mm && $3 == "Read" {print $4; exit}' <<<"$out")
+    bytes=$(awk -v mm="$LOOP_MAJMIN" '$1 == "stat" && $2 == mm && $3 == "Read" {n++; if (n == 2) {print $4; exit}}' <<<"$out")
+    rule=$(awk '$1 == "rule" {print $2, $3; exit}' <<<"$out")
+    cg=$(awk '$1 == "cgroup" {print $2; exit}' <<<"$out")
+    jq -nc --arg sys "$s" --arg rule "$rule" --arg cg "$cg" --argjson ios "${ios:-0}" --argjson bytes "${bytes:-0}" \
+        --argjson hdd "$((r1 - r0))" \
+        '{kind: "verify", system: $sys, container_cgroup: $cg, container_read_iops_rule: $rule,
+          container_cgroup_loop_read_ios: $ios, container_cgroup_loop_read_bytes: $bytes, hdd_read_bytes: $hdd}' >>"$SAMPLES"
+done
+
+# Control: Docker with the container in a child cgroup of the testbed's that
+# gets no rules of its own (as runc would make it), to show that the rules
+# are not inherited and what the per-container rules change.
+drop_caches
+r0=$(loop_read_bytes)
+t0=$(now_ns)
+out=$(cx docker run --rm --cgroup "$CG_REL/docker-ctl" --snapshotter overlayfs "$REF" ctl python3 /app/main.py 2>&1) || true
+t1=$(now_ns)
+r1=$(loop_read_bytes)
+jq -nc --argjson ms "$(((t1 - t0) / 1000000))" --argjson hdd "$((r1 - r0))" --argjson ok "$(grep -qx ready <<<"$out" && echo true || echo false)" \
+    '{kind: "control_unthrottled_container", system: "docker", ms: $ms, hdd_read_bytes: $hdd, ok: $ok}' >>"$SAMPLES"
+
+# --- cold starts, systems interleaved (rotated order per rep) -----------------------
+for ((i = 1; i <= REPS; i++)); do
+    order=()
+    for ((k = 0; k < ${#SYSTEMS[@]}; k++)); do
+        order+=("${SYSTEMS[$(((i - 1 + k) % ${#SYSTEMS[@]}))]}")
+    done
+    for s in "${order[@]}"; do
+        id=c$i
+        make_cgroup "$s-$id"
+        drop_caches
+        r0=$(loop_read_bytes)
+        t0=$(now_ns)
+        rc=0
+        out=$(cx "$s" run --rm --cgroup "$CG_REL/$s-$id" --snapshotter "${SNAP[$s]}" "$REF" "$id" python3 /app/main.py 2>&1) || rc=$?
+        t1=$(now_ns)
+        r1=$(loop_read_bytes)
+        ok=false
+        [[ $rc -eq 0 ]] && grep -qx ready <<<"$out" && ok=true
+        [[ $ok == true ]] || warn "rep $i $s: exit $rc, output: $out"
+        ms=$(((t1 - t0) / 1000000))
+        jq -nc --arg sys "$s" --argjson rep "$i" --argjson ms "$ms" --argjson hdd "$((r1 - r0))" \
+            --argjson rc "$rc" --argjson ok "$ok" \
+            '{kind: "coldstart", system: $sys, rep: $rep, ms: $ms, hdd_read_bytes: $hdd, exit: $rc, ok: $ok}' >>"$SAMPLES"
+        info "rep $i $s: $ms ms, HDD read $(((r1 - r0) / 1024)) KiB"
+        if busy; then
+            warn "another heavy job started during rep $i"
+            jq -nc --argjson rep "$i" '{kind: "busy", rep: $rep}' >>"$SAMPLES"
+        fi
+    done
+done
+for s in "${SYSTEMS[@]}"; do
+    jq -nc --arg sys "$s" --argjson b "$(pmem_bytes "$s")" \
+        '{kind: "pmem", when: "after_runs", system: $sys, bytes: $b}' >>"$SAMPLES"
+done
+
+# --- results ---------------------------------------------------------------------------------
+mkdir -p testbed/results
+python3 - "$SAMPLES" "$REPS" "$T_START" "$RATE" "$IOPS_RULE" "$(cat "$BLKIO_CGROUP/blkio.throttle.read_bps_device")" <<'PY'
+import datetime, json, os, platform, statistics, sys, time
+path, reps, t0, rate, iops_rule, bps_rule = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+rows = [json.loads(l) for l in open(path) if l.strip()]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+mem = int(next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0"))
+date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+run_s = int(time.time()) - t0
+systems = [("docker", "Docker", "overlayfs, containerd root on HDD"),
+           ("nvm", "NVM-Docker", "overlayfs, containerd root on pmem"),
+           ("nvtier", "nvtier", "nvtier serve (lass), tiers HDD + pmem")]
+label = {s: l for s, l, _ in systems}
+out = {"date": date, "machine": {"cpu": cpu, "nproc": os.cpu_count(), "mem_total_kib": mem, "kernel": platform.release()},
+       "reps": reps, "rate": rate, "hdd_throttle": {"read_iops": iops_rule, "read_bps": bps_rule},
+       "run_seconds": run_s, "samples": rows}
+json.dump(out, open("testbed/results/coldstart.json", "w"), indent=1)
+
+def sel(kind, s=None):
+    return [r for r in rows if r["kind"] == kind and (s is None or r["system"] == s)]
+cold = {s: [r for r in sel("coldstart", s) if r["ok"]] for s, _, _ in systems}
+med = {s: statistics.median([r["ms"] for r in cold[s]]) if cold[s] else None for s in cold}
+pmem = {s: next((r["bytes"] for r in sel("pmem", s) if r["when"] == "after_pull"), None) for s in cold}
+pull = {s: next((r["ms"] for r in sel("pull", s)), None) for s in cold}
+def mib(b): return f"{b / 1048576:.1f} MiB" if b is not None else "–"
+md = ["# Cold start through containerd + runc\n",
+      f"**{date}** · {cpu} ({os.cpu_count()} CPUs, {mem // 1024 // 1024} GiB, Linux {platform.release()}) · "
+      f"{reps} reps per system, interleaved (order rotated each rep) · run took {run_s / 60:.1f} min including build and set-up\n",
+      "Engine: Debian bookworm containerd 1.6 + runc 1.1, one private containerd per system, `ctr`. "
+      "Image: Debian bookworm minbase + python3 + `/app/main.py` importing a dozen stdlib packages (as in `bench-trace.sh`), "
+      f"pulled once per system from the testbed registry at {rate}. Each cold start: `sync; echo 3 > /proc/sys/vm/drop_caches`, "
+      "then the wall time of `ctr run --rm --snapshotter S REF cN python3 /app/main.py` (must print `ready`; includes "
+      f"snapshot prepare, mount, runc, the task and the removal). The HDD is the throttled loop device (read rules `{iops_rule}` IOPS, "
+      f"`{bps_rule}` B/s); containerd, its shims and nvtier serve run in the throttled blkio cgroup, and every container runs "
+      "in its own child blkio cgroup that gets the same rules.\n",
+      "| system | set-up | cold start ms, median (min–max) | speed-up vs Docker | ratio to NVM-Docker | pmem bytes | HDD read per cold start (median) | pull ms |",
+      "|---|---|--:|--:|--:|--:|--:|--:|"]
+for s, l, desc in systems:
+    v = [r["ms"] for r in cold[s]]
+    hdd = [r["hdd_read_bytes"] for r in cold[s]]
+    if not v:
+        md.append(f"| {l} | {desc} | no successful run | – | – | {mib(pmem[s])} | – | {pull[s]} |")
+        continue
+    sp = f"{med['docker'] / med[s]:.2f}×" if med.get("docker") else "–"
+    ra = f"{med[s] / med['nvm']:.2f}×" if med.get("nvm") else "–"
+    pm = f"{pmem[s]:,} ({mib(pmem[s])})" if pmem[s] else "0"
+    md.append(f"| {l} | {desc} | {med[s]:.0f} ({min(v):.0f}–{max(v):.0f}) | {sp} | {ra} | {pm} | {mib(statistics.median(hdd))} | {pull[s]} |")
+md.append("")
+md.append("pmem bytes: NVM-Docker = `du -sb` of its containerd root on the tmpfs (content store + snapshots + metadata); "
+          "nvtier = `nvtier status --json` `pmem_used_bytes`; Docker uses none. HDD read = sectors read on the loop device "
+          "(`/sys/block/loopN/stat`) during the cold start, all processes.\n")
+notes = []
+fails = [r for r in sel("coldstart") if not r["ok"]]
+if fails:
+    notes.append(f"{len(fails)} cold start(s) failed and are left out: " + ", ".join(f"{label[r['system']]} rep {r['rep']} (exit {r['exit']})" for r in fails))
+for r in sel("verify"):
+    notes.append(f"Throttle check, {label[r['system']]} (one extra cold start, `sh -c 'python3 /app/main.py; cat …'`): the container's blkio cgroup "
+                 f"`{r['container_cgroup']}` had read rule `{r['container_read_iops_rule']}` and counted "
+                 f"{r['container_cgroup_loop_read_ios']} reads / {mib(r['container_cgroup_loop_read_bytes'])} on the loop device "
+                 f"(device total during that run: {mib(r['hdd_read_bytes'])}).")
+d = [r for r in sel("verify") if r["system"] == "docker"]
+if d and d[0]["container_cgroup_loop_read_ios"] == 0:
+    notes.append("**The Docker container's reads were NOT counted in its throttled cgroup: the HDD emulation did not apply to the container.**")
+for r in sel("control_unthrottled_container"):
+    notes.append(f"Control: one Docker cold start with the container in a child cgroup of the testbed's without rules of its own took {r['ms']} ms "
+                 f"(HDD read {mib(r['hdd_read_bytes'])}), vs the median {med['docker']:.0f} ms with the rules: "
+                 "without the per-container cgroup the container would escape the HDD throttle." if med.get("docker") else "")
+nl = next((r for r in sel("pmem", "nvtier") if r["when"] == "after_pull"), None)
+if nl and "layers" in nl:
+    tiers = [x["tier"] for x in nl["layers"]]
+    notes.append(f"nvtier placement after `ctr images pull`: {tiers.count('pmem')} layer(s) on pmem, {tiers.count('disk')} on disk "
+                 f"({mib(sum(x['pmem_bytes'] for x in nl['layers']))} pmem, {mib(sum(x['disk_bytes'] for x in nl['layers']))} disk). "
+                 "`ctr` downloads every blob before it unpacks any layer, so nvtier's unpack rule (no download running when the unpack "
+                 "begins) puts every layer that fits the budget on pmem; the LDL split only shows with Docker/CRI pulls, where nvtier pulls itself. "
+                 "nvtier's state dir (lowerdir links) and the container's upper dir are on the HDD.")
+for s, l, _ in systems:
+    v = [r["ms"] for r in cold[s]]
+    if v and max(v) > 1.5 * min(v):
+        notes.append(f"{l}: large spread (max/min = {max(v) / min(v):.2f}).")
+busy = sorted({r["rep"] for r in sel("busy")})
+if busy:
+    notes.append(f"Another heavy job (cargo/rustc/run-tests/benchmark) was running during rep(s) {', '.join(map(str, busy))}.")
+nh = [r["hdd_read_bytes"] for r in cold["nvm"]]
+if nh and statistics.median(nh) > 0:
+    notes.append(f"NVM-Docker still read {mib(statistics.median(nh))} from the HDD per cold start (median): nothing of it is on the HDD "
+                 "except the testbed's own files, so this is other I/O on the device (e.g. journal/metadata of the HDD ext4).")
+pa = [r for r in sel("pmem") if r["when"] == "after_runs"]
+for r in pa:
+    b = pmem[r["system"]]
+    if b is not None and r["bytes"] != b:
+        notes.append(f"{label[r['system']]}: pmem bytes changed from {b:,} after the pull to {r['bytes']:,} after the runs.")
+md.append("Notes:\n")
+md += [f"- {n}" for n in notes if n]
+open("testbed/results/coldstart.md", "w").write("\n".join(md) + "\n")
+print("\n".join(md))
+PY
+info "done in $(($(date +%s) - T_START)) s"
