@@ -4,20 +4,15 @@
 //! stat-only lookups. Adding the watches walks the image's directories
 //! before the run, which warms the dentry cache.
 
+use crate::collector::Collector;
 use crate::event::{monotonic_ns, Kind, RawEvent};
 use crate::{Error, Result, Tracer};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 pub struct InotifyTracer {
-    stop: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<RawEvent>>>,
-    thread: Option<JoinHandle<()>>,
+    collector: Collector,
     pub watches: usize,
 }
 
@@ -58,76 +53,42 @@ impl InotifyTracer {
             }
         }
         let watches = dirs.len();
-        let stop = Arc::new(AtomicBool::new(false));
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let (s2, e2) = (stop.clone(), events.clone());
-        let thread = std::thread::Builder::new()
-            .name("nvtier-inotify".into())
-            .spawn(move || drain(ino, dirs, s2, e2))
-            .map_err(|e| Error::FanotifyUnavailable(format!("spawn: {e}")))?;
-        Ok(InotifyTracer {
-            stop,
-            events,
-            thread: Some(thread),
-            watches,
-        })
+        let collector = Collector::spawn("nvtier-inotify", ino, move |ino: &Inotify| {
+            decode(ino.read_events().unwrap_or_default(), &dirs)
+        })?;
+        Ok(InotifyTracer { collector, watches })
     }
 }
 
-fn drain(
-    ino: Inotify,
-    dirs: HashMap<WatchDescriptor, String>,
-    stop: Arc<AtomicBool>,
-    events: Arc<Mutex<Vec<RawEvent>>>,
-) {
-    loop {
-        let stopping = stop.load(Ordering::SeqCst);
-        let mut fds = [nix::poll::PollFd::new(
-            ino.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16));
-        let batch = ino.read_events().unwrap_or_default();
-        let empty = batch.is_empty();
-        for ev in batch {
-            if ev.mask.contains(AddWatchFlags::IN_ISDIR) {
-                continue;
-            }
-            let (Some(dir), Some(name)) = (dirs.get(&ev.wd), ev.name) else {
-                continue;
-            };
-            let path = if dir.is_empty() {
-                format!("/{}", name.to_string_lossy())
-            } else {
-                format!("/{dir}/{}", name.to_string_lossy())
-            };
-            if let Ok(mut v) = events.lock() {
-                v.push(RawEvent::ImagePath {
-                    kind: Kind::Open,
-                    ts_ns: monotonic_ns(),
-                    path,
-                });
-            }
+fn decode(
+    batch: Vec<nix::sys::inotify::InotifyEvent>,
+    dirs: &HashMap<WatchDescriptor, String>,
+) -> Vec<RawEvent> {
+    let mut out = Vec::new();
+    for ev in batch {
+        if ev.mask.contains(AddWatchFlags::IN_ISDIR) {
+            continue;
         }
-        if stopping && empty {
-            return;
-        }
+        let (Some(dir), Some(name)) = (dirs.get(&ev.wd), ev.name) else {
+            continue;
+        };
+        let path = if dir.is_empty() {
+            format!("/{}", name.to_string_lossy())
+        } else {
+            format!("/{dir}/{}", name.to_string_lossy())
+        };
+        out.push(RawEvent::ImagePath {
+            kind: Kind::Open,
+            ts_ns: monotonic_ns(),
+            path,
+        });
     }
+    out
 }
 
 impl Tracer for InotifyTracer {
-    fn stop(mut self: Box<Self>) -> Result<(Vec<RawEvent>, u64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let ev = std::mem::take(
-            &mut *self
-                .events
-                .lock()
-                .map_err(|_| Error::FanotifyUnavailable("event buffer poisoned".into()))?,
-        );
-        Ok((ev, 0))
+    fn stop(self: Box<Self>) -> Result<(Vec<RawEvent>, u64)> {
+        Ok((self.collector.finish()?, 0))
     }
     fn name(&self) -> &'static str {
         "inotify"

@@ -7,6 +7,7 @@
 //! - [`profile`]: aggregation into a hot-file profile, merging, export.
 
 pub mod bpf;
+mod collector;
 pub mod event;
 pub mod fanotify;
 pub mod index;
