@@ -13,6 +13,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod flatten;
 pub mod mount;
 pub mod pull;
 pub mod run;

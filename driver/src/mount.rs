@@ -20,10 +20,13 @@ const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// What goes into one overlay mount.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct OverlaySpec {
     /// Top-most first.
     pub lower: Vec<PathBuf>,
+    /// Data-only lower layers (`datadir+`, Linux 6.7+), top-most first:
+    /// reachable only through metacopy redirects from `lower`.
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
 }
@@ -103,6 +106,14 @@ pub fn mount_overlay(spec: &OverlaySpec, target: &Path) -> Result<()> {
     let fsfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
     for l in &spec.lower {
         set_string(&fsfd, "lowerdir+", l, target)?;
+    }
+    if !spec.data.is_empty() {
+        // Metacopy stubs in `lower` redirect to file data in these layers.
+        set_string(&fsfd, "metacopy", Path::new("on"), target)?;
+        set_string(&fsfd, "redirect_dir", Path::new("on"), target)?;
+        for d in &spec.data {
+            set_string(&fsfd, "datadir+", d, target)?;
+        }
     }
     if let (Some(u), Some(w)) = (&spec.upper, &spec.work) {
         set_string(&fsfd, "upperdir", u, target)?;
@@ -187,6 +198,7 @@ pub fn image_spec(store: &Store, chain_ids: &[String], container_id: &str) -> Re
         lower,
         upper: Some(cdir.join("upper")),
         work: Some(cdir.join("work")),
+        ..Default::default()
     })
 }
 

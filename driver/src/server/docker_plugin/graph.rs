@@ -370,6 +370,7 @@ impl Graph {
                         lower: parents,
                         upper: Some(own),
                         work: Some(self.work_dir(id)),
+                        ..Default::default()
                     }
                 } else {
                     let mut lower = vec![own];
@@ -378,6 +379,7 @@ impl Graph {
                         lower,
                         upper: None,
                         work: None,
+                        ..Default::default()
                     }
                 };
                 mount_overlay(&spec, &merged)?;
