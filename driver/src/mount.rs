@@ -217,6 +217,43 @@ fn validate_id(id: &str) -> Result<()> {
 /// Mount `image` at `target` (refcounted: mounting the same image at the
 /// same target again only bumps the count).
 pub fn mount_image(store: &Store, image: &str, target: &Path) -> Result<MountRecord> {
+    mount_image_opts(store, image, target, false)
+}
+
+/// The image's flattened metadata layer on the pmem tier, built on first
+/// use (see [`crate::flatten`]). Experimental groundwork for issue 4: its
+/// bytes are not yet charged to the pmem budget.
+pub fn meta_layer(store: &Store, manifest_digest: &str, layer_dirs: &[PathBuf]) -> Result<PathBuf> {
+    let hex = crate::store::digest_hex(manifest_digest)?;
+    let base = store.pmem.root.join("meta");
+    let dir = base.join(hex);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&base).ctx("create", &base)?;
+    let staging = base.join(format!(".{hex}.{:08x}", rand::random::<u32>()));
+    std::fs::create_dir(&staging).ctx("create", &staging)?;
+    let built = crate::flatten::build_meta_layer(layer_dirs, &staging)
+        .and_then(|_| std::fs::rename(&staging, &dir).ctx("publish meta layer", &dir));
+    if let Err(e) = built {
+        let _ = std::fs::remove_dir_all(&staging);
+        if dir.is_dir() {
+            return Ok(dir); // built concurrently
+        }
+        return Err(e);
+    }
+    Ok(dir)
+}
+
+/// [`mount_image`]; with `flat`, the image's directory tree comes from its
+/// flattened metadata layer on pmem and file data from the layers mounted
+/// as data-only lower layers.
+pub fn mount_image_opts(
+    store: &Store,
+    image: &str,
+    target: &Path,
+    flat: bool,
+) -> Result<MountRecord> {
     let target = std::fs::canonicalize(target).ctx("mount target", target)?;
     let _l = store.lock_store()?;
     let rec_path = store.mount_record_path(&target);
@@ -240,7 +277,13 @@ pub fn mount_image(store: &Store, image: &str, target: &Path) -> Result<MountRec
         .ok_or_else(|| Error::ImageNotFound(image.to_string()))?;
     let id = format!("{:016x}", rand::random::<u64>());
     validate_id(&id)?;
-    let spec = image_spec(store, &img.chain_ids, &id)?;
+    let mut spec = image_spec(store, &img.chain_ids, &id)?;
+    if flat {
+        let bottom_first: Vec<PathBuf> = spec.lower.iter().rev().cloned().collect();
+        let meta = meta_layer(store, &img.manifest_digest, &bottom_first)?;
+        spec.data = std::mem::take(&mut spec.lower);
+        spec.lower = vec![meta];
+    }
     for d in [&spec.upper, &spec.work].into_iter().flatten() {
         std::fs::create_dir_all(d).ctx("create", d)?;
     }

@@ -4,7 +4,7 @@
 //! namespace, no user namespace.
 
 use crate::error::{Error, IoContext, Result};
-use crate::mount::{mount_image, umount_image};
+use crate::mount::{mount_image_opts, umount_image};
 use crate::store::Store;
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -32,7 +32,13 @@ pub fn drop_caches() -> Result<()> {
 /// the state dir and unmounted afterwards, also on error.
 /// With `quiet_stdout`, the command's stdout goes to stderr so that the
 /// caller's stdout carries only its JSON report.
-pub fn run(store: &Store, image: &str, cmd: &[String], quiet_stdout: bool) -> Result<RunResult> {
+pub fn run(
+    store: &Store,
+    image: &str,
+    cmd: &[String],
+    quiet_stdout: bool,
+    flat: bool,
+) -> Result<RunResult> {
     if cmd.is_empty() {
         return Err(Error::Other(
             "no command given (nvtier run IMAGE -- CMD...)".into(),
@@ -45,7 +51,7 @@ pub fn run(store: &Store, image: &str, cmd: &[String], quiet_stdout: bool) -> Re
     ));
     std::fs::create_dir_all(&root).ctx("create", &root)?;
     let t0 = Instant::now();
-    let rec = match mount_image(store, image, &root) {
+    let rec = match mount_image_opts(store, image, &root, flat) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir(&root);

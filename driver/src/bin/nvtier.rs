@@ -93,6 +93,10 @@ enum Cmd {
         /// Drop the page cache first (a cold start).
         #[arg(long)]
         drop_caches: bool,
+        /// Experimental (issue 4): take the directory tree from a flattened
+        /// metadata layer on pmem, file data from data-only lower layers.
+        #[arg(long)]
+        flat: bool,
         #[arg(long)]
         json: bool,
         #[arg(last = true, required = true)]
@@ -514,6 +518,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Run {
             image,
             drop_caches,
+            flat,
             json,
             cmd,
         } => {
@@ -521,7 +526,7 @@ fn real_main(cli: Cli) -> Result<()> {
             if drop_caches {
                 nvtier::run::drop_caches()?;
             }
-            let r = nvtier::run::run(&store, &name, &cmd, json)?;
+            let r = nvtier::run::run(&store, &name, &cmd, json, flat)?;
             if json {
                 print_json(&r)?;
             } else {

@@ -491,6 +491,21 @@ impl Store {
             }
         }
         fsync_dir(&self.layers_meta_dir())?;
+        // Flattened metadata layers (`nvtier run --flat`) of removed images.
+        let meta = self.pmem.root.join("meta");
+        if let Ok(rd) = fs::read_dir(&meta) {
+            let live: HashSet<String> = self
+                .images()?
+                .iter()
+                .filter_map(|i| digest_hex(&i.manifest_digest).ok().map(str::to_string))
+                .collect();
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !live.contains(&name) {
+                    fs::remove_dir_all(e.path()).ctx("remove metadata layer", e.path())?;
+                }
+            }
+        }
         Ok(report)
     }
 }
