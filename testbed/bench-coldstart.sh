@@ -54,7 +54,7 @@ need_cmd containerd ctr runc jq python3 findmnt du
 T_START=$(date +%s)
 B=/var/tmp/nvtier-bench/$NAME
 NVTIER=$ROOT/target/release/nvtier
-OCI=/var/tmp/nvtier-bench-images/debian
+OCI=/var/tmp/nvtier-bench-images/debian # = PYTHON_OCI of bench-common.sh
 SYSTEMS=(docker nvm nvtier)
 declare -A SNAP=([docker]=overlayfs [nvm]=overlayfs [nvtier]=nvtier)
 declare -A CTD_ROOT=()
@@ -93,13 +93,10 @@ if ((WAIT)); then
 fi
 
 # --- image -------------------------------------------------------------------
-APP=$(mktemp)
-cat >"$APP" <<'PY'
-import json, email.parser, http.client, sqlite3, asyncio, decimal, argparse, logging, xml.dom.minidom, csv, unittest, urllib.request
-print("ready")
-PY
-bash testbed/build-debian-image.sh --out "$OCI" --tag python --packages python3 --app-file "$APP:/app/main.py"
-rm -f "$APP"
+# shellcheck source-path=SCRIPTDIR source=bench-common.sh
+source testbed/bench-common.sh
+OCI=$PYTHON_OCI
+build_python_image
 
 # --- teardown ------------------------------------------------------------------
 sock_of() { printf '%s/%s/ctd.sock' "$B" "$1"; }

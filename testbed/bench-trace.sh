@@ -30,38 +30,10 @@ t_start=$(date +%s)
 bash testbed/install-deps.sh
 cargo build --release --locked -p nvtier-driver
 NVTIER=$PWD/target/release/nvtier
-OCI=/var/tmp/nvtier-bench-images/debian
-APP=$(mktemp)
-cat >"$APP" <<'PY'
-import json, email.parser, http.client, sqlite3, asyncio, decimal, argparse, logging, xml.dom.minidom, csv, unittest, urllib.request
-print("ready")
-PY
-bash testbed/build-debian-image.sh --out "$OCI" --tag python --packages python3 --app-file "$APP:/app/main.py"
-rm -f "$APP"
-
-STATE=/var/tmp/nvtier-bench/$NAME
-cleanup() {
-    bash testbed/registry.sh down "$NAME" >/dev/null 2>&1 || true
-    bash testbed/tiers.sh down "$NAME" >/dev/null 2>&1 || true
-    rm -rf "$STATE"
-}
-trap cleanup EXIT
-cleanup
-bash testbed/tiers.sh up "$NAME" --pmem-size 2G --hdd-size 4G >/dev/null
-bash testbed/registry.sh up "$NAME" --rate none >/dev/null
-eval "$(bash testbed/tiers.sh env "$NAME")"
-eval "$(bash testbed/registry.sh env "$NAME")"
-REF=$REGISTRY/python:latest
-bash testbed/push-image.sh "$OCI:python" "$REF" >/dev/null
-mkdir -p "$STATE/state"
-export NVTIER_CONFIG=$STATE/config.toml
-cat >"$NVTIER_CONFIG" <<CFG
-state_dir = "$STATE/state"
-pmem_dir = "$PMEM_DIR"
-disk_dir = "$DISK_DIR"
-pmem_budget = "2G"
-insecure_registries = ["$REGISTRY"]
-CFG
+# shellcheck source-path=SCRIPTDIR source=bench-common.sh
+source testbed/bench-common.sh
+build_python_image
+bench_testbed_up "$NAME" none
 
 RES=$STATE/samples.jsonl
 : >"$RES"
