@@ -4,6 +4,11 @@
 
 pub mod classify;
 pub mod lass;
+pub mod placement;
 pub mod unpack;
 
 pub use lass::{decide, ldl_index, Decision, DiskReason, Placement, StoreMoment, Tier};
+pub use placement::{
+    diff, miss_promotions, plan, CurrentPlacement, FileKey, HotFile, ImageMoves, ImagePlan,
+    ImageProfile, ImageState, MetaMove, Moves, Plan, PlanParams,
+};
