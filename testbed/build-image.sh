@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 # Bump when the image contents produced for a given SPEC+seed change.
-BUILDER_VERSION=1
+BUILDER_VERSION=2
 # Fixed timestamps, so that SPEC+seed always give the same bytes.
 EPOCH=1704067200 # 2024-01-01T00:00:00Z
 CREATED=2024-01-01T00:00:00Z
@@ -37,6 +37,9 @@ is the size of one data layer with a K, M or G suffix (powers of 1024), e.g.
            layer1.txt and hardlink /data/hard == /data/layer1.txt
   layer 2  also whiteout /etc/.wh.removeme and opaque directory /opt/dir
            (.wh..wh..opq) now holding only /opt/dir/c
+  layer 3  also /feat: an empty file, a 3 MiB mostly-zero file, a file
+           with a user.nvtier xattr and its hardlink, a setuid file, a
+           fifo, a char and a block device, a symlink to a directory
 
 Layer i depends only on (seed, i, size of layer i), so images built with the
 same seed share identical leading layers (layer 0 is the same everywhere).
@@ -84,7 +87,7 @@ for item in "${ITEMS[@]:1}"; do
 done
 NDATA=${#SIZES[@]}
 
-need_cmd umoci tar openssl jq sha256sum flock head
+need_cmd umoci tar openssl jq sha256sum flock head setfattr mknod mkfifo truncate
 [[ -x $BUSYBOX ]] || die "$BUSYBOX not found (apt-get install busybox-static)"
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
     die "$BUSYBOX is dynamically linked; install busybox-static"
@@ -157,7 +160,7 @@ make_tar() {
     local stage=$1 out=$2 entries=()
     mapfile -t entries < <(find "$stage" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort)
     tar --create --file="$out" --directory="$stage" \
-        --sort=name --format=posix \
+        --sort=name --format=posix --xattrs --xattrs-include='user.*' \
         --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
         --mtime=@"$EPOCH" --owner=0 --group=0 --numeric-owner \
         -- "${entries[@]}" || die "tar failed for $stage"
@@ -224,6 +227,21 @@ for ((i = 1; i <= NDATA; i++)); do
         mkfile "$s/opt/dir/.wh..wh..opq" 0644 ''
         mkfile "$s/opt/dir/c" 0644 $'c (the only entry of /opt/dir)\n'
         extra=' && rm /etc/removeme && rm -r /opt/dir && mkdir /opt/dir && touch /opt/dir/c'
+    elif ((i == 3)); then
+        f=$s/feat
+        mkdir -p "$f"
+        : >"$f/empty"
+        truncate -s 3M "$f/zeros"
+        printf 'data in the middle\n' | dd of="$f/zeros" bs=1 seek=1048576 conv=notrunc status=none
+        mkfile "$f/xattr" 0640 $'has a user xattr\n'
+        setfattr -n user.nvtier -v hello "$f/xattr" || die "setfattr failed (does $WORK support user xattrs?)"
+        ln "$f/xattr" "$f/xattr-hard"
+        mkfile "$f/suid" 4755 $'#!/bin/sh\necho suid\n'
+        mkfifo "$f/fifo"
+        mknod "$f/chr" c 1 3
+        mknod "$f/blk" b 7 200
+        ln -s /opt "$f/dirlink"
+        extra=' && mkdir /feat && (features: empty, zeros, xattr, hardlink, suid, fifo, devices, dir symlink)'
     fi
     make_tar "$s" "$WORK/l$i.tar"
     add_layer "$WORK/l$i.tar" "RUN nvtier-testbed fill /data/layer$i.bin $size${extra}"

@@ -16,7 +16,7 @@ PACKAGES=(
     # Docker Engine 20.10 (dockerd) for the legacy graph driver plugin tests
     docker.io
     # used by the testbed scripts themselves
-    curl openssl tar
+    curl openssl tar attr
     # lint for these scripts (run by run-tests.sh)
     shellcheck
 )

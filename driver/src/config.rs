@@ -26,11 +26,24 @@ pub struct Config {
     /// ingest area to see whether downloads are still running (LASS on the
     /// engine's own unpack path).
     pub containerd_root: PathBuf,
+    /// File-granular hot-file tiering (issue 4): when on and the kernel has
+    /// overlayfs data-only layers, migrated images mount as a flattened
+    /// metadata layer plus data layers. Off = whole-layer placement only.
+    pub tiering: bool,
+    /// Migration copy rate limit in bytes/s (0 = unlimited).
+    pub migrate_rate: u64,
+    /// `nvtier serve`: re-trace an image whose profile is older than this
+    /// many seconds (0 = only images without a profile).
+    pub profile_max_age_s: u64,
+    /// `nvtier serve`: how often the background migration re-plans, seconds.
+    pub migrate_interval_s: u64,
 }
 
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/nvtier/snapshotter.sock";
 pub const DEFAULT_DOCKER_PLUGIN_SOCKET: &str = "/run/docker/plugins/nvtier.sock";
 pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
+/// 256 MiB/s: a fraction of a pmem tier's bandwidth, about an HDD's.
+pub const DEFAULT_MIGRATE_RATE: u64 = 256 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +59,10 @@ struct Raw {
     snapshotter_socket: Option<String>,
     docker_plugin_socket: Option<String>,
     containerd_root: Option<PathBuf>,
+    tiering: Option<bool>,
+    migrate_rate: Option<Size>,
+    profile_max_age_s: Option<u64>,
+    migrate_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,18 +141,21 @@ impl Config {
                 "keys `pmem_dir` and `disk_dir` name the same directory".into(),
             ));
         }
-        let pmem_budget = match raw.pmem_budget {
-            None => return Err(err("key `pmem_budget` is missing (e.g. \"4G\")".into())),
-            Some(Size::Bytes(n)) if n >= 0 => n as u64,
-            Some(Size::Bytes(n)) => {
-                return Err(err(format!("key `pmem_budget` must be >= 0, got {n}")))
+        let size = |v: Option<Size>, key: &str| -> Result<Option<u64>> {
+            match v {
+                None => Ok(None),
+                Some(Size::Bytes(n)) if n >= 0 => Ok(Some(n as u64)),
+                Some(Size::Bytes(n)) => Err(err(format!("key `{key}` must be >= 0, got {n}"))),
+                Some(Size::Text(t)) => parse_size(&t).map(Some).ok_or_else(|| {
+                    err(format!(
+                        "key `{key}`: cannot parse {t:?} as a size (use bytes or e.g. \"4G\", \"512M\")"
+                    ))
+                }),
             }
-            Some(Size::Text(t)) => parse_size(&t).ok_or_else(|| {
-                err(format!(
-                    "key `pmem_budget`: cannot parse {t:?} as a size (use bytes or e.g. \"4G\", \"512M\")"
-                ))
-            })?,
         };
+        let pmem_budget = size(raw.pmem_budget, "pmem_budget")?
+            .ok_or_else(|| err("key `pmem_budget` is missing (e.g. \"4G\")".into()))?;
+        let migrate_rate = size(raw.migrate_rate, "migrate_rate")?.unwrap_or(DEFAULT_MIGRATE_RATE);
         let max_concurrent_downloads = match raw.max_concurrent_downloads {
             None => 3,
             Some(n) if (1..=64).contains(&n) => n as usize,
@@ -207,6 +227,10 @@ impl Config {
             snapshotter_socket,
             docker_plugin_socket,
             containerd_root,
+            tiering: raw.tiering.unwrap_or(true),
+            migrate_rate,
+            profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
+            migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),
         })
     }
 }

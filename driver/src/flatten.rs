@@ -39,7 +39,7 @@ pub struct MetaStats {
     pub file_bytes: u64,
 }
 
-fn xattr_names(p: &Path) -> Vec<OsString> {
+pub(crate) fn xattr_names(p: &Path) -> Vec<OsString> {
     let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
         return Vec::new();
     };
@@ -56,7 +56,7 @@ fn xattr_names(p: &Path) -> Vec<OsString> {
         .collect()
 }
 
-fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
+pub(crate) fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
     let (Ok(c), Ok(n)) = (CString::new(p.as_os_str().as_bytes()), CString::new(name)) else {
         return Err(Error::Other(format!("NUL in {}", p.display())));
     };
@@ -106,7 +106,7 @@ fn copy_meta(src: &Path, m: &fs::Metadata, dst: &Path, times: bool) -> Result<()
     Ok(())
 }
 
-fn set_mtime(dst: &Path, m: &fs::Metadata) -> Result<()> {
+pub(crate) fn set_mtime(dst: &Path, m: &fs::Metadata) -> Result<()> {
     let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
     nix::sys::stat::utimensat(
         None,

@@ -6,6 +6,8 @@
 //! - [`store`]: the layer/image store (chainIDs, metadata, refcounts, GC).
 //! - [`pull`]: registry pull with LASS placement.
 //! - [`mount`]: overlay root filesystems.
+//! - [`tiering`]: file-granular hot-file tiering: metadata layers, hot
+//!   generations, the migration engine.
 //! - [`run`]: the cold-start probe.
 //! - [`server`]: `nvtier serve`: the containerd proxy snapshotter and the legacy
 //!   Docker graph driver plugin.
@@ -20,6 +22,7 @@ pub mod run;
 pub mod server;
 pub mod store;
 pub mod tier;
+pub mod tiering;
 pub mod trace;
 
 pub use error::{Error, Result};

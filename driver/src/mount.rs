@@ -220,34 +220,12 @@ pub fn mount_image(store: &Store, image: &str, target: &Path) -> Result<MountRec
     mount_image_opts(store, image, target, false)
 }
 
-/// The image's flattened metadata layer on the pmem tier, built on first
-/// use (see [`crate::flatten`]). Experimental groundwork for issue 4: its
-/// bytes are not yet charged to the pmem budget.
-pub fn meta_layer(store: &Store, manifest_digest: &str, layer_dirs: &[PathBuf]) -> Result<PathBuf> {
-    let hex = crate::store::digest_hex(manifest_digest)?;
-    let base = store.pmem.root.join("meta");
-    let dir = base.join(hex);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&base).ctx("create", &base)?;
-    let staging = base.join(format!(".{hex}.{:08x}", rand::random::<u32>()));
-    std::fs::create_dir(&staging).ctx("create", &staging)?;
-    let built = crate::flatten::build_meta_layer(layer_dirs, &staging)
-        .and_then(|_| std::fs::rename(&staging, &dir).ctx("publish meta layer", &dir));
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&staging);
-        if dir.is_dir() {
-            return Ok(dir); // built concurrently
-        }
-        return Err(e);
-    }
-    Ok(dir)
-}
-
-/// [`mount_image`]; with `flat`, the image's directory tree comes from its
-/// flattened metadata layer on pmem and file data from the layers mounted
-/// as data-only lower layers.
+/// [`mount_image`]. An image with a metadata layer (built by `nvtier
+/// migrate`, or here when `flat` asks for it) mounts tiered: its directory
+/// tree from the metadata layer on pmem, file data from each layer's
+/// current hot generation and base as data-only lower layers (see
+/// [`crate::tiering`]). Otherwise, or with tiering off, a plain overlay of
+/// the layers.
 pub fn mount_image_opts(
     store: &Store,
     image: &str,
@@ -278,11 +256,15 @@ pub fn mount_image_opts(
     let id = format!("{:016x}", rand::random::<u64>());
     validate_id(&id)?;
     let mut spec = image_spec(store, &img.chain_ids, &id)?;
-    if flat {
-        let bottom_first: Vec<PathBuf> = spec.lower.iter().rev().cloned().collect();
-        let meta = meta_layer(store, &img.manifest_digest, &bottom_first)?;
-        spec.data = std::mem::take(&mut spec.lower);
+    let mut tiering = None;
+    if let Some((meta, data, t)) = crate::tiering::mount_layers(store, &img, &spec.lower, flat)? {
         spec.lower = vec![meta];
+        spec.data = data;
+        tiering = Some(t);
+    } else if flat {
+        if let Err(why) = crate::tiering::enabled(store) {
+            return Err(Error::Mount { target, msg: why });
+        }
     }
     for d in [&spec.upper, &spec.work].into_iter().flatten() {
         std::fs::create_dir_all(d).ctx("create", d)?;
@@ -298,7 +280,9 @@ pub fn mount_image_opts(
         container_id: id,
         refcount: 1,
         created_ms: now_ms(),
+        tiering,
     };
+    crate::tiering::note_start(store, &img.manifest_digest);
     if let Err(e) = write_record(&rec_path, &rec) {
         let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
         let _ = remove_container(store, &rec.container_id);

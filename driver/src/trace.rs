@@ -317,10 +317,19 @@ pub fn trace(
         })
         .map(|l| &l.chain_id)
         .collect();
+    // A tiered mount walks paths in its metadata layer on pmem: a file only
+    // looked up (stat) costs no disk read there, so only data reads count.
+    let tiered = rec.tiering.is_some();
     let misses: Vec<_> = profile
         .files
         .iter()
         .filter(|f| disk_layers.contains(&f.layer_chain_id))
+        .filter(|f| {
+            !tiered
+                || f.kinds
+                    .iter()
+                    .any(|k| *k != nvtier_tracer::event::Kind::Stat)
+        })
         .cloned()
         .collect();
     let miss_bytes = misses.iter().filter_map(|f| f.bytes).sum();

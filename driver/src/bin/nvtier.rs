@@ -102,6 +102,26 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Plan and apply hot-file tiering: from the hot profiles of all images
+    /// and the pmem budget, copy hot files into new generations of the
+    /// layers' hot data layers on pmem and move layer bases to disk.
+    /// Running containers keep the generation they mounted.
+    Migrate {
+        /// Only the layers of this image (default: every profiled image).
+        image: Option<String>,
+        /// Show the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Copy rate limit, e.g. 100M (bytes/s; 0 = unlimited). Default:
+        /// the config's migrate_rate.
+        #[arg(long, value_name = "SIZE")]
+        rate: Option<String>,
+        /// Leave layer bases on their tier (only add/drop hot copies).
+        #[arg(long)]
+        keep_bases: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cold-start IMAGE under the file-access tracer (eBPF, or fanotify as
     /// a fallback) and save the files it touched as the image's hot profile.
     Trace {
@@ -382,42 +402,45 @@ fn real_main(cli: Cli) -> Result<()> {
                 .iter()
                 .enumerate()
                 .map(|(i, l)| {
-                    let (p, d) = match l.tier {
-                        TierKind::Pmem => (l.charged_bytes, 0),
-                        TierKind::Disk => (0, l.charged_bytes),
-                    };
-                    json!({
+                    let u = nvtier::tiering::layer_usage(&store, l)?;
+                    Ok(json!({
                         "index": i, "chain_id": l.chain_id, "diff_id": l.diff_id,
                         "blob_digest": l.blob_digest, "parent": l.parent, "tier": l.tier,
-                        "pmem_bytes": p, "disk_bytes": d, "file_bytes": l.file_bytes,
+                        "pmem_bytes": u.pmem_bytes, "disk_bytes": u.disk_bytes,
+                        "pmem_files": u.pmem_files, "hot_files": u.hot_files,
+                        "hot_bytes": u.hot_bytes, "hot_generation": u.hot_generation,
+                        "file_bytes": l.file_bytes,
                         "compressed_bytes": l.compressed_bytes, "files": l.file_count,
                         "refs": refs.get(&l.chain_id).copied().unwrap_or(0),
                         "store_ms": l.store_ms,
-                    })
+                    }))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             if json {
                 return print_json(&rows);
             }
             println!(
-                "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>4}",
-                "#", "CHAIN", "TIER", "PMEM", "DISK", "FILES", "REFS"
+                "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>9} {:>4}",
+                "#", "CHAIN", "BASE", "PMEM", "DISK", "FILES", "PMEMFILES", "REFS"
             );
             for r in rows {
                 println!(
-                    "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>4}",
+                    "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>9} {:>4}",
                     r["index"].to_string(),
                     short(r["chain_id"].as_str().unwrap_or("")),
                     r["tier"].as_str().unwrap_or(""),
                     human(r["pmem_bytes"].as_u64().unwrap_or(0)),
                     human(r["disk_bytes"].as_u64().unwrap_or(0)),
                     r["files"].to_string(),
+                    r["pmem_files"].to_string(),
                     r["refs"].to_string()
                 );
             }
         }
         Cmd::Status { json } => {
             let dax = detect_dax(&cfg.pmem_dir);
+            let tier_use = nvtier::tiering::pmem_use(&store)?;
+            let tiering = nvtier::tiering::enabled(&store);
             let layers = store.layers()?;
             let used = store.pmem_used()?;
             let disk_bytes: u64 = layers
@@ -431,6 +454,12 @@ fn real_main(cli: Cli) -> Result<()> {
                 "dax": dax, "placement": cfg.placement,
                 "pmem_used_bytes": used, "pmem_budget_bytes": cfg.pmem_budget,
                 "disk_used_bytes": disk_bytes,
+                "pmem_layer_bytes": store.pmem_layer_bytes()?,
+                "pmem_meta_bytes": tier_use.meta_bytes,
+                "pmem_hot_bytes": tier_use.hot_bytes,
+                "pmem_retired_bytes": tier_use.retired_bytes,
+                "tiering": match &tiering { Ok(()) => "file-granular".to_string(), Err(_) => "whole-layer".to_string() },
+                "tiering_reason": tiering.as_ref().err(),
                 "pmem_fs": store.pmem.fs_space().map(|(f, t)| json!({"free": f, "total": t})),
                 "disk_fs": store.disk.fs_space().map(|(f, t)| json!({"free": f, "total": t})),
                 "images": store.images()?.len(), "layers": layers.len(),
@@ -457,7 +486,18 @@ fn real_main(cli: Cli) -> Result<()> {
                     0.0
                 }
             );
+            println!(
+                "  of which  layers {}, metadata layers {}, hot copies {}, retired (still mounted) {}",
+                human(store.pmem_layer_bytes()?),
+                human(tier_use.meta_bytes),
+                human(tier_use.hot_bytes),
+                human(tier_use.retired_bytes)
+            );
             println!("disk used  {}", human(disk_bytes));
+            match &tiering {
+                Ok(()) => println!("tiering    file-granular (metadata layers + hot data layers)"),
+                Err(why) => println!("tiering    whole-layer: {why}"),
+            }
             println!(
                 "store      {} images, {} layers ({} pmem, {} disk), {} mounts; placement {}",
                 v["images"],
@@ -538,6 +578,70 @@ fn real_main(cli: Cli) -> Result<()> {
             if r.exit_code != 0 {
                 std::process::exit(r.exit_code);
             }
+        }
+        Cmd::Migrate {
+            image,
+            dry_run,
+            rate,
+            keep_bases,
+            json,
+        } => {
+            let image = image.map(|i| resolve_image(&store, &i)).transpose()?;
+            let rate = rate
+                .map(|r| {
+                    nvtier::config::parse_size(&r)
+                        .with_context(|| format!("--rate {r:?}: use bytes/s, e.g. 100M"))
+                })
+                .transpose()?;
+            let r = nvtier::tiering::migrate(
+                &store,
+                &nvtier::tiering::MigrateOptions {
+                    image,
+                    dry_run,
+                    rate,
+                    keep_bases,
+                },
+            )?;
+            if json {
+                return print_json(&r);
+            }
+            if r.layers.is_empty() {
+                println!("nothing to do: placement already matches the plan");
+            }
+            for l in &r.layers {
+                println!(
+                    "{} gen {} -> {}: +{} -{} ={} files, hot {}{}{}",
+                    short(&l.chain_id),
+                    l.generation_from,
+                    l.generation_to,
+                    l.promote.len(),
+                    l.demote.len(),
+                    l.keep,
+                    human(l.hot_bytes),
+                    if l.relocate_base {
+                        ", base pmem -> disk"
+                    } else {
+                        ""
+                    },
+                    l.skipped
+                        .as_deref()
+                        .map(|s| format!(" (skipped: {s})"))
+                        .unwrap_or_default()
+                );
+            }
+            for (i, why) in &r.untiered {
+                println!("{i}: not tiered: {why}");
+            }
+            println!(
+                "{}pmem {} -> {} of {}; copied {}, relocated {} in {:.0} ms",
+                if r.dry_run { "dry run: " } else { "" },
+                human(r.pmem_used_before),
+                human(r.pmem_used_after),
+                human(r.pmem_budget_bytes),
+                human(r.copied_bytes),
+                human(r.relocated_bytes),
+                r.elapsed_ms
+            );
         }
         Cmd::Trace {
             image,

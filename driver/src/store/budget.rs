@@ -98,7 +98,7 @@ impl Reservation {
             .lock_file("budget.lock", FlockArg::LockExclusive)?
             .ok_or_else(|| Error::Other("budget lock".into()))?;
         let others = reserved(&self.store)?.saturating_sub(self.on_disk());
-        let used_now = self.store.pmem_layer_bytes()? + others;
+        let used_now = self.store.pmem_committed()? + others;
         let budget = self.store.cfg.pmem_budget;
         let free = budget.saturating_sub(used_now + self.granted);
         let need = self.used + n - self.granted;
@@ -123,6 +123,12 @@ impl Reservation {
         } else {
             0
         }
+    }
+
+    /// Turn the reservation into committed pmem bytes (tiering records):
+    /// `publish` writes the record; both happen under the budget lock.
+    pub fn convert_with(self, publish: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.convert(publish)
     }
 
     /// Turn the reservation into a stored layer: `publish` writes the layer

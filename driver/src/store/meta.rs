@@ -56,6 +56,10 @@ pub struct MountRecord {
     pub container_id: String,
     pub refcount: u32,
     pub created_ms: u64,
+    /// Set for a tiered mount: the metadata layer and hot generations it
+    /// uses (they are kept until this mount goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiering: Option<crate::tiering::MountTiering>,
 }
 
 /// Kind of a containerd snapshot.

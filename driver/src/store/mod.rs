@@ -278,6 +278,7 @@ impl Store {
             }
         }
         budget::cleanup_dead(self)?;
+        crate::tiering::recover(self)?;
         Ok(())
     }
 
@@ -359,9 +360,30 @@ impl Store {
             .sum())
     }
 
-    /// Bytes of pmem in use: stored layers plus live reservations.
+    /// Bytes of pmem committed: stored layers plus hot-file tiering
+    /// (metadata layers, hot copies, retired copies still mounted).
+    pub fn pmem_committed(&self) -> Result<u64> {
+        Ok(self.pmem_layer_bytes()? + crate::tiering::pmem_use(self)?.total())
+    }
+
+    /// Bytes of pmem in use: committed plus live reservations.
     pub fn pmem_used(&self) -> Result<u64> {
-        Ok(self.pmem_layer_bytes()? + budget::reserved(self)?)
+        Ok(self.pmem_committed()? + budget::reserved(self)?)
+    }
+
+    /// Rewrite a stored layer's metadata (tier relocation). The caller
+    /// holds the chain lock.
+    pub(crate) fn put_layer_meta(&self, meta: &LayerMeta) -> Result<()> {
+        let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomic(&self.layer_meta_path(&meta.chain_id)?, &json)
+    }
+
+    /// Serialises migrations (held for a whole `nvtier migrate`).
+    pub fn lock_migrate(&self) -> Result<Lock> {
+        Self::must(self.lock_file("migrate.lock", FlockArg::LockExclusive)?)
+    }
+    pub(crate) fn try_lock_migrate(&self) -> Result<Option<Lock>> {
+        self.lock_file("migrate.lock", FlockArg::LockExclusiveNonblock)
     }
 
     pub fn reserve(&self) -> Reservation {
@@ -491,21 +513,8 @@ impl Store {
             }
         }
         fsync_dir(&self.layers_meta_dir())?;
-        // Flattened metadata layers (`nvtier run --flat`) of removed images.
-        let meta = self.pmem.root.join("meta");
-        if let Ok(rd) = fs::read_dir(&meta) {
-            let live: HashSet<String> = self
-                .images()?
-                .iter()
-                .filter_map(|i| digest_hex(&i.manifest_digest).ok().map(str::to_string))
-                .collect();
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !live.contains(&name) {
-                    fs::remove_dir_all(e.path()).ctx("remove metadata layer", e.path())?;
-                }
-            }
-        }
+        // Metadata layers, hot generations and retired copies nobody uses.
+        crate::tiering::gc_locked(self)?;
         Ok(report)
     }
 }

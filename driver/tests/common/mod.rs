@@ -116,6 +116,11 @@ impl Bed {
 
     /// Build (cached) and push a test image; returns its reference.
     pub fn push(&self, tag: &str, spec: &str) -> String {
+        self.push_seed(tag, spec, 1)
+    }
+
+    /// [`Bed::push`] with another data seed (different data layers).
+    pub fn push_seed(&self, tag: &str, spec: &str, seed: u32) -> String {
         let oci = oci_dir();
         let _lock = build_lock();
         sh(
@@ -127,6 +132,8 @@ impl Bed {
                 tag,
                 "--layers",
                 spec,
+                "--seed",
+                &seed.to_string(),
             ],
         );
         let reference = format!("{}/nvtier-test/{tag}:latest", self.registry);
