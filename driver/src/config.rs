@@ -30,6 +30,9 @@ pub struct Config {
     /// overlayfs data-only layers, migrated images mount as a flattened
     /// metadata layer plus data layers. Off = whole-layer placement only.
     pub tiering: bool,
+    /// Static layer classification at pull time: execution-engine and
+    /// application layers (by the image history) go to pmem too.
+    pub static_placement: bool,
     /// Migration copy rate limit in bytes/s (0 = unlimited).
     pub migrate_rate: u64,
     /// `nvtier serve`: re-trace an image whose profile is older than this
@@ -60,6 +63,7 @@ struct Raw {
     docker_plugin_socket: Option<String>,
     containerd_root: Option<PathBuf>,
     tiering: Option<bool>,
+    static_placement: Option<bool>,
     migrate_rate: Option<Size>,
     profile_max_age_s: Option<u64>,
     migrate_interval_s: Option<u64>,
@@ -228,6 +232,7 @@ impl Config {
             docker_plugin_socket,
             containerd_root,
             tiering: raw.tiering.unwrap_or(true),
+            static_placement: raw.static_placement.unwrap_or(true),
             migrate_rate,
             profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
             migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),

@@ -52,6 +52,12 @@ pub struct LayerReport {
     pub stored_bytes: u64,
     /// Why the layer is on disk, when it is.
     pub disk_reason: Option<DiskReason>,
+    /// Static classification from the image history (`None`: the command
+    /// says nothing certain).
+    pub class: Option<nvtier_policy::classify::LayerClass>,
+    /// Set when the static rule, not LASS, put the layer on pmem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pmem_reason: Option<String>,
 }
 
 /// The outcome of a pull (`nvtier pull --json`).
@@ -424,6 +430,49 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         });
     }
 
+    // Static classification (issue 4): engine and application layers go to
+    // pmem on top of LASS's choice, top-most first, while the free budget
+    // (estimated from blob sizes) holds them.
+    let classes: Vec<Option<nvtier_policy::classify::LayerClass>> = {
+        let history: Vec<(Option<String>, bool)> = config
+            .get("history")
+            .and_then(|h| h.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        (
+                            e.get("created_by")
+                                .and_then(|c| c.as_str())
+                                .map(str::to_string),
+                            e.get("empty_layer")
+                                .and_then(|b| b.as_bool())
+                                .unwrap_or(false),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        nvtier_policy::classify::align_history(&history, n)
+            .iter()
+            .enumerate()
+            .map(|(i, c)| nvtier_policy::classify::classify_by_command(i, c.as_deref()))
+            .collect()
+    };
+    let promoted: Vec<usize> = if store.cfg.static_placement && opts.placement == Placement::Lass {
+        let cl: Vec<_> = classes
+            .iter()
+            .map(|c| c.unwrap_or(nvtier_policy::classify::LayerClass::BaseDistro))
+            .collect();
+        let sizes: Vec<u64> = manifest
+            .layers
+            .iter()
+            .map(|l| l.size.max(0) as u64)
+            .collect();
+        let free = store.cfg.pmem_budget.saturating_sub(store.pmem_used()?);
+        nvtier_policy::classify::initial_promotions(&cl, &vec![false; n], &sizes, free)
+    } else {
+        Vec::new()
+    };
     let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
     let mut cleanup: Vec<PathBuf> = Vec::new();
     let result: Result<()> = async {
@@ -444,6 +493,8 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 reused: true,
                 stored_bytes: 0,
                 disk_reason: None,
+                class: classes[i],
+                pmem_reason: None,
             };
             let Some(rx) = receivers[i].take() else {
                 let m = store.layer(&chain)?.ok_or_else(|| {
@@ -480,14 +531,18 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 continue;
             }
             let free = store.cfg.pmem_budget.saturating_sub(store.pmem_used()?);
-            let decision = decide(
-                opts.placement,
-                StoreMoment {
-                    all_downloaded,
-                    expected_bytes: rep.size,
-                    pmem_free: free,
-                },
-            );
+            let moment = StoreMoment {
+                all_downloaded,
+                expected_bytes: rep.size,
+                pmem_free: free,
+            };
+            let mut decision = decide(opts.placement, moment);
+            if decision == Decision::Disk(DiskReason::BelowLdl) && promoted.contains(&i) {
+                decision = decide(Placement::Pmem, moment);
+                if decision == Decision::Pmem {
+                    rep.pmem_reason = classes[i].map(|c| format!("static: {c}"));
+                }
+            }
             if decision == Decision::Disk(DiskReason::BudgetExhausted) {
                 tracing::warn!(layer = i, chain = %chain, size = rep.size, free, "pmem budget cannot hold this layer; storing on disk");
             }
@@ -515,6 +570,9 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             rep.reused = false;
             rep.stored_bytes = meta.charged_bytes;
             rep.disk_reason = reason;
+            if meta.tier != TierKind::Pmem {
+                rep.pmem_reason = None;
+            }
             tracing::info!(layer = i, chain = %chain, tier = %meta.tier, bytes = meta.charged_bytes, all_downloaded, "stored");
             if let Some(b) = &bars[i] {
                 b.finish_with_message(format!("stored on {}", meta.tier));

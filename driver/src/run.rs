@@ -16,10 +16,15 @@ use std::time::Instant;
 pub struct RunResult {
     pub image: String,
     pub exit_code: i32,
-    /// Wall time of the command, from spawn to exit.
+    /// Wall time of the command, from spawn to exit (or to ready, with
+    /// `ready_port`).
     pub elapsed_ms: f64,
     /// Wall time to mount the rootfs.
     pub mount_ms: f64,
+    /// The mount was tiered (metadata layer + hot data layers).
+    pub tiered: bool,
+    /// Ended because 127.0.0.1:`ready_port` accepted a connection.
+    pub ready: bool,
 }
 
 /// Drop the page cache, dentries and inodes (for cold measurements).
@@ -38,6 +43,7 @@ pub fn run(
     cmd: &[String],
     quiet_stdout: bool,
     flat: bool,
+    ready_port: Option<u16>,
 ) -> Result<RunResult> {
     if cmd.is_empty() {
         return Err(Error::Other(
@@ -59,23 +65,57 @@ pub fn run(
         }
     };
     let mount_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let r = spawn_in(
-        &rec.target,
-        cmd,
-        SpawnOptions {
-            quiet_stdout,
-            ..Default::default()
-        },
-    );
+    let ready = std::cell::Cell::new(false);
+    let r = match ready_port {
+        None => spawn_in(
+            &rec.target,
+            cmd,
+            SpawnOptions {
+                quiet_stdout,
+                ..Default::default()
+            },
+        ),
+        Some(port) => Cgroup::create("nvtier-run").and_then(|cg| {
+            let mut stop = || {
+                let ok = std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    std::time::Duration::from_millis(20),
+                )
+                .is_ok();
+                if ok {
+                    ready.set(true);
+                }
+                ok
+            };
+            spawn_in(
+                &rec.target,
+                cmd,
+                SpawnOptions {
+                    quiet_stdout,
+                    cgroup: Some(&cg),
+                    stop_when: Some(&mut stop),
+                },
+            )
+        }),
+    };
     let u = umount_image(store, &rec.target);
     let _ = std::fs::remove_dir(&root);
     let (code, elapsed) = r?;
     u?;
+    let ready = ready.get();
+    if ready_port.is_some() && !ready {
+        return Err(Error::Other(format!(
+            "{image}: the command exited with {code} before 127.0.0.1:{} accepted a connection",
+            ready_port.unwrap_or(0)
+        )));
+    }
     Ok(RunResult {
         image: image.to_string(),
-        exit_code: code,
+        exit_code: if ready { 0 } else { code },
         elapsed_ms: elapsed,
         mount_ms,
+        tiered: rec.tiering.is_some(),
+        ready,
     })
 }
 

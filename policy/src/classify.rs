@@ -300,6 +300,38 @@ pub fn classify(l: &LayerFacts) -> LayerClass {
     LayerClass::Application
 }
 
+/// Classify a layer from its command alone (pull time, before the layer's
+/// files are known): rules 1, 2, 3 and 6 by command or position. `None`
+/// when the command says nothing (rule 7 would guess "application"; at pull
+/// time nvtier does not act on a guess).
+pub fn classify_by_command(index: usize, created_by: Option<&str>) -> Option<LayerClass> {
+    let c = created_by.map(norm).unwrap_or_default();
+    if APP_INSTALLERS.iter().any(|i| c.contains(i)) || copies_app(&c) {
+        return Some(LayerClass::Application);
+    }
+    if installs_runtime(&c) {
+        return Some(LayerClass::ExecutionEngine);
+    }
+    if index == 0 || imports_rootfs(&c) {
+        return Some(LayerClass::BaseDistro);
+    }
+    if SYS_INSTALLERS.iter().any(|i| c.contains(i)) {
+        return Some(LayerClass::SystemDeps);
+    }
+    None
+}
+
+impl std::fmt::Display for LayerClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerClass::BaseDistro => "base_distro",
+            LayerClass::SystemDeps => "system_deps",
+            LayerClass::ExecutionEngine => "execution_engine",
+            LayerClass::Application => "application",
+        })
+    }
+}
+
 /// Align the image config's history with its layers: history entries with
 /// `empty_layer: true` have no layer. Returns one `created_by` per layer
 /// (`None` when the history is shorter than the layer list).
@@ -341,6 +373,41 @@ pub fn initial_promotions(
 mod tests {
     use super::*;
     use LayerClass::*;
+
+    #[test]
+    fn by_command_alone_never_guesses() {
+        assert_eq!(
+            classify_by_command(1, Some("RUN apt-get install -y python3")),
+            Some(ExecutionEngine)
+        );
+        assert_eq!(
+            classify_by_command(2, Some("COPY main.py /app/main.py")),
+            Some(Application)
+        );
+        assert_eq!(
+            classify_by_command(1, Some("/bin/sh -c pip install flask")),
+            Some(Application)
+        );
+        assert_eq!(
+            classify_by_command(1, Some("RUN apt-get install -y nginx-light")),
+            Some(SystemDeps)
+        );
+        assert_eq!(classify_by_command(0, None), Some(BaseDistro));
+        assert_eq!(
+            classify_by_command(3, Some("RUN nvtier-testbed fill /data/x 1M")),
+            None
+        );
+        assert_eq!(classify_by_command(3, None), None);
+        // Agrees with the full rule set wherever it answers.
+        for (i, c) in [
+            (1, "RUN apt-get install -y ruby"),
+            (2, "COPY . /srv"),
+            (0, "ADD file:abc in /"),
+            (1, "RUN apk add curl"),
+        ] {
+            assert_eq!(classify_by_command(i, Some(c)), Some(by_cmd(i, c)), "{c}");
+        }
+    }
 
     fn by_cmd(index: usize, cmd: &str) -> LayerClass {
         classify(&LayerFacts {

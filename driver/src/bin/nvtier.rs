@@ -93,10 +93,15 @@ enum Cmd {
         /// Drop the page cache first (a cold start).
         #[arg(long)]
         drop_caches: bool,
-        /// Experimental (issue 4): take the directory tree from a flattened
-        /// metadata layer on pmem, file data from data-only lower layers.
+        /// Mount tiered even before `nvtier migrate`: build the image's
+        /// flattened metadata layer on pmem now (file data from the layers
+        /// as data-only lower layers). Migrated images mount tiered anyway.
         #[arg(long)]
         flat: bool,
+        /// A server: the run ends (and counts as ready) when
+        /// 127.0.0.1:PORT accepts a connection; the container is killed.
+        #[arg(long, value_name = "PORT")]
+        ready_port: Option<u16>,
         #[arg(long)]
         json: bool,
         #[arg(last = true, required = true)]
@@ -559,6 +564,7 @@ fn real_main(cli: Cli) -> Result<()> {
             image,
             drop_caches,
             flat,
+            ready_port,
             json,
             cmd,
         } => {
@@ -566,7 +572,7 @@ fn real_main(cli: Cli) -> Result<()> {
             if drop_caches {
                 nvtier::run::drop_caches()?;
             }
-            let r = nvtier::run::run(&store, &name, &cmd, json, flat)?;
+            let r = nvtier::run::run(&store, &name, &cmd, json, flat, ready_port)?;
             if json {
                 print_json(&r)?;
             } else {

@@ -278,7 +278,23 @@ pub fn build_lock() -> nix::fcntl::Flock<fs::File> {
 /// implementation of layer application, whiteouts included).
 pub fn reference_rootfs(tag: &str) -> PathBuf {
     let _lock = build_lock();
-    let dir = PathBuf::from(format!("/var/tmp/nvtier-test-images/unpacked-{tag}"));
+    // Keyed by the manifest digest, so a rebuilt image is unpacked afresh.
+    let index: Value =
+        serde_json::from_slice(&fs::read(oci_dir().join("index.json")).expect("read OCI index"))
+            .expect("OCI index JSON");
+    let digest = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .and_then(|m| m["digest"].as_str())
+        .expect("tag in the OCI index")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let dir = PathBuf::from(format!(
+        "/var/tmp/nvtier-test-images/unpacked-{tag}-{}",
+        &digest[..16]
+    ));
     let rootfs = dir.join("rootfs");
     if !rootfs.is_dir() {
         let _ = fs::remove_dir_all(&dir);
