@@ -416,3 +416,60 @@ fn small_budget_keeps_the_hottest_images_data() {
         assert!(on_pmem(r).iter().all(|&n| n == 0));
     }
 }
+
+#[test]
+fn serve_migrates_in_the_background_when_a_profile_appears() {
+    let bed = Bed::up("tserv", "none", "4G");
+    let r = bed.push("tierfeat", "busybox,1M,1M,2M,1M");
+    bed.nvtier_ok(&["pull", "--placement", "disk", &r]);
+    let sock = bed.state.parent().expect("p").join("snap.sock");
+    let mut cfg = fs::read_to_string(&bed.config).expect("cfg");
+    cfg.push_str(&format!(
+        "snapshotter_socket = {:?}\ndocker_plugin_socket = \"\"\nmigrate_interval_s = 1\n",
+        sock
+    ));
+    fs::write(&bed.config, cfg).expect("cfg");
+    let child = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .arg("serve")
+        .env("NVTIER_CONFIG", &bed.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nvtier serve");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = self.0.wait();
+        }
+    }
+    let serve = Stop(child);
+    let hot = || -> u64 {
+        bed.nvtier_json(&["layers", &r])
+            .as_array()
+            .expect("l")
+            .iter()
+            .map(|l| l["pmem_files"].as_u64().expect("n"))
+            .sum()
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(hot(), 0, "nothing to migrate without a profile");
+    profile_features(&bed, &r);
+    let t = std::time::Instant::now();
+    while hot() == 0 {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(60),
+            "serve did not migrate within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(serve);
+    let d = Mounted::new(&bed, &r, "d");
+    assert_same_tree(
+        &full_listing(&reference_rootfs("tierfeat")),
+        &full_listing(&d.dir),
+    );
+}

@@ -82,6 +82,70 @@ impl Drop for SocketGuard {
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
+/// What the background migration looks at: the profiles' names and
+/// modification times, and the image list.
+fn profiles_signature(store: &Store) -> Vec<(String, u128)> {
+    let mut v: Vec<(String, u128)> = std::fs::read_dir(store.state().join("profiles"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            let t = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            (e.file_name().to_string_lossy().into_owned(), t)
+        })
+        .collect();
+    if let Ok(imgs) = store.images() {
+        v.extend(imgs.into_iter().map(|i| (i.name, 0)));
+    }
+    v.sort();
+    v
+}
+
+/// Every `migrate_interval_s`, re-plan and migrate when a profile or the
+/// image list changed (new traces, pulls, removals). Runs until shutdown.
+async fn migrate_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let every = std::time::Duration::from_secs(store.cfg.migrate_interval_s);
+    let mut last: Option<Vec<(String, u128)>> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = rx.wait_for(|v| *v) => return,
+        }
+        let s2 = store.clone();
+        let sig = match tokio::task::spawn_blocking(move || profiles_signature(&s2)).await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if last.as_ref() == Some(&sig) || sig.is_empty() {
+            continue;
+        }
+        let s2 = store.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::tiering::migrate(&s2, &crate::tiering::MigrateOptions::default())
+        })
+        .await;
+        match r {
+            Ok(Ok(rep)) => {
+                tracing::info!(
+                    layers = rep.layers.len(),
+                    copied = rep.copied_bytes,
+                    relocated = rep.relocated_bytes,
+                    pmem_used = rep.pmem_used_after,
+                    "background migration done"
+                );
+                last = Some(sig);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "background migration failed; retrying later"),
+            Err(e) => tracing::warn!(error = %e, "background migration panicked"),
+        }
+    }
+}
+
 pub async fn serve(store: Store) -> Result<()> {
     let cfg = store.cfg.clone();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -125,6 +189,16 @@ pub async fn serve(store: Store) -> Result<()> {
         return Err(Error::Config {
             file: cfg.file.clone(),
             msg: "nothing to serve: keys `snapshotter_socket` and `docker_plugin_socket` are both empty".into(),
+        });
+    }
+
+    if let Err(why) = crate::tiering::enabled(&store) {
+        tracing::info!(%why, "background migration off");
+    } else if cfg.migrate_interval_s > 0 {
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            migrate_loop(store, &mut rx).await;
+            Ok(())
         });
     }
 
