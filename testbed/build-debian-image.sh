@@ -2,7 +2,8 @@
 # Build a Debian (bookworm) OCI image of up to four layers with debootstrap
 # and umoci, like a four-step Dockerfile:
 #   base     debootstrap --variant=minbase bookworm   (always; shared by all
-#            images: the same blob in every image of a layout)
+#            images: the same blob in every image of a layout; without
+#            .debs, apt lists and logs)
 #   runtime  RUN apt-get install -y PACKAGES            (if --packages)
 #   app      COPY SRC DEST ...                          (if --app-file)
 #   config   COPY SRC DEST ... ; RUN SCRIPT             (if --config-file or
@@ -47,7 +48,7 @@ set -euo pipefail
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/lib.sh"
 
 # Bump when the way images are built changes: every cached image is rebuilt.
-BUILDER_VERSION=2
+BUILDER_VERSION=3
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
@@ -204,9 +205,11 @@ copy_files() {
 }
 
 info "building $OUT:$TAG"
-# 1. base: the debootstrap tree without its downloaded .debs
+# 1. base: the debootstrap tree without its downloaded .debs, apt lists and
+# logs (like the official debian images)
 step
-tar -C "$base" --exclude=./.complete --exclude='./var/cache/apt/archives/*.deb' -cf - . | tar -C "$r" -xpf -
+tar -C "$base" --exclude=./.complete --exclude='./var/cache/apt/archives/*.deb' \
+    --exclude='./var/lib/apt/lists/*_*' --exclude='./var/log/*.log' -cf - . | tar -C "$r" -xpf -
 touch -h -d "@$EPOCH" "$r"
 umoci repack --refresh-bundle --history.created "$created" \
     --history.created_by "debootstrap --variant=minbase bookworm $MIRROR" --image "$OUT:$TMPTAG" "$work/bundle"
