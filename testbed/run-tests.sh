@@ -21,7 +21,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> shellcheck"
 if command -v shellcheck >/dev/null; then
-    shellcheck -x testbed/*.sh .ci/run
+    shellcheck -x testbed/*.sh testbed/corpus/*.sh .ci/run
 else
     echo "shellcheck not installed; skipped"
 fi
