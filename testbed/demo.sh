@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The nvtier demo: emulated pmem + HDD tiers, a real registry behind a
 # 100 Mbit/s emulated link, a LASS pull of a multi-layer image, its
-# placement and timeline, and a cold start.
+# placement and timeline, a cold start, hot-file tiering (trace + migrate).
 #
 #   sudo bash testbed/demo.sh [--rate 100mbit|1gbit] [--keep]
 #
@@ -76,6 +76,15 @@ step "nvtier status"
 "$NVTIER" status
 
 step "cold start: drop caches, mount, run a command in the image, unmount"
+bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" run --drop-caches demo -- /bin/sh -c 'cat /data/layer3.txt; sha256sum /data/layer5.bin'
+
+step "hot-file tiering: profile one cold start with the eBPF tracer, then migrate"
+bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" trace demo -- /bin/sh -c 'cat /data/layer3.txt; sha256sum /data/layer5.bin'
+"$NVTIER" migrate demo --dry-run
+"$NVTIER" migrate demo
+echo "every layer base is on disk now; pmem holds the metadata layer and the hot files:"
+"$NVTIER" layers demo
+"$NVTIER" status
 bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" run --drop-caches demo -- /bin/sh -c 'cat /data/layer3.txt; sha256sum /data/layer5.bin'
 
 step "the same image as the two baselines: all-disk ('Docker') and all-pmem ('NVM-Docker')"
