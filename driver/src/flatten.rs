@@ -76,9 +76,8 @@ pub(crate) fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Copy owner, mode, non-overlay xattrs (and, for non-dirs, mtime) of
-/// `src` onto `dst`.
-fn copy_meta(src: &Path, m: &fs::Metadata, dst: &Path, times: bool) -> Result<()> {
+/// Give `dst` the owner and then (chown clears setuid) the mode of `m`.
+pub(crate) fn chown_chmod(m: &fs::Metadata, dst: &Path) -> Result<()> {
     nix::unistd::fchownat(
         None,
         dst,
@@ -91,6 +90,13 @@ fn copy_meta(src: &Path, m: &fs::Metadata, dst: &Path, times: bool) -> Result<()
         fs::set_permissions(dst, fs::Permissions::from_mode(m.mode() & 0o7777))
             .ctx("chmod", dst)?;
     }
+    Ok(())
+}
+
+/// Copy owner, mode, non-overlay xattrs (and, for non-dirs, mtime) of
+/// `src` onto `dst`.
+fn copy_meta(src: &Path, m: &fs::Metadata, dst: &Path, times: bool) -> Result<()> {
+    chown_chmod(m, dst)?;
     for name in xattr_names(src) {
         let n = name.to_string_lossy();
         if n.starts_with("trusted.overlay.") {

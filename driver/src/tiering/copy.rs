@@ -3,10 +3,10 @@
 
 use crate::error::{Error, IoContext, Result};
 use crate::extract::lgetxattr;
-use crate::flatten::{set_mtime, set_xattr, xattr_names};
+use crate::flatten::{chown_chmod, set_mtime, set_xattr, xattr_names};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -123,20 +123,8 @@ pub fn copy_data(src: &Path, dst: &Path, lim: &mut Limiter, mmap: bool) -> Resul
 /// Copy owner, mode and xattrs (all of them, overlay ones included) of
 /// `src` onto `dst`. The mtime is set by the caller (directories last).
 fn copy_attrs(src: &Path, m: &fs::Metadata, dst: &Path) -> Result<()> {
-    nix::unistd::fchownat(
-        None,
-        dst,
-        Some(nix::unistd::Uid::from_raw(m.uid())),
-        Some(nix::unistd::Gid::from_raw(m.gid())),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .ctx("chown", dst)?;
+    chown_chmod(m, dst)?;
     let symlink = m.file_type().is_symlink();
-    if !symlink {
-        // After chown, which clears setuid/setgid.
-        fs::set_permissions(dst, fs::Permissions::from_mode(m.mode() & 0o7777))
-            .ctx("chmod", dst)?;
-    }
     for name in xattr_names(src) {
         let n = name.to_string_lossy();
         if let Some(v) = lgetxattr(src, &n).ctx("read xattr", src)? {
