@@ -192,7 +192,8 @@ tidy() {
     rm -rf "${r:?}"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "${r:?}"/tmp/* "$r"/root/.cache
 }
 
-# copy_files SRC:DEST...: copies into the rootfs; appends "COPY SRC DEST" to HIST
+# copy_files SRC:DEST...: copies into the rootfs; appends "COPY NAME DEST" to
+# HIST (NAME = basename of DEST, so temporary source names do not show)
 HIST=''
 copy_files() {
     local f src dest
@@ -200,7 +201,7 @@ copy_files() {
         src=${f%%:*} dest=${f#*:}
         mkdir -p "$r$(dirname "$dest")"
         cp --preserve=mode --remove-destination "$src" "$r$dest"
-        HIST+="${HIST:+; }COPY $(basename "$src") $dest"
+        HIST+="${HIST:+; }COPY $(basename "$dest") $dest"
     done
 }
 

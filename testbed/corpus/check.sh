@@ -111,12 +111,18 @@ start_container() {
     CPID=$!
 }
 
-# stop_container: SIGKILL the container's init (and so its pid namespace).
+# stop_container: SIGKILL the container's init, so the kernel kills the rest
+# of its pid namespace; the outer unshare reaps it and exits, and by then
+# every process of the container is gone (its sockets closed).
 stop_container() {
     [[ -n $CPID ]] || return 0
-    local c kids=()
+    local c i kids=()
     read -r -a kids 2>/dev/null <"/proc/$CPID/task/$CPID/children" || true
     for c in "${kids[@]}"; do kill -KILL "$c" 2>/dev/null || true; done
+    for ((i = 0; i < 500 && ${#kids[@]}; i++)); do
+        alive "$CPID" || break
+        sleep 0.01
+    done
     kill -KILL "$CPID" 2>/dev/null || true
     wait "$CPID" 2>/dev/null || true
     CPID=''
@@ -125,10 +131,11 @@ stop_container() {
 # run_once BUNDLE READY RUNDIR: prints the milliseconds to readiness, or
 # fails with a message on stderr.
 run_once() {
-    local bundle=$1 ready=$2 rd=$3 t0 rc=0 port deadline
+    local bundle=$1 ready=$2 rd=$3 t0 rc=0 port deadline i
     trap stop_container EXIT # run_once runs in $(...): a subshell of its own
     if [[ $ready == port:* ]]; then
         port=${ready#port:}
+        for ((i = 0; i < 100; i++)); do port_open "$port" || break; sleep 0.05; done
         port_open "$port" && { echo "127.0.0.1:$port is already in use on the host" >&2; return 1; }
         t0=$(now_ms)
         start_container "$bundle" "$rd"
