@@ -317,18 +317,22 @@ pub fn trace(
         })
         .map(|l| &l.chain_id)
         .collect();
-    // A tiered mount walks paths in its metadata layer on pmem: a file only
-    // looked up (stat) costs no disk read there, so only data reads count.
+    // A tiered mount walks paths in its metadata layer on pmem, and its hot
+    // copies are not in the layer index. So only events resolved from the
+    // real inode that served the data (open, mmap, page-cache read) are
+    // disk reads; path-resolved ones (stat, the exec'd name) always map to
+    // the base layer, whichever copy served the data.
     let tiered = rec.tiering.is_some();
     let misses: Vec<_> = profile
         .files
         .iter()
         .filter(|f| disk_layers.contains(&f.layer_chain_id))
         .filter(|f| {
+            use nvtier_tracer::event::Kind;
             !tiered
                 || f.kinds
                     .iter()
-                    .any(|k| *k != nvtier_tracer::event::Kind::Stat)
+                    .any(|k| matches!(k, Kind::Open | Kind::Mmap | Kind::Read))
         })
         .cloned()
         .collect();

@@ -171,6 +171,22 @@ fn merged_view_identical_across_promote_demote_and_back() {
         fs::read(&hot_zeros).expect("hot copy on pmem"),
         fs::read(reference_rootfs("tierfeat").join("feat/zeros")).expect("ref")
     );
+    // Closing the loop: a miss-mode cold start reads nothing from disk.
+    let miss = bed.nvtier_json(&[
+        "trace",
+        "--misses",
+        &r,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /feat/xattr /feat/zeros /feat/empty /feat/suid /data/hard /data/layer3.bin /opt/dir/c >/dev/null",
+    ]);
+    assert_eq!(
+        miss["misses"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        miss["misses"]
+    );
     let b = Mounted::new(&bed, &r, "b");
     assert_same_tree(&reference, &full_listing(&b.dir));
     assert_same_tree(&reference, &full_listing(&a.dir));
