@@ -215,6 +215,7 @@ pub fn copy_tree(src: &Path, dst: &Path, lim: &mut Limiter) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn sparse_file(p: &Path) {
         let f = File::create(p).expect("create");
