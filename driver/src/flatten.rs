@@ -76,6 +76,34 @@ pub(crate) fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Create `dst` as a device node, fifo or socket of the same type, mode
+/// and device number as `m` describes.
+pub(crate) fn mknod_like(m: &fs::Metadata, dst: &Path) -> Result<()> {
+    use nix::sys::stat::SFlag;
+    let ft = m.file_type();
+    let kind = if ft.is_char_device() {
+        SFlag::S_IFCHR
+    } else if ft.is_block_device() {
+        SFlag::S_IFBLK
+    } else if ft.is_fifo() {
+        SFlag::S_IFIFO
+    } else if ft.is_socket() {
+        SFlag::S_IFSOCK
+    } else {
+        return Err(Error::Other(format!(
+            "{}: unsupported file type",
+            dst.display()
+        )));
+    };
+    nix::sys::stat::mknod(
+        dst,
+        kind,
+        nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
+        m.rdev(),
+    )
+    .ctx("mknod", dst)
+}
+
 /// Give `dst` the owner and then (chown clears setuid) the mode of `m`.
 pub(crate) fn chown_chmod(m: &fs::Metadata, dst: &Path) -> Result<()> {
     nix::unistd::fchownat(
@@ -217,22 +245,7 @@ impl Builder<'_> {
                 copy_meta(&src, &m, &dst, true)?;
                 self.stats.symlinks += 1;
             } else {
-                let kind = if ft.is_char_device() {
-                    nix::sys::stat::SFlag::S_IFCHR
-                } else if ft.is_block_device() {
-                    nix::sys::stat::SFlag::S_IFBLK
-                } else if ft.is_fifo() {
-                    nix::sys::stat::SFlag::S_IFIFO
-                } else {
-                    nix::sys::stat::SFlag::S_IFSOCK
-                };
-                nix::sys::stat::mknod(
-                    &dst,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
-                    m.rdev(),
-                )
-                .ctx("mknod", &dst)?;
+                mknod_like(&m, &dst)?;
                 copy_meta(&src, &m, &dst, true)?;
                 self.stats.other += 1;
             }

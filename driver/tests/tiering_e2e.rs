@@ -112,16 +112,13 @@ fn gen_dirs(bed: &Bed) -> Vec<PathBuf> {
     v
 }
 
+/// The cold start the tests profile: it reads every kind of feature file.
+const FEATURE_READS: &str =
+    "cat /feat/xattr /feat/zeros /feat/empty /feat/suid /data/hard /data/layer3.bin /opt/dir/c >/dev/null";
+
 /// Trace a cold start that reads the feature files; returns the profile.
 fn profile_features(bed: &Bed, image: &str) -> Value {
-    bed.nvtier_json(&[
-        "trace",
-        image,
-        "--",
-        "/bin/sh",
-        "-c",
-        "cat /feat/xattr /feat/zeros /feat/empty /feat/suid /data/hard /data/layer3.bin /opt/dir/c >/dev/null",
-    ])
+    bed.nvtier_json(&["trace", image, "--", "/bin/sh", "-c", FEATURE_READS])
 }
 
 #[test]
@@ -179,7 +176,7 @@ fn merged_view_identical_across_promote_demote_and_back() {
         "--",
         "/bin/sh",
         "-c",
-        "cat /feat/xattr /feat/zeros /feat/empty /feat/suid /data/hard /data/layer3.bin /opt/dir/c >/dev/null",
+        FEATURE_READS,
     ]);
     assert_eq!(
         miss["misses"].as_array().map(Vec::len),

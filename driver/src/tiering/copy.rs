@@ -1,12 +1,12 @@
 //! Copying across tiers: file data (holes kept, `memmap2` onto a DAX
 //! target) and whole layer trees with every attribute, rate-limited.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::extract::lgetxattr;
-use crate::flatten::{chown_chmod, set_mtime, set_xattr, xattr_names};
+use crate::flatten::{chown_chmod, mknod_like, set_mtime, set_xattr, xattr_names};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -178,28 +178,7 @@ pub fn copy_tree(src: &Path, dst: &Path, lim: &mut Limiter) -> Result<u64> {
                 let t = fs::read_link(&sp).ctx("readlink", &sp)?;
                 std::os::unix::fs::symlink(&t, &dp).ctx("symlink", &dp)?;
             } else {
-                use nix::sys::stat::SFlag;
-                let kind = if ft.is_char_device() {
-                    SFlag::S_IFCHR
-                } else if ft.is_block_device() {
-                    SFlag::S_IFBLK
-                } else if ft.is_fifo() {
-                    SFlag::S_IFIFO
-                } else if ft.is_socket() {
-                    SFlag::S_IFSOCK
-                } else {
-                    return Err(Error::Other(format!(
-                        "{}: unsupported file type",
-                        sp.display()
-                    )));
-                };
-                nix::sys::stat::mknod(
-                    &dp,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
-                    m.rdev(),
-                )
-                .ctx("mknod", &dp)?;
+                mknod_like(&m, &dp)?;
             }
             copy_attrs(&sp, &m, &dp)?;
             set_mtime(&dp, &m)?;
@@ -215,7 +194,7 @@ pub fn copy_tree(src: &Path, dst: &Path, lim: &mut Limiter) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     fn sparse_file(p: &Path) {
         let f = File::create(p).expect("create");
