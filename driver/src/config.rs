@@ -40,6 +40,11 @@ pub struct Config {
     pub profile_max_age_s: u64,
     /// `nvtier serve`: how often the background migration re-plans, seconds.
     pub migrate_interval_s: u64,
+    /// Tier of containers' writable layers (upper/work directories):
+    /// `disk` (default) or `pmem`. On pmem a cold start reads nothing from
+    /// the disk tier, at the cost of pmem for what containers write (not
+    /// charged to `pmem_budget`).
+    pub upper_tier: crate::tier::TierKind,
 }
 
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/nvtier/snapshotter.sock";
@@ -67,6 +72,7 @@ struct Raw {
     migrate_rate: Option<Size>,
     profile_max_age_s: Option<u64>,
     migrate_interval_s: Option<u64>,
+    upper_tier: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +225,15 @@ impl Config {
                 containerd_root.display()
             )));
         }
+        let upper_tier = match raw.upper_tier.as_deref() {
+            None | Some("disk") => crate::tier::TierKind::Disk,
+            Some("pmem") => crate::tier::TierKind::Pmem,
+            Some(o) => {
+                return Err(err(format!(
+                    "key `upper_tier` must be \"disk\" or \"pmem\", got {o:?}"
+                )))
+            }
+        };
         Ok(Config {
             file: file.to_path_buf(),
             state_dir,
@@ -236,6 +251,7 @@ impl Config {
             migrate_rate,
             profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
             migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),
+            upper_tier,
         })
     }
 }
@@ -267,6 +283,15 @@ disk_dir = "/var/lib/nvtier/disk"
 pmem_budget = "4G"
 insecure_registries = ["10.0.0.2:5000"]
 "#;
+
+    #[test]
+    fn upper_tier() {
+        assert_eq!(parse(OK).expect("ok").upper_tier, crate::tier::TierKind::Disk);
+        let c = parse(&format!("{OK}upper_tier = \"pmem\"\n")).expect("pmem");
+        assert_eq!(c.upper_tier, crate::tier::TierKind::Pmem);
+        let e = parse(&format!("{OK}upper_tier = \"ssd\"\n")).expect_err("bad tier");
+        assert!(e.to_string().contains("upper_tier"), "{e}");
+    }
 
     #[test]
     fn full_config() {

@@ -182,7 +182,7 @@ pub fn is_mounted(p: &Path) -> bool {
 }
 
 /// The overlay spec of an image: its layers top-first, and a fresh
-/// upper/work pair on the disk tier under `containers/<id>`.
+/// upper/work pair under `containers/<id>` on the `upper_tier`.
 pub fn image_spec(store: &Store, chain_ids: &[String], container_id: &str) -> Result<OverlaySpec> {
     let mut lower = Vec::with_capacity(chain_ids.len());
     for c in chain_ids.iter().rev() {
@@ -193,7 +193,7 @@ pub fn image_spec(store: &Store, chain_ids: &[String], container_id: &str) -> Re
         })?;
         lower.push(store.layer_dir(&m)?);
     }
-    let cdir = store.disk.root.join("containers").join(container_id);
+    let cdir = store.containers_dir().join(container_id);
     Ok(OverlaySpec {
         lower,
         upper: Some(cdir.join("upper")),
@@ -298,7 +298,7 @@ fn write_record(p: &Path, rec: &MountRecord) -> Result<()> {
 
 fn remove_container(store: &Store, id: &str) -> Result<()> {
     validate_id(id)?;
-    let d = store.disk.root.join("containers").join(id);
+    let d = store.containers_dir().join(id);
     match std::fs::remove_dir_all(&d) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

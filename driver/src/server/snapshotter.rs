@@ -37,6 +37,7 @@ use crate::extract::{charged_bytes, fsync_dir, write_atomic};
 use crate::pull::{pull, PullOptions};
 use crate::store::{digest_hex, now_ms, LayerMeta, SnapshotKind, SnapshotRecord, Store};
 use crate::tier::TierKind;
+use crate::tiering::MountTiering;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
 use nvtier_policy::unpack::{decide_unpack, UnpackMoment, INGEST_FRESH_MS};
@@ -199,6 +200,39 @@ pub fn build_mounts(
             _ => vec![overlay(vec!["ro".into(), lowerdir()])],
         },
     }
+}
+
+/// The mount of an active snapshot of a tiered image: the image's metadata
+/// layer as the only regular lower layer and the data-only layers after
+/// `::` (overlayfs legacy syntax, Linux 6.5+), top-most first. `None` when
+/// the options would not fit the one page mount(2) takes (containerd mounts
+/// with the legacy API) or a path cannot be written in the option.
+pub fn build_tiered_mount(meta: &Path, data: &[PathBuf], upper: &Path, work: &Path) -> Option<Mount> {
+    let mut lower = meta.to_str()?.to_string();
+    for d in data {
+        lower.push_str("::");
+        lower.push_str(d.to_str()?);
+    }
+    let options = vec![
+        format!("workdir={}", work.to_str()?),
+        format!("upperdir={}", upper.to_str()?),
+        format!("lowerdir={lower}"),
+        "metacopy=on".to_string(),
+        "redirect_dir=on".to_string(),
+    ];
+    let bad = |o: &String| {
+        let v = o.split_once('=').map_or("", |(_, v)| v);
+        v.contains(',') || v.contains('\\') || (o.starts_with("lowerdir=") && v.contains(":::"))
+    };
+    if options.iter().any(bad) || options.iter().map(|o| o.len() + 1).sum::<usize>() > 4000 {
+        return None;
+    }
+    Some(Mount {
+        r#type: "overlay".into(),
+        source: "overlay".into(),
+        target: String::new(),
+        options,
+    })
 }
 
 /// `name==v`, `labels."k"==v`, `parent!=v`, `kind==committed`, bare field
@@ -440,13 +474,98 @@ impl Inner {
         snaps: &BTreeMap<String, SnapshotRecord>,
         r: &SnapshotRecord,
     ) -> SResult<Vec<Mount>> {
-        let lowers = self.lowers(snaps, &r.parent)?;
         let d = self.snap_dir(r);
+        if let (SnapshotKind::Active, Some(t)) = (r.kind, &r.tiering) {
+            match self.tiered_mount(snaps, r, t, &d) {
+                Ok(Some(m)) => return Ok(vec![m]),
+                Ok(None) => tracing::warn!(key = %r.key, "tiered mount options too long; mounting whole layers"),
+                Err(e) => tracing::warn!(key = %r.key, error = %e, "tiered mount not possible; mounting whole layers"),
+            }
+        }
+        let lowers = self.lowers(snaps, &r.parent)?;
         let upper = match r.kind {
             SnapshotKind::Committed => self.content_dir(r)?,
             _ => d.join("fs"),
         };
         Ok(build_mounts(r.kind, &lowers, &upper, &d.join("work")))
+    }
+
+    /// The tiered mount recorded for an active snapshot: metadata layer,
+    /// then per parent layer (top-most first) its hot generation and its
+    /// base (short link).
+    fn tiered_mount(
+        &self,
+        snaps: &BTreeMap<String, SnapshotRecord>,
+        r: &SnapshotRecord,
+        t: &MountTiering,
+        d: &Path,
+    ) -> Result<Option<Mount>> {
+        let meta = crate::tiering::meta_dir(&self.store, &format!("sha256:{}", t.meta))?;
+        let mut data = Vec::new();
+        let mut p = r.parent.clone();
+        while !p.is_empty() {
+            let pr = snaps
+                .get(&p)
+                .ok_or_else(|| Error::Other(format!("parent snapshot {p:?} is gone")))?;
+            let c = pr.layer.as_deref().ok_or_else(|| {
+                Error::Other(format!("parent snapshot {p:?} is not an nvtier layer"))
+            })?;
+            if let Some((_, g)) = t.hot.iter().find(|(hc, _)| hc == c) {
+                data.push(crate::tiering::gen_dir(&self.store, c, *g)?);
+            }
+            data.push(self.ensure_link(pr)?);
+            if data.len() > 8192 {
+                return Err(Error::Other("parent chain too long (cycle?)".into()));
+            }
+            p = pr.parent.clone();
+        }
+        Ok(build_tiered_mount(&meta, &data, &d.join("fs"), &d.join("work")))
+    }
+
+    /// An active snapshot on top of an image nvtier pulled, with a metadata
+    /// layer: what its tiered mount uses. Counts the start for the
+    /// migration policy. The caller holds the store lock.
+    fn tiering_for(
+        &self,
+        snaps: &BTreeMap<String, SnapshotRecord>,
+        parent: &str,
+    ) -> Result<Option<MountTiering>> {
+        let mut chain = Vec::new();
+        let mut links = Vec::new();
+        let mut p = parent.to_string();
+        while !p.is_empty() {
+            let Some(r) = snaps.get(&p) else {
+                return Ok(None);
+            };
+            let Some(c) = &r.layer else {
+                return Ok(None);
+            };
+            chain.push(c.clone());
+            links.push(self.ensure_link(r)?);
+            if chain.len() > 4096 {
+                return Ok(None);
+            }
+            p = r.parent.clone();
+        }
+        chain.reverse();
+        let images: Vec<_> = self
+            .store
+            .images()?
+            .into_iter()
+            .filter(|i| i.chain_ids == chain)
+            .collect();
+        let mut chosen = None;
+        for i in &images {
+            if crate::tiering::meta_record(&self.store, &i.manifest_digest)?.is_some() {
+                chosen = Some(i);
+                break;
+            }
+        }
+        let Some(img) = chosen.or(images.first()) else {
+            return Ok(None);
+        };
+        crate::tiering::note_start(&self.store, &img.manifest_digest);
+        Ok(crate::tiering::mount_layers(&self.store, img, &links, false)?.map(|(_, _, t)| t))
     }
 
     fn ingest_ages(&self) -> Option<Vec<u64>> {
@@ -511,7 +630,7 @@ impl Inner {
             }
         }
         let now = now_ms();
-        let r = SnapshotRecord {
+        let mut r = SnapshotRecord {
             key: key.to_string(),
             id: self.unique_id(&snaps),
             kind,
@@ -521,6 +640,22 @@ impl Inner {
             updated_ms: now,
             tier,
             layer: None,
+            tiering: None,
+        };
+        // Tiered mounts: decided and recorded under the store lock, so that
+        // a concurrent migration's GC sees the generations this snapshot
+        // uses before it frees any.
+        let _store_lock = if kind == SnapshotKind::Active && !parent.is_empty() {
+            let l = self.store.lock_store()?;
+            match self.tiering_for(&snaps, parent) {
+                Ok(t) => r.tiering = t,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "tiered mount not possible; mounting whole layers")
+                }
+            }
+            Some(l)
+        } else {
+            None
         };
         let d = self.snap_dir(&r);
         let mk = || -> Result<()> {
@@ -600,6 +735,7 @@ impl Inner {
             updated_ms: now,
             tier: layer.tier,
             layer: Some(target.to_string()),
+            tiering: None,
         };
         {
             // The record must exist before GC can run again.
@@ -994,7 +1130,13 @@ impl NvSnapshotter {
         validate_labels(labels.iter())?;
         let labels: BTreeMap<String, String> = labels.into_iter().collect();
         let target = unpack_chain(&key, &labels);
-        let mut tier = TierKind::Disk;
+        // A container's writable layer goes to `upper_tier`; an unpack's
+        // tier is decided below.
+        let mut tier = if target.is_none() {
+            self.inner.store.cfg.upper_tier
+        } else {
+            TierKind::Disk
+        };
         if let (Some(target), SnapshotKind::Active) = (target, kind) {
             let labelled = labels.contains_key(LABEL_REF);
             let (k, p, t, l) = (key.clone(), parent.clone(), target.clone(), labels.clone());

@@ -91,6 +91,11 @@ pub struct SnapshotRecord {
     /// Committed snapshots backed by an nvtier store layer: its chainID.
     /// Such a snapshot references the layer (see `Store::refcounts`).
     pub layer: Option<String>,
+    /// An active snapshot of an image with a metadata layer mounts tiered:
+    /// what its mounts use (the metadata layer, hot generations). Held until
+    /// Remove, so GC keeps them while containerd may have them mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiering: Option<crate::tiering::MountTiering>,
 }
 
 pub fn read_json<T: DeserializeOwned>(p: &Path) -> Result<Option<T>> {

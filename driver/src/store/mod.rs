@@ -127,7 +127,7 @@ impl Store {
             s.reservations_dir(),
             s.snapshots_dir(),
             s.links_dir(),
-            s.disk.root.join("containers"),
+            s.containers_dir(),
         ] {
             fs::create_dir_all(&d).map_err(|e| Error::Config {
                 file: cfg.file.clone(),
@@ -177,6 +177,10 @@ impl Store {
     /// The record file of a snapshot key (the key is hashed: never a path).
     pub fn snapshot_path(&self, key: &str) -> PathBuf {
         self.snapshots_dir().join(format!("{}.json", name_key(key)))
+    }
+    /// Containers' writable layers (`upper_tier`).
+    pub fn containers_dir(&self) -> PathBuf {
+        self.tier(self.cfg.upper_tier).root.join("containers")
     }
     pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         meta::read_all(&self.snapshots_dir())

@@ -77,16 +77,11 @@ struct ImageInput {
     meta_bytes: u64,
 }
 
-/// Layers whose base must stay where it is: containerd snapshots and
-/// Docker graph-driver layers resolve their directories themselves.
+/// Layers whose base must stay where it is: Docker graph-driver layers
+/// resolve their directories themselves. (containerd snapshots go through
+/// short links, which a relocation re-points.)
 fn pinned(store: &Store) -> Result<HashSet<String>> {
-    let mut p: HashSet<String> = store.graph_driver_refs()?.into_iter().collect();
-    for s in store.snapshots()? {
-        if let Some(c) = s.layer {
-            p.insert(c);
-        }
-    }
-    Ok(p)
+    Ok(store.graph_driver_refs()?.into_iter().collect())
 }
 
 /// The metadata bytes an image will need (its record, or an estimate from
@@ -527,7 +522,11 @@ fn drop_meta(store: &Store, img: &ImageRecord) -> Result<()> {
     let used = store
         .mounts()?
         .iter()
-        .any(|m| m.tiering.as_ref().is_some_and(|t| t.meta == hex));
+        .any(|m| m.tiering.as_ref().is_some_and(|t| t.meta == hex))
+        || store
+            .snapshots()?
+            .iter()
+            .any(|s| s.tiering.as_ref().is_some_and(|t| t.meta == hex));
     if used {
         return Ok(());
     }

@@ -6,7 +6,7 @@ use super::{
     retired, retired_dir, retired_records_dir, write_json, LayerPlacement, RetiredLayer,
 };
 use crate::error::{IoContext, Result};
-use crate::store::{digest_hex, meta_read, now_ms, Store};
+use crate::store::{digest_hex, meta_read, now_ms, SnapshotKind, Store};
 use crate::tier::TierKind;
 use std::collections::HashSet;
 use std::fs;
@@ -32,12 +32,21 @@ pub(crate) fn retire_pmem_copy(store: &Store, chain: &str, bytes: u64) -> Result
     let name = format!("{hex}.{:08x}", rand::random::<u32>());
     let dest = retired_dir(store).join(&name);
     fs::create_dir_all(retired_dir(store)).ctx("create", retired_dir(store))?;
-    let users = store
+    let mut users: Vec<String> = store
         .mounts()?
         .into_iter()
         .filter(|m| m.chain_ids.iter().any(|c| c == chain))
         .map(|m| m.container_id)
         .collect();
+    // containerd may have mounted any active snapshot (its lowerdirs were
+    // resolved at mount time): each keeps the copy until its Remove.
+    let snaps = store.snapshots()?;
+    users.extend(
+        snaps
+            .iter()
+            .filter(|s| s.kind != SnapshotKind::Committed)
+            .map(|s| snapshot_user(&s.key)),
+    );
     // Record first: a crash after it leaves a record without directory,
     // which the sweep removes; the layer directory is then retired again.
     write_json(
@@ -50,7 +59,25 @@ pub(crate) fn retire_pmem_copy(store: &Store, chain: &str, bytes: u64) -> Result
             retired_ms: now_ms(),
         },
     )?;
-    fs::rename(&src, &dest).ctx("retire pmem copy", &src)
+    fs::rename(&src, &dest).ctx("retire pmem copy", &src)?;
+    // Snapshots of the layer: their short links now name the disk copy.
+    if let Some(m) = store.layer(chain)? {
+        let target = store.layer_dir(&m)?;
+        for s in snaps.iter().filter(|s| s.layer.as_deref() == Some(chain)) {
+            let link = store.links_dir().join(&s.id);
+            let tmp = store
+                .links_dir()
+                .join(format!(".{}.{:08x}", s.id, rand::random::<u32>()));
+            std::os::unix::fs::symlink(&target, &tmp).ctx("create link", &tmp)?;
+            fs::rename(&tmp, &link).ctx("publish link", &link)?;
+        }
+    }
+    Ok(())
+}
+
+/// How a retired copy names an active containerd snapshot among its users.
+pub(crate) fn snapshot_user(key: &str) -> String {
+    format!("snap:{key}")
 }
 
 /// After a crash: finish or undo what an interrupted migration left, then
@@ -139,13 +166,21 @@ pub fn gc(store: &Store) -> Result<()> {
 pub fn gc_locked(store: &Store) -> Result<()> {
     let mounts = store.mounts()?;
     let containers: HashSet<&str> = mounts.iter().map(|m| m.container_id.as_str()).collect();
+    let snaps = store.snapshots()?;
+    let snap_users: HashSet<String> = snaps
+        .iter()
+        .filter(|s| s.kind != SnapshotKind::Committed)
+        .map(|s| snapshot_user(&s.key))
+        .collect();
     let mut gens_used: HashSet<(String, u64)> = HashSet::new();
     let mut metas_used: HashSet<String> = HashSet::new();
-    for m in &mounts {
-        if let Some(t) = &m.tiering {
-            metas_used.insert(t.meta.clone());
-            gens_used.extend(t.hot.iter().cloned());
-        }
+    for t in mounts
+        .iter()
+        .filter_map(|m| m.tiering.as_ref())
+        .chain(snaps.iter().filter_map(|s| s.tiering.as_ref()))
+    {
+        metas_used.insert(t.meta.clone());
+        gens_used.extend(t.hot.iter().cloned());
     }
     // Hot generations.
     let dir = store.state().join("hot");
@@ -210,7 +245,10 @@ pub fn gc_locked(store: &Store) -> Result<()> {
     }
     // Retired pmem copies whose mounts are gone.
     for (rec_path, r) in retired(store)? {
-        let in_use = r.users.iter().any(|u| containers.contains(u.as_str()));
+        let in_use = r
+            .users
+            .iter()
+            .any(|u| containers.contains(u.as_str()) || snap_users.contains(u));
         if !r.path.exists() {
             let _ = fs::remove_file(&rec_path);
         } else if !in_use {

@@ -1,0 +1,545 @@
+#!/usr/bin/env bash
+# NVBench (issue 6): HelloBench-style pull -> store -> cold start -> ready on
+# the real-image corpus, for four storage systems on the same engine
+# (dockerd 26 with the containerd image store, containerd 1.7, runc):
+#   docker  containerd's stock overlayfs snapshotter, all on the emulated HDD
+#   nvm     the same with containerd's and dockerd's roots on emulated pmem
+#   lass    nvtier (`nvtier serve` proxy snapshotter; dockerd makes nvtier
+#           pull the image itself, placing layers by LASS); no static
+#           placement, no hot files
+#   hot     nvtier with LASS + static placement, then one profiling run
+#           (`nvtier trace`) and `nvtier migrate`: hot files on pmem, layer
+#           bases on disk, tiered mounts
+# For nvtier the engine's metadata (containerd root, dockerd data-root,
+# nvtier state) and containers' writable layers live on pmem; image layers
+# go where nvtier puts them.
+#
+# Every (rate, image): REPS deploys per system (`docker pull`, image removed
+# before each, caches dropped), pmem bytes, the hot system's profiling and
+# migration, then REPS cold starts per system (caches dropped; the container
+# gets the HDD throttle rules through `docker run --device-*`; time from
+# `docker run` to ready: exit with the expected output, or 127.0.0.1:PORT
+# accepting a connection). Systems are interleaved, order rotated each rep.
+# Samples go to OUT/samples.jsonl; `nvbench report` writes OUT/results.json,
+# OUT/nvbench.md and OUT/plots/.
+#
+#   sudo bash testbed/nvbench.sh [--quick] [--reps N] [--rates 100mbit,1gbit]
+#                                [--only a,b] [--out DIR] [--name NAME]
+#                                [--no-wait] [--check]
+#
+#   --quick   the quick subset of the corpus (python, nginx, redis, debian);
+#             results in testbed/results/nvbench-quick (default
+#             testbed/results/nvbench)
+#   --reps N  repetitions of every measurement (default 5)
+#   --rates   registry link rates, comma-separated (default 100mbit,1gbit)
+#   --only    only these corpus images
+#   --check   exit 1 unless every honesty check passed and every sample is ok
+#   --no-wait do not wait for the machine to be quiet first
+#
+# Honesty checks (recorded as `check` samples): a second cold start without
+# dropping the caches is faster (the drop really empties the page cache);
+# the container's blkio cgroup carries the HDD rules and counts its reads;
+# nvtier's reported pmem bytes agree with `du` of its pmem directory.
+# Installs what it needs (apt packages, trixie engines, corpus images,
+# release builds). Everything it starts is torn down on exit.
+# shellcheck disable=SC2016 # jq programs (via emit) use $vars of jq
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+cd "$ROOT"
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source testbed/lib.sh
+
+QUICK=0 REPS=5 RATES=100mbit,1gbit ONLY='' OUT='' NAME=nvb WAIT=1 CHECK=0
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1; shift ;;
+        --reps) REPS=${2:?--reps needs a value}; shift 2 ;;
+        --rates) RATES=${2:?--rates needs a value}; shift 2 ;;
+        --only) ONLY=${2:?--only needs NAME,...}; shift 2 ;;
+        --out) OUT=${2:?--out needs a directory}; shift 2 ;;
+        --name) NAME=${2:?--name needs a value}; shift 2 ;;
+        --no-wait) WAIT=0; shift ;;
+        --check) CHECK=1; shift ;;
+        -h | --help) sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+[[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer"
+validate_name "$NAME"
+IFS=, read -r -a RATE_LIST <<<"$RATES"
+for r in "${RATE_LIST[@]}"; do
+    [[ $r =~ ^[0-9]+(kbit|mbit|gbit)$ ]] || die "bad rate '$r' in --rates (e.g. 100mbit,1gbit)"
+done
+if [[ -z $OUT ]]; then
+    OUT=testbed/results/nvbench
+    ((QUICK)) && OUT=testbed/results/nvbench-quick
+fi
+need_root
+T_START=$(date +%s)
+
+# --- install and build ---------------------------------------------------------
+info "dependencies"
+bash testbed/install-deps.sh >/dev/null
+need_cmd jq python3 findmnt du skopeo
+eval "$(bash testbed/engines.sh fetch 2>/dev/null)"
+[[ -x ${ENGINES_BIN:-}/dockerd ]] || die "testbed/engines.sh did not provide dockerd 26"
+export PATH=$ENGINES_BIN:$PATH
+info "corpus images"
+corpus_args=()
+((QUICK)) && corpus_args+=(--quick)
+[[ -n $ONLY ]] && corpus_args+=(--only "$ONLY")
+bash testbed/corpus/build.sh "${corpus_args[@]}" >/dev/null
+IMAGES_JSON=$(bash testbed/corpus/build.sh "${corpus_args[@]}" --list --json)
+mapfile -t IMAGES < <(jq -r '.[].name' <<<"$IMAGES_JSON")
+((${#IMAGES[@]})) || die "no images selected"
+info "building nvtier and nvbench (release)"
+cargo build --release --locked -p nvtier-driver -p nvtier-testbed 2>&1 | tail -1
+NVTIER=$ROOT/target/release/nvtier
+NVBENCH=$ROOT/target/release/nvbench
+
+# --- wait until the machine is quiet -------------------------------------------------
+busy() {
+    local p
+    for p in cargo rustc; do pgrep -x "$p" >/dev/null && return 0; done
+    pgrep -f '^(/usr/bin/)?bash ([^ ]*/)?(bench-[a-z-]+|run-tests|demo)\.sh' >/dev/null && return 0
+    return 1
+}
+if ((WAIT)); then
+    waited=0 quiet=0
+    while ((quiet < 20)); do
+        if busy; then quiet=0; else quiet=$((quiet + 5)); fi
+        ((waited % 60 == 0 && quiet == 0)) && info "another heavy job is running; waiting (${waited}s)"
+        ((waited >= 1800)) && die "still busy after 30 min; use --no-wait to measure anyway"
+        sleep 5
+        waited=$((waited + 5))
+    done
+fi
+
+# --- teardown ---------------------------------------------------------------------
+B=/var/tmp/nvtier-bench/$NAME
+R=/run/nvtier-bench/$NAME # sockets and exec roots (short paths)
+SYSTEMS=(docker nvm lass hot)
+declare -A PIDS=()
+stop_pid() { # stop_pid PID SECS: TERM, wait, KILL
+    local pid=$1 secs=$2 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$? s k m pid
+    trap - EXIT INT TERM
+    set +e
+    if ((rc != 0)); then
+        warn "failed (exit $rc); last lines of the daemon logs:"
+        for f in "$B"/*/*.log; do
+            [[ -f $f ]] && { printf '==> %s <==\n' "$f" >&2; tail -8 "$f" >&2; }
+        done
+    fi
+    for s in "${SYSTEMS[@]}"; do
+        [[ -S $R/$s/docker.sock ]] || continue
+        for k in $(docker -H "unix://$R/$s/docker.sock" ps -aq 2>/dev/null); do
+            docker -H "unix://$R/$s/docker.sock" rm -f "$k" >/dev/null 2>&1
+        done
+    done
+    [[ -n ${PIDS[sampler]-} ]] && stop_pid "${PIDS[sampler]}" 2
+    for k in "${!PIDS[@]}"; do [[ $k == dockerd-* ]] && stop_pid "${PIDS[$k]}" 20; done
+    for k in "${!PIDS[@]}"; do [[ $k == containerd-* ]] && stop_pid "${PIDS[$k]}" 20; done
+    for k in "${!PIDS[@]}"; do [[ $k == serve-* ]] && stop_pid "${PIDS[$k]}" 20; done
+    for s in "${SYSTEMS[@]}"; do
+        for pid in $(pgrep -f -- "-address $R/$s/containerd.sock" 2>/dev/null); do stop_pid "$pid" 5; done
+    done
+    while read -r m; do
+        case $m in
+            "$B"/* | "$R"/* | /run/nvtier-testbed/"$NAME"/pmem/* | /run/nvtier-testbed/"$NAME"/hdd/*) umount -l "$m" 2>/dev/null ;;
+        esac
+    done < <(findmnt -rn -o TARGET | sort -r)
+    for d in /sys/fs/cgroup/*/nvtier-bench-"$NAME"; do
+        [[ -d $d ]] && find "$d" -mindepth 1 -depth -type d -exec rmdir {} \; 2>/dev/null
+        [[ -d $d ]] && rmdir "$d" 2>/dev/null
+    done
+    bash testbed/registry.sh down "$NAME" >/dev/null 2>&1
+    bash testbed/tiers.sh down "$NAME" >/dev/null 2>&1
+    rm -rf "$B" "$R"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- tiers, registry, images --------------------------------------------------------
+rm -rf "$B" "$R"
+mkdir -p "$B" "$R" "$OUT"
+eval "$(NVT_QUIET=1 bash testbed/tiers.sh up "$NAME" --pmem-size 8G --hdd-size 24G)"
+eval "$(NVT_QUIET=1 bash testbed/registry.sh up "$NAME" --rate "${RATE_LIST[0]}")"
+export NO_PROXY="${REGISTRY%%:*}${NO_PROXY:+,$NO_PROXY}"
+export no_proxy=$NO_PROXY
+LOOP=$(basename "$LOOP_DEV")
+rule() { awk -v mm="$LOOP_MAJMIN" '$1 == mm {print $2}' "$BLKIO_CGROUP/blkio.throttle.$1"; }
+IOPS_R=$(rule read_iops_device) BPS_R=$(rule read_bps_device)
+IOPS_W=$(rule write_iops_device) BPS_W=$(rule write_bps_device)
+THROTTLE=(--device-read-iops "$LOOP_DEV:$IOPS_R" --device-read-bps "$LOOP_DEV:$BPS_R")
+[[ -n $IOPS_W ]] && THROTTLE+=(--device-write-iops "$LOOP_DEV:$IOPS_W")
+[[ -n $BPS_W ]] && THROTTLE+=(--device-write-bps "$LOOP_DEV:$BPS_W")
+VETH=nvh-$NAME
+((${#NAME} == 12)) && VETH=nvh$NAME
+info "tiers: pmem $PMEM_DIR (tmpfs), HDD $DISK_DIR on $LOOP_DEV (read $IOPS_R IOPS, $BPS_R B/s); registry $REGISTRY"
+OCI=$(jq -r '.[0].layout' <<<"$IMAGES_JSON")
+for img in "${IMAGES[@]}"; do
+    bash testbed/push-image.sh "$OCI:$img" "$REGISTRY/corpus/$img:latest" >/dev/null
+done
+
+# --- engines ---------------------------------------------------------------------------
+SAMPLES=$OUT/samples.jsonl
+: >"$SAMPLES"
+emit() { jq -nc "$@" >>"$SAMPLES"; }
+for s in "${SYSTEMS[@]}"; do
+    case $s in
+        docker) P=$DISK_DIR/$s ;;
+        *) P=$PMEM_DIR/$s ;;
+    esac
+    mkdir -p "$B/$s" "$R/$s" "$P/containerd" "$P/docker" "$DISK_DIR/$s"
+    {
+        printf 'version = 2\nroot = "%s"\nstate = "%s"\n' "$P/containerd" "$R/$s/ctd-state"
+        printf 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "%s"\n' "$R/$s/containerd.sock"
+        if [[ $s == lass || $s == hot ]]; then
+            printf '[proxy_plugins]\n  [proxy_plugins.nvtier]\n    type = "snapshot"\n    address = "%s"\n' "$R/$s/snap.sock"
+        fi
+    } >"$B/$s/containerd.toml"
+    driver=overlayfs
+    if [[ $s == lass || $s == hot ]]; then
+        driver=nvtier
+        static=false
+        [[ $s == hot ]] && static=true
+        mkdir -p "$P/nvtier" "$P/nvtier-state" "$DISK_DIR/$s/nvtier"
+        cat >"$B/$s/nvtier.toml" <<EOF
+state_dir = "$P/nvtier-state"
+pmem_dir = "$P/nvtier"
+disk_dir = "$DISK_DIR/$s/nvtier"
+pmem_budget = "6G"
+placement = "lass"
+static_placement = $static
+tiering = true
+upper_tier = "pmem"
+migrate_interval_s = 0
+insecure_registries = ["$REGISTRY"]
+snapshotter_socket = "$R/$s/snap.sock"
+docker_plugin_socket = ""
+containerd_root = "$P/containerd"
+EOF
+        NVTIER_CONFIG=$B/$s/nvtier.toml NVTIER_LOG=warn setsid bash testbed/tiers.sh exec "$NAME" -- \
+            "$NVTIER" serve >"$B/$s/serve.log" 2>&1 &
+        PIDS[serve-$s]=$!
+        for _ in $(seq 100); do [[ -S $R/$s/snap.sock ]] && break; sleep 0.2; done
+        [[ -S $R/$s/snap.sock ]] || die "nvtier serve ($s) did not create its socket"
+    fi
+    printf '{"features": {"containerd-snapshotter": true}, "storage-driver": "%s"}\n' "$driver" >"$B/$s/daemon.json"
+    setsid bash testbed/tiers.sh exec "$NAME" -- containerd --config "$B/$s/containerd.toml" \
+        >"$B/$s/containerd.log" 2>&1 &
+    PIDS[containerd-$s]=$!
+    for _ in $(seq 100); do [[ -S $R/$s/containerd.sock ]] && break; sleep 0.2; done
+    setsid bash testbed/tiers.sh exec "$NAME" -- dockerd --config-file "$B/$s/daemon.json" \
+        --data-root "$P/docker" --exec-root "$R/$s/dx" --pidfile "$R/$s/docker.pid" \
+        -H "unix://$R/$s/docker.sock" --containerd "$R/$s/containerd.sock" \
+        --iptables=false --ip6tables=false --bridge=none --insecure-registry "$REGISTRY" \
+        --cgroup-parent "/nvtier-bench-$NAME" >"$B/$s/dockerd.log" 2>&1 &
+    PIDS[dockerd-$s]=$!
+done
+dk() { local s=$1; shift; docker -H "unix://$R/$s/docker.sock" "$@"; }
+cx() { local s=$1; shift; ctr -a "$R/$s/containerd.sock" -n moby "$@"; }
+nv() { local s=$1; shift; NVTIER_CONFIG=$B/$s/nvtier.toml NVTIER_LOG=error "$NVTIER" "$@"; }
+for s in "${SYSTEMS[@]}"; do
+    for _ in $(seq 150); do dk "$s" version >/dev/null 2>&1 && break; sleep 0.2; done
+    drv=$(dk "$s" info --format '{{.Driver}}' 2>/dev/null) || die "dockerd for $s did not come up"
+    info "engine $s: dockerd $(dk "$s" version --format '{{.Server.Version}}'), storage $drv"
+done
+ENGINE="dockerd $(dk docker version --format '{{.Server.Version}}') (containerd image store) + containerd $(containerd --version | awk '{print $3}') + runc $(runc --version | awk 'NR == 1 {print $3}')"
+
+# Last byte from the registry: a sampler records when the host side of the
+# registry's veth last received bytes.
+NETSTAT=$B/net.last
+python3 - "/sys/class/net/$VETH/statistics/rx_bytes" "$NETSTAT" <<'PY' &
+import os, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+last = None
+while True:
+    with open(src) as f:
+        v = int(f.read())
+    if v != last:
+        last = v
+        tmp = dst + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{time.time_ns()} {v}\n")
+        os.replace(tmp, dst)
+    time.sleep(0.002)
+PY
+PIDS[sampler]=$!
+
+# --- helpers ------------------------------------------------------------------------------
+now_ns() { date +%s%N; }
+ms_between() { echo $((($2 - $1) / 1000000)); }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+io_snap() { local st; read -r -a st <"/sys/block/$LOOP/stat"; echo "${st[0]} $((st[2] * 512)) ${st[4]} $((st[6] * 512))"; }
+io_json() {
+    local -a a b
+    read -r -a a <<<"$1"
+    read -r -a b <<<"$2"
+    printf '{"disk_read_ios": %d, "disk_read_bytes": %d, "disk_write_ios": %d, "disk_write_bytes": %d}' \
+        $((b[0] - a[0])) $((b[1] - a[1])) $((b[2] - a[2])) $((b[3] - a[3]))
+}
+alloc() { du -s --block-size=1 "$1" 2>/dev/null | cut -f1; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pmem_of() { # pmem_of SYSTEM: "reported du" bytes
+    local s=$1
+    case $s in
+        docker) echo "0 0" ;; # nothing of Docker is on pmem
+        nvm) local b; b=$(alloc "$PMEM_DIR/nvm"); echo "$b $b" ;;
+        *) echo "$(nv "$s" status --json | jq .pmem_used_bytes) $(alloc "$PMEM_DIR/$s")" ;;
+    esac
+}
+ref_of() { echo "$REGISTRY/corpus/$1:latest"; }
+img_field() { jq -r --arg n "$1" ".[] | select(.name == \$n) | $2" <<<"$IMAGES_JSON"; }
+
+purge() { # purge SYSTEM IMAGE: the image and everything containerd/nvtier keep of it
+    local s=$1 ref k
+    ref=$(ref_of "$2")
+    for k in $(dk "$s" ps -aq); do dk "$s" rm -f "$k" >/dev/null 2>&1 || true; done
+    dk "$s" rmi -f "$ref" >/dev/null 2>&1 || true
+    for k in $(cx "$s" images ls -q 2>/dev/null); do cx "$s" images rm --sync "$k" >/dev/null 2>&1 || true; done
+    for k in $(cx "$s" content ls -q 2>/dev/null); do cx "$s" content rm "$k" >/dev/null 2>&1 || true; done
+    if [[ $s == lass || $s == hot ]]; then
+        nv "$s" rm "$ref" >/dev/null 2>&1 || true
+        nv "$s" gc >/dev/null 2>&1 || true
+    fi
+    local snap=overlayfs
+    [[ $s == lass || $s == hot ]] && snap=nvtier
+    for _ in $(seq 100); do
+        [[ -z $(cx "$s" snapshots --snapshotter "$snap" ls 2>/dev/null | tail -n +2) ]] && return 0
+        sleep 0.2
+    done
+    warn "$s: snapshots left after removing $ref: $(cx "$s" snapshots --snapshotter "$snap" ls | tail -n +2 | wc -l)"
+}
+
+deploy() { # deploy SYSTEM IMAGE REP RATE
+    local s=$1 img=$2 rep=$3 rate=$4 ref t0 t1 t2 rc=0 lb=0 lbb=0 net0 net1 sad=null
+    ref=$(ref_of "$img")
+    purge "$s" "$img"
+    drop_caches
+    read -r _ net0 <"$NETSTAT"
+    t0=$(now_ns)
+    dk "$s" pull -q "$ref" >"$B/$s/pull.out" 2>&1 || rc=$?
+    t1=$(now_ns)
+    sync
+    t2=$(now_ns)
+    sleep 0.05
+    read -r lb net1 <"$NETSTAT"
+    lbb=$((net1 - net0))
+    if ((lb > t0 && lb <= t1)); then sad=$(ms_between "$lb" "$t1"); fi
+    local ok=false
+    ((rc == 0)) && ok=true
+    ((rc == 0)) || emit --arg r "$rate" --arg s "$s" --arg i "$img" --arg m "$(tail -c 400 "$B/$s/pull.out")" \
+        '{kind: "error", rate: $r, system: $s, image: $i, stage: "deploy", message: $m}'
+    emit --arg r "$rate" --arg s "$s" --arg i "$img" --argjson rep "$rep" --argjson ok "$ok" \
+        --argjson d "$(ms_between "$t0" "$t1")" --argjson lb "$( ((lb > t0)) && ms_between "$t0" "$lb" || echo null)" \
+        --argjson sad "$sad" --argjson sy "$(ms_between "$t1" "$t2")" --argjson nb "$lbb" \
+        '{kind: "deploy", rate: $r, system: $s, image: $i, rep: $rep, ok: $ok, deploy_ms: $d,
+          last_byte_ms: $lb, store_after_download_ms: $sad, sync_ms: $sy, net_bytes: $nb}'
+    info "  deploy $s rep $rep: $(ms_between "$t0" "$t1") ms (last byte at $( ((lb > t0)) && ms_between "$t0" "$lb" || echo '?') ms, $((lbb / 1048576)) MiB), sync $(ms_between "$t1" "$t2") ms"
+}
+
+# cold SYSTEM IMAGE REP RATE [warm]: one cold start to ready; prints the ms
+# (or FAIL) and appends a coldstart sample unless "warm"/"probe".
+cold() {
+    local s=$1 img=$2 rep=$3 rate=$4 mode=${5:-cold} ref ready t0 t1 io0 io1 rc=0 ok=false out cid port i
+    ref=$(ref_of "$img")
+    ready=$(img_field "$img" .ready)
+    [[ $mode == warm ]] || drop_caches
+    io0=$(io_snap)
+    out=$B/$s/run.out
+    t0=$(now_ns)
+    if [[ $ready == port:* ]]; then
+        port=${ready#port:}
+        cid=$(dk "$s" run -d --network host "${THROTTLE[@]}" "$ref" 2>"$out") || rc=$?
+        if ((rc == 0)); then
+            for ((i = 0; i < 12000; i++)); do
+                port_open "$port" && { ok=true; break; }
+                if ((i % 50 == 49)) && [[ $(dk "$s" inspect -f '{{.State.Running}}' "$cid" 2>/dev/null) != true ]]; then
+                    break
+                fi
+                sleep 0.01
+            done
+        fi
+        t1=$(now_ns)
+        [[ -n ${cid:-} ]] && { dk "$s" logs "$cid" >>"$out" 2>&1 || true; dk "$s" rm -f "$cid" >/dev/null 2>&1 || true; }
+        for ((i = 0; i < 200; i++)); do port_open "$port" || break; sleep 0.05; done
+    else
+        timeout 600 docker -H "unix://$R/$s/docker.sock" run --rm --network host "${THROTTLE[@]}" "$ref" >"$out" 2>&1 || rc=$?
+        t1=$(now_ns)
+        [[ $rc -eq 0 ]] && grep -qF -- "${ready#exit:}" "$out" && ok=true
+    fi
+    io1=$(io_snap)
+    local ms
+    ms=$(ms_between "$t0" "$t1")
+    if [[ $mode == cold ]]; then
+        [[ $ok == true ]] || emit --arg r "$rate" --arg s "$s" --arg i "$img" --arg m "exit $rc: $(tail -c 400 "$out")" \
+            '{kind: "error", rate: $r, system: $s, image: $i, stage: "coldstart", message: $m}'
+        emit --arg r "$rate" --arg s "$s" --arg i "$img" --argjson rep "$rep" --argjson ok "$ok" --argjson ms "$ms" \
+            --argjson io "$(io_json "$io0" "$io1")" \
+            '{kind: "coldstart", rate: $r, system: $s, image: $i, rep: $rep, ok: $ok, ms: $ms} + $io'
+    fi
+    [[ $ok == true ]] && echo "$ms" || echo FAIL
+}
+
+profile_and_migrate() { # the hot system: one traced cold start, then migrate
+    local img=$1 rate=$2 ref ready cmd=() tr_args=() tr mg
+    ref=$(ref_of "$img")
+    ready=$(img_field "$img" .ready)
+    [[ $ready == port:* ]] && tr_args+=(--ready-port "${ready#port:}")
+    cmd=(env)
+    [[ $(img_field "$img" .workdir) != null ]] && cmd+=(-C "$(img_field "$img" .workdir)")
+    mapfile -t -O ${#cmd[@]} cmd < <(img_field "$img" '.env[]')
+    mapfile -t -O ${#cmd[@]} cmd < <(img_field "$img" '.cmd[]')
+    if ! tr=$(nv hot trace "$ref" "${tr_args[@]}" --json -- "${cmd[@]}" 2>"$B/hot/trace.err"); then
+        emit --arg r "$rate" --arg i "$img" --arg m "$(tail -c 400 "$B/hot/trace.err")" \
+            '{kind: "error", rate: $r, system: "hot", image: $i, stage: "profile", message: $m}'
+        return 0
+    fi
+    emit --arg r "$rate" --arg i "$img" --argjson t "$tr" \
+        '{kind: "startup_read", rate: $r, image: $i, hot_files: $t.files, hot_bytes: $t.bytes,
+          image_bytes: $t.image_bytes, tracer: $t.tracer, trace_ms: $t.elapsed_ms}'
+    if ! mg=$(nv hot migrate --rate 0 --json 2>"$B/hot/migrate.err"); then
+        emit --arg r "$rate" --arg i "$img" --arg m "$(tail -c 400 "$B/hot/migrate.err")" \
+            '{kind: "error", rate: $r, system: "hot", image: $i, stage: "migrate", message: $m}'
+        return 0
+    fi
+    info "  profiled: $(jq -r '"\(.files) files, \(.bytes) B of \(.image_bytes) B"' <<<"$tr"); migrated: copied $(jq .copied_bytes <<<"$mg") B, relocated $(jq .relocated_bytes <<<"$mg") B, pmem $(jq .pmem_used_before <<<"$mg") -> $(jq .pmem_used_after <<<"$mg") B"
+}
+
+emit_pmem() { # emit_pmem SYSTEM IMAGE RATE WHEN
+    local b d
+    read -r b d < <(pmem_of "$1")
+    emit --arg r "$3" --arg s "$1" --arg i "$2" --arg w "$4" --argjson b "$b" --argjson d "$d" \
+        '{kind: "pmem", rate: $r, system: $s, image: $i, when: $w, bytes: $b, du_bytes: $d}'
+}
+
+check() { # check NAME OK DETAIL
+    emit --arg n "$1" --argjson ok "$2" --arg d "$3" '{kind: "check", name: $n, ok: $ok, detail: $d}'
+    if [[ $2 == true ]]; then info "check $1: ok ($3)"; else warn "check $1: FAILED ($3)"; fi
+}
+
+# --- honesty checks (first image, first rate) -------------------------------------------------
+honesty() {
+    local img=$1 rate=$2 ref a b c cid cg d rule reads
+    ref=$(ref_of "$img")
+    # 1. Dropping the caches makes a cold start: the same start again
+    #    without the drop is measurably faster.
+    a=$(cold docker "$img" 0 "$rate" probe)
+    b=$(cold docker "$img" 0 "$rate" warm)
+    c=$(cold docker "$img" 0 "$rate" probe)
+    if [[ $a != FAIL && $b != FAIL && $c != FAIL ]] && ((b * 10 < a * 8 && b * 10 < c * 8)); then
+        check caches_dropped true "Docker, $img: dropped $a ms, not dropped $b ms, dropped again $c ms"
+    else
+        check caches_dropped false "Docker, $img: dropped $a ms, not dropped $b ms, dropped again $c ms (want not-dropped < 80% of both)"
+    fi
+    # 2. The container's own blkio cgroup carries the HDD rules and counts
+    #    its reads of the loop device.
+    drop_caches
+    cid=$(dk docker run -d --network host "${THROTTLE[@]}" --entrypoint sh "$ref" \
+        -c 'cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* >/dev/null 2>&1; sleep 30' 2>&1) || cid=''
+    sleep 3
+    d=''
+    if [[ -n $cid ]]; then
+        cg=$(awk -F: '$2 == "blkio" {print $3}' "/proc/$(dk docker inspect -f '{{.State.Pid}}' "$cid")/cgroup" 2>/dev/null || true)
+        d=/sys/fs/cgroup/blkio$cg
+    fi
+    rule=$(awk -v mm="$LOOP_MAJMIN" '$1 == mm {print $2}' "$d/blkio.throttle.read_iops_device" 2>/dev/null || true)
+    reads=$(awk -v mm="$LOOP_MAJMIN" '$1 == mm && $2 == "Read" {v = $3} END {print v + 0}' "$d/blkio.throttle.io_serviced" 2>/dev/null || echo 0)
+    [[ -n $cid ]] && dk docker rm -f "$cid" >/dev/null 2>&1
+    if [[ -n $cg && $rule == "$IOPS_R" && $reads -gt 0 ]]; then
+        check throttle_on_container_cgroup true "container blkio cgroup $cg: read rule $rule IOPS on $LOOP_MAJMIN, $reads reads counted there"
+    else
+        check throttle_on_container_cgroup false "container blkio cgroup '${cg:-?}': read rule '${rule:-none}' (want $IOPS_R), $reads reads counted"
+    fi
+}
+
+pmem_check() { # pmem_check SYSTEM IMAGE: nvtier's figure vs du of its pmem_dir
+    local s=$1 img=$2 rep du
+    rep=$(nv "$s" status --json | jq .pmem_used_bytes)
+    du=$(alloc "$PMEM_DIR/$s/nvtier")
+    if ((rep > 0)) && ((du * 100 >= rep * 90 && du * 100 <= rep * 110)); then
+        check "pmem_matches_du_$s" true "$img: nvtier status $rep B, du of its pmem dir $du B"
+    else
+        check "pmem_matches_du_$s" false "$img: nvtier status $rep B, du of its pmem dir $du B (want within 10%)"
+    fi
+}
+
+# --- the benchmark --------------------------------------------------------------------------------
+first=1
+for rate in "${RATE_LIST[@]}"; do
+    bash testbed/registry.sh rate "$NAME" "$rate" >/dev/null
+    for img in "${IMAGES[@]}"; do
+        info "== $rate: $img ($(img_field "$img" .category))"
+        for ((rep = 1; rep <= REPS; rep++)); do
+            for ((k = 0; k < ${#SYSTEMS[@]}; k++)); do
+                deploy "${SYSTEMS[$(((rep - 1 + k) % ${#SYSTEMS[@]}))]}" "$img" "$rep" "$rate"
+            done
+        done
+        for s in "${SYSTEMS[@]}"; do emit_pmem "$s" "$img" "$rate" after_deploy; done
+        pmem_check lass "$img"
+        if ((first)); then honesty "$img" "$rate"; first=0; fi
+        profile_and_migrate "$img" "$rate"
+        emit_pmem hot "$img" "$rate" after_migration
+        pmem_check hot "$img"
+        for ((rep = 1; rep <= REPS; rep++)); do
+            line=''
+            for ((k = 0; k < ${#SYSTEMS[@]}; k++)); do
+                s=${SYSTEMS[$(((rep - 1 + k) % ${#SYSTEMS[@]}))]}
+                line+=" $s $(cold "$s" "$img" "$rep" "$rate")"
+            done
+            info "  cold start rep $rep (ms):$line"
+        done
+        for s in "${SYSTEMS[@]}"; do purge "$s" "$img"; done
+    done
+done
+
+# --- results -----------------------------------------------------------------------------------------
+cpu=$(awk -F: '/^model name/ {sub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)
+mem=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)
+images_meta=$(jq -c '[.[] | {name, category, ready}]' <<<"$IMAGES_JSON")
+for img in "${IMAGES[@]}"; do
+    # Layer count and compressed bytes from the OCI layout's manifest.
+    m=$(skopeo inspect --raw "oci:$OCI:$img")
+    images_meta=$(jq -c --arg n "$img" --argjson l "$(jq '.layers | length' <<<"$m")" \
+        --argjson c "$(jq '[.layers[].size] | add' <<<"$m")" \
+        --argjson u "$(jq -s --arg n "$img" '[.[] | select(.kind == "startup_read" and .image == $n) | .image_bytes] | first // null' "$SAMPLES")" \
+        'map(if .name == $n then . + {layers: $l, compressed_bytes: $c, unpacked_bytes: $u} else . end)' <<<"$images_meta")
+done
+emit --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cpu "$cpu" --argjson nproc "$(nproc)" --argjson mem "$mem" \
+    --arg kernel "$(uname -r)" --argjson reps "$REPS" --argjson quick "$( ((QUICK)) && echo true || echo false)" \
+    --argjson rates "$(printf '%s\n' "${RATE_LIST[@]}" | jq -R . | jq -cs .)" --arg engine "$ENGINE" \
+    --argjson iops "$IOPS_R" --argjson bps "$BPS_R" --argjson secs "$(($(date +%s) - T_START))" \
+    --argjson images "$images_meta" '
+    {kind: "meta", date: $date, machine: {cpu: $cpu, nproc: $nproc, mem_total_kib: $mem, kernel: $kernel},
+     reps: $reps, quick: $quick, rates: $rates, engine: $engine, hdd: {read_iops: $iops, read_bps: $bps},
+     pmem: "tmpfs", run_seconds: $secs, images: $images,
+     systems: [
+      {id: "docker", label: "Docker", desc: "overlayfs snapshotter; containerd and dockerd roots on the HDD"},
+      {id: "nvm", label: "NVM-Docker", desc: "overlayfs snapshotter; containerd and dockerd roots on pmem"},
+      {id: "lass", label: "nvtier LASS", desc: "nvtier pulls (LASS); engine metadata and writable layers on pmem"},
+      {id: "hot", label: "nvtier LASS+hot", desc: "LASS + static placement, one profiling run, migrate: hot files on pmem, bases on disk"}]}'
+if "$NVBENCH" report --help >/dev/null 2>&1; then
+    "$NVBENCH" report --samples "$SAMPLES" --out-dir "$OUT"
+else
+    warn "this nvbench has no report command; samples are in $SAMPLES"
+fi
+info "done in $(($(date +%s) - T_START)) s; results in $OUT"
+if ((CHECK)); then
+    bad=$(jq -s '[.[] | select((.kind == "check" or .kind == "deploy" or .kind == "coldstart") and .ok == false)] | length' "$SAMPLES")
+    errs=$(jq -s '[.[] | select(.kind == "error")] | length' "$SAMPLES")
+    ((bad == 0 && errs == 0)) || die "--check: $bad failed samples/checks and $errs errors (see $SAMPLES)"
+    info "--check: every check and sample ok"
+fi
