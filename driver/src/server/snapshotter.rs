@@ -202,13 +202,25 @@ pub fn build_mounts(
     }
 }
 
-/// The mount of an active snapshot of a tiered image: the image's metadata
-/// layer as the only regular lower layer and the data-only layers after
-/// `::` (overlayfs legacy syntax, Linux 6.5+), top-most first. `None` when
+/// The mount of an active snapshot of a tiered image: the committed
+/// snapshots above the image (`above`, e.g. dockerd's init layer) and the
+/// image's metadata layer as the regular lower layers, then the data-only
+/// layers after `::` (overlayfs legacy syntax, Linux 6.5+), top-most first. `None` when
 /// the options would not fit the one page mount(2) takes (containerd mounts
 /// with the legacy API) or a path cannot be written in the option.
-pub fn build_tiered_mount(meta: &Path, data: &[PathBuf], upper: &Path, work: &Path) -> Option<Mount> {
-    let mut lower = meta.to_str()?.to_string();
+pub fn build_tiered_mount(
+    above: &[PathBuf],
+    meta: &Path,
+    data: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+) -> Option<Mount> {
+    let mut lower = String::new();
+    for a in above {
+        lower.push_str(a.to_str()?);
+        lower.push(':');
+    }
+    lower.push_str(meta.to_str()?);
     for d in data {
         lower.push_str("::");
         lower.push_str(d.to_str()?);
@@ -501,15 +513,23 @@ impl Inner {
         d: &Path,
     ) -> Result<Option<Mount>> {
         let meta = crate::tiering::meta_dir(&self.store, &format!("sha256:{}", t.meta))?;
+        let mut above = Vec::new();
         let mut data = Vec::new();
         let mut p = r.parent.clone();
         while !p.is_empty() {
             let pr = snaps
                 .get(&p)
                 .ok_or_else(|| Error::Other(format!("parent snapshot {p:?} is gone")))?;
-            let c = pr.layer.as_deref().ok_or_else(|| {
-                Error::Other(format!("parent snapshot {p:?} is not an nvtier layer"))
-            })?;
+            let Some(c) = pr.layer.as_deref() else {
+                if !data.is_empty() {
+                    return Err(Error::Other(format!(
+                        "parent snapshot {p:?} below the image is not an nvtier layer"
+                    )));
+                }
+                above.push(self.ensure_link(pr)?);
+                p = pr.parent.clone();
+                continue;
+            };
             if let Some((_, g)) = t.hot.iter().find(|(hc, _)| hc == c) {
                 data.push(crate::tiering::gen_dir(&self.store, c, *g)?);
             }
@@ -519,11 +539,18 @@ impl Inner {
             }
             p = pr.parent.clone();
         }
-        Ok(build_tiered_mount(&meta, &data, &d.join("fs"), &d.join("work")))
+        Ok(build_tiered_mount(
+            &above,
+            &meta,
+            &data,
+            &d.join("fs"),
+            &d.join("work"),
+        ))
     }
 
-    /// An active snapshot on top of an image nvtier pulled, with a metadata
-    /// layer: what its tiered mount uses. Counts the start for the
+    /// An active snapshot on top of an image nvtier pulled (possibly with
+    /// committed snapshots in between), with a metadata layer: what its
+    /// tiered mount uses. Counts the start for the
     /// migration policy. The caller holds the store lock.
     fn tiering_for(
         &self,
@@ -537,7 +564,13 @@ impl Inner {
             let Some(r) = snaps.get(&p) else {
                 return Ok(None);
             };
+            // Committed snapshots above the image's layers (dockerd's init
+            // layer) stay regular lower layers.
             let Some(c) = &r.layer else {
+                if chain.is_empty() && r.kind == SnapshotKind::Committed {
+                    p = r.parent.clone();
+                    continue;
+                }
                 return Ok(None);
             };
             chain.push(c.clone());
