@@ -48,12 +48,13 @@ fn value(m: Metric, v: f64) -> String {
 fn agg_cell(m: Metric, a: Option<&Agg>) -> String {
     match a {
         Some(a) => {
-            let mut s = format!(
-                "{} ({}–{})",
-                value(m, a.value),
-                value(m, a.lo),
-                value(m, a.hi)
-            );
+            let (v, lo, hi) = (value(m, a.value), value(m, a.lo), value(m, a.hi));
+            // one rep, or pmem bytes: no range to show
+            let mut s = if lo == hi {
+                v
+            } else {
+                format!("{v} ({lo}–{hi})")
+            };
             if a.images < a.of {
                 let _ = write!(s, " [{}/{}]", a.images, a.of);
             }
@@ -191,7 +192,15 @@ fn header(o: &mut String, r: &Report) {
     let _ = writeln!(o, "- Rates: {}", rates.join(", "));
     let _ = writeln!(o, "- Engine: {}", opt(m.engine.clone()));
     if let Some(h) = &m.hdd {
-        let _ = writeln!(o, "- HDD emulation: {}", esc(&h.to_string()));
+        let text = match h.as_object() {
+            Some(obj) => obj
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => h.to_string(),
+        };
+        let _ = writeln!(o, "- HDD emulation: {}", esc(&text));
     }
     if let Some(p) = &m.pmem {
         let _ = writeln!(o, "- pmem tier: {}", esc(p));
@@ -242,7 +251,8 @@ fn header(o: &mut String, r: &Report) {
     }
     let _ = writeln!(
         o,
-        "- Times are in seconds, median (min–max); \"–\" marks a cell without data.\n"
+        "- Times in seconds, bytes in KiB/MiB/GiB (1024-based); a range is shown when min ≠ max; \
+         \"–\" marks a cell without data.\n"
     );
     if !r.warnings.is_empty() {
         let _ = writeln!(o, "Warnings from the parser:\n");

@@ -163,6 +163,14 @@ where
                 String::new()
             }
         })
+        .y_label_formatter(&|y: &f64| {
+            if y.abs() >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                let s = format!("{y:.3}");
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            }
+        })
         .x_desc("image category (number of images)")
         .y_desc(f.y_desc.as_str())
         .label_style(("sans-serif", 14))
@@ -206,18 +214,22 @@ where
             ))
         });
         chart.draw_series(whiskers)?;
-        let missing = s.values.iter().enumerate().filter_map(|(gi, b)| {
-            b.is_none().then(|| {
-                Text::new(
-                    "n/a",
-                    (x0(gi) + 0.1 * width, y_floor),
-                    ("sans-serif", 11)
-                        .into_font()
-                        .transform(FontTransform::Rotate270),
-                )
-            })
+        // No data: "n/a"; a zero (e.g. Docker's pmem usage): "0".
+        let notes = s.values.iter().enumerate().filter_map(|(gi, b)| {
+            let text = match b {
+                None => "n/a",
+                Some(b) if b.v <= y_floor => "0",
+                Some(_) => return None,
+            };
+            Some(Text::new(
+                text,
+                (x0(gi) + 0.1 * width, y_floor),
+                ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate270),
+            ))
         });
-        chart.draw_series(missing)?;
+        chart.draw_series(notes)?;
     }
     chart
         .configure_series_labels()
