@@ -540,6 +540,15 @@ fn disk_tier(o: &mut String, r: &Report, rr: &RateReport) {
 }
 
 fn startup_read(o: &mut String, rr: &RateReport) {
+    if rr.startup_read.is_empty() {
+        let _ = writeln!(
+            o,
+            "### {} — bytes read at startup as a share of image bytes\n\n\
+             No `startup_read` samples at this rate.\n",
+            rr.rate
+        );
+        return;
+    }
     let _ = writeln!(
         o,
         "### {} — bytes read at startup as a share of image bytes\n\n\
@@ -651,7 +660,40 @@ mod tests {
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
         }
+        // the per-image table of 1gbit: hot has no nginx sample at all
+        assert!(md.contains("| web-server | nginx | 0.90 | 0.27 | 0.85 | – |"));
         // a web-server row the paper gives no deploy figure for
         assert!(md.contains("| deploy time, LASS vs Docker | −20.0 % | – |  |"));
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::super::{aggregate, samples::Samples};
+    use super::*;
+
+    fn md(lines: &[&str]) -> String {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let r = aggregate::aggregate(Samples::parse(&text, "t").expect("parses"), "t");
+        render(&r, &[])
+    }
+
+    #[test]
+    fn unmeasured_disk_reads_are_not_a_pass_and_failed_cells_show() {
+        let out = md(&[
+            r#"{"kind":"coldstart","rate":"1gbit","system":"hot","image":"x","rep":1,"ok":true,"ms":100}"#,
+            r#"{"kind":"deploy","rate":"1gbit","system":"hot","image":"x","rep":1,"ok":false}"#,
+        ]);
+        assert!(
+            out.contains("**NOT MEASURED** for 1 of 1 cold starts"),
+            "{out}"
+        );
+        assert!(out.contains("| other | x | 0.10 | ✗ |"), "{out}");
+        assert!(
+            out.contains("No `startup_read` samples at this rate."),
+            "{out}"
+        );
+        assert!(out.contains("No `check` samples: **nothing verified the setup.**"));
+        assert!(out.contains("**no meta line**"));
     }
 }
