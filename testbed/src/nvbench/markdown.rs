@@ -367,11 +367,16 @@ fn group_section(
     };
     let _ = writeln!(
         o,
-        "### {} — {title} ({} image{}: {})\n",
+        "### {} — {title} ({} image{}{})\n",
         rr.rate,
         g.images.len(),
         if g.images.len() == 1 { "" } else { "s" },
-        g.images.join(", ")
+        // the overall group's list is the image table above
+        if g.group == ALL {
+            String::new()
+        } else {
+            format!(": {}", g.images.join(", "))
+        }
     );
     let times = [
         Metric::DeployMs,
