@@ -19,6 +19,8 @@ PACKAGES=(
     curl openssl tar attr
     # lint for these scripts (run by run-tests.sh)
     shellcheck
+    # DejaVuSans.ttf: the font `nvbench report` draws its plots with
+    fonts-dejavu-core
 )
 
 usage() {
