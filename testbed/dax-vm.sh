@@ -309,7 +309,7 @@ manifest=$(jq -r --arg t "$IMAGE_TAG" \
 blob() { printf '%s/blobs/sha256/%s' "$IMAGE_OCI" "${1#sha256:}"; }
 mapfile -t LAYER_DIGESTS < <(jq -r '.layers[].digest' "$(blob "$manifest")")
 N_LAYERS=${#LAYER_DIGESTS[@]}
-EXP_L1=$(tar -xzOf "$(blob "${LAYER_DIGESTS[1]}")" data/layer1.txt)
+EXP_L2=$(tar -xzOf "$(blob "${LAYER_DIGESTS[2]}")" data/layer2.txt)
 EXP_SHA=$(tar -xzOf "$(blob "${LAYER_DIGESTS[2]}")" data/layer2.bin | sha256sum | cut -d' ' -f1)
 
 # --- initramfs ---------------------------------------------------------------------
@@ -330,6 +330,10 @@ copy_bin() {
 copy_bin "$NVTIER" /usr/local/bin/nvtier
 copy_bin "$(command -v mke2fs)" /usr/local/sbin/mke2fs
 [[ -f /etc/mke2fs.conf ]] && cp /etc/mke2fs.conf "$IR/etc/"
+# nvtier's HTTP client loads the system CA store even for plain-HTTP pulls.
+CA=/etc/ssl/certs/ca-certificates.crt
+[[ -f $CA ]] || die "$CA not found (apt-get install ca-certificates)"
+install -D -m 0644 "$CA" "$IR$CA"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$IR/etc/passwd"
 printf 'root:x:0:\n' >"$IR/etc/group"
 {
@@ -341,7 +345,7 @@ cat >"$IR/init" <<'INIT'
 # nvtier dax-vm guest: results go to the second serial port (ttyS1) as
 # "NVTDAX KEY VALUE" lines, progress to the console (ttyS0).
 /bin/busybox --install -s
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root NO_COLOR=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -436,15 +440,15 @@ nvtier pull --json --placement pmem "$REF" >/tmp/pull.json 2>/tmp/err ||
 out pull_json "$(oneline /tmp/pull.json)"
 nvtier mount "$REF" /mnt/c >/dev/null 2>/tmp/err || fail "nvtier mount: $(oneline /tmp/err)"
 out overlay "$(grep ' /mnt/c ' /proc/mounts)"
-out mount_l1 "$(cat /mnt/c/data/layer1.txt)"
+out mount_ls "$(ls /mnt/c/data | tr '\n' ' ')"
 nvtier umount /mnt/c >/dev/null 2>/tmp/err || fail "nvtier umount: $(oneline /tmp/err)"
-CMD='echo "L1=$(cat /data/layer1.txt)"; echo "SHA=$(sha256sum /data/layer2.bin | cut -c1-64)"; echo "OPT=$(ls /opt/dir)"; if [ -e /etc/removeme ]; then echo RM=present; else echo RM=gone; fi'
+CMD='echo "L2=$(cat /data/layer2.txt)"; echo "SHA=$(sha256sum /data/layer2.bin | cut -c1-64)"; echo "OPT=$(ls /opt/dir)"; if [ -e /etc/removeme ]; then echo RM=present; else echo RM=gone; fi'
 for mode in plain flat; do
     flag=''
     [ $mode = flat ] && flag=--flat
     if nvtier run --drop-caches --json $flag "$REF" -- /bin/sh -c "$CMD" >/tmp/run.json 2>/tmp/run.out; then
         out "run_${mode}_json" "$(oneline /tmp/run.json)"
-        grep -E '^(L1|SHA|OPT|RM)=' /tmp/run.out | while read -r l; do out "run_${mode}_out" "$l"; done
+        grep -E '^(L2|SHA|OPT|RM)=' /tmp/run.out | while read -r l; do out "run_${mode}_out" "$l"; done
     else
         out "run_${mode}_error" "$(oneline /tmp/run.out)"
     fi
@@ -529,13 +533,14 @@ RUN_PLAIN=$(json_or_null "$(r run_plain_json)")
 RUN_FLAT=$(json_or_null "$(r run_flat_json)")
 OVERLAY=$(r overlay)
 # lowerdir= paths (':' separated; '::' separates data-only layers).
-LOWERS=$(sed -n 's/.*lowerdir=\([^,]*\).*/\1/p' <<<"$OVERLAY" | tr ':' '\n' | grep -v '^$' || true)
+LOWERS=$(awk '{print $4}' <<<"$OVERLAY" | tr ',' '\n' | sed -n 's/^\(lowerdir\|lowerdir+\|datadir+\)=//p' |
+    tr ':' '\n' | grep -v '^$' || true)
 LOWERS_ON_DAX=false
 if [[ -n $LOWERS ]] && ! grep -qv '^/pmem/' <<<"$LOWERS"; then LOWERS_ON_DAX=true; fi
 out_ok() { # out_ok MODE: the command printed what the image holds
     local o
     o=$(ra "run_$1_out")
-    [[ $o == "$(printf 'L1=%s\nSHA=%s\nOPT=c\nRM=gone' "$EXP_L1" "$EXP_SHA")" ]]
+    [[ $o == "$(printf 'L2=%s\nSHA=%s\nOPT=c\nRM=gone' "$EXP_L2" "$EXP_SHA")" ]]
 }
 PLAIN_OK=false FLAT_OK=false
 out_ok plain && PLAIN_OK=true
@@ -558,12 +563,16 @@ REPORT=$(jq -n \
     --arg flat_error "$(r run_flat_error)" --arg plain_error "$(r run_plain_error)" \
     --arg df "$(r pmem_df)" --argjson n_layers "$N_LAYERS" \
     --arg boot_to_dax "$(r boot_to_dax_s)" --arg guest_s "$(r guest_s)" \
+    --arg t_init "$(r t_init)" --arg t_modules "$(r t_modules)" \
+    --arg t_fsdax "$(r t_fsdax)" --arg t_mkfs "$(r t_mkfs)" \
     --arg vm_s "$VM_S" --arg total_s "$TOTAL_S" '
     def num: if . == "" or . == null then null else tonumber end;
     {
       date: $date, guest_kernel: $kernel, kernel_package: $kpkg, qemu: $qemu,
       accel: "tcg", smp: $smp, mem: $mem, pmem: $pmem,
-      namespace_mode: {before: $ns_before, after: $ns}, pfn: $pfn,
+      namespace_mode: {before: $ns_before, after: (if $ns == "memory" then "fsdax" else $ns end),
+        sysfs_after: $ns},
+      pfn: $pfn,
       pmem_mount: $mount, dmesg_dax: $dmesg,
       nvtier_dax: ($status.dax // null),
       dax_detected: (($status.dax // "") == "dax"),
@@ -586,6 +595,8 @@ REPORT=$(jq -n \
       pmem_meta_bytes: ($status_after.pmem_meta_bytes // null),
       pmem_df: $df,
       boot_to_dax_s: ($boot_to_dax | num), guest_s: ($guest_s | num),
+      guest_uptime_s: {init: ($t_init | num), modules_loaded: ($t_modules | num),
+        fsdax: ($t_fsdax | num), mkfs: ($t_mkfs | num), dax_mounted: ($boot_to_dax | num)},
       vm_s: ($vm_s | num), total_s: ($total_s | num)
     }') || die "cannot build the JSON report"
 
@@ -601,7 +612,7 @@ else
       def f: if . == null then "-" else tostring end;
       "true-DAX VM (\(.accel), \(.smp) vCPU, \(.mem) RAM, \(.pmem) NVDIMM)",
       "  guest kernel       \(.guest_kernel) (\(.kernel_package))",
-      "  namespace          \(.namespace_mode.before) -> \(.namespace_mode.after) (\(.pfn))",
+      "  namespace          \(.namespace_mode.before) -> \(.namespace_mode.after) (sysfs mode \(.namespace_mode.sysfs_after), \(.pfn))",
       "  pmem mount         \(.pmem_mount)",
       "  nvtier DAX         \(.dax_detected) (\(.nvtier_says))",
       "  tiering            \(.tiering|f)\(if .tiering_reason then ": " + .tiering_reason else "" end)",
@@ -610,7 +621,7 @@ else
       "  cold start         \(.cold_start_ms|f) ms (mount \(.cold_start_mount_ms|f) ms), output ok: \(.cold_start_output_ok)",
       "  flat cold start    \(.flat_cold_start_ms|f) ms (tiered \(.flat_tiered|f)), output ok: \(.flat_output_ok)\(if .flat_error then " error: " + .flat_error else "" end)",
       "  bytes on DAX tier  \(.pmem_used_bytes|f) (layers \(.pmem_layer_bytes|f), metadata \(.pmem_meta_bytes|f)); df: \(.pmem_df)",
-      "  boot to DAX mount  \(.boot_to_dax_s|f) s (guest uptime); guest done at \(.guest_s|f) s",
+      "  boot to DAX mount  \(.boot_to_dax_s|f) s (guest uptime: /init \(.guest_uptime_s.init|f), modules \(.guest_uptime_s.modules_loaded|f), fsdax \(.guest_uptime_s.fsdax|f), mkfs \(.guest_uptime_s.mkfs|f)); guest done at \(.guest_s|f) s",
       "  VM wall time       \(.vm_s|f) s; total \(.total_s|f) s"
     ' <<<"$REPORT"
 fi
@@ -630,7 +641,7 @@ if ((CHECK)); then
             "nvtier run --flat (data-only lower layers on DAX) failed: $(jq -r '.flat_error // "wrong output"' <<<"$REPORT")"
     fi
     if ((${#fails[@]})); then
-        printf '%s: CHECK FAILED: %s\n' "$PROG" "${fails[@]}" >&2
+        for f in "${fails[@]}"; do printf '%s: CHECK FAILED: %s\n' "$PROG" "$f" >&2; done
         exit 1
     fi
     info "check passed: nvtier runs on real DAX (guest $(r kernel), ${TOTAL_S}s)"
