@@ -24,7 +24,7 @@ usage() {
 Usage:
   dax-vm.sh [--mem 2G] [--pmem 1G] [--smp 2] [--timeout 170] [--json]
             [--check] [--save] [--debug] [--nvtier BIN] [--refresh-kernel]
-            [--keep]
+            [--keep] [--verbose]
   dax-vm.sh --help
 
 Runs nvtier on real DAX: a QEMU guest under software emulation (TCG; the
@@ -71,11 +71,12 @@ Options:
   --nvtier BIN       use BIN instead of building
   --refresh-kernel   download the guest kernel again
   --keep             keep the work directory (console log, initramfs)
+  --verbose          guest kernel loglevel 7 (default 4) on the console log
 Override the cache directory with NVTIER_DAX_VM_DIR. Must run as root.
 EOF
 }
 
-MEM=2G PMEM=1G SMP=2 TIMEOUT=170 JSON=0 CHECK=0 SAVE=0 DEBUG=0 NVTIER='' REFRESH=0 KEEP=0
+MEM=2G PMEM=1G SMP=2 TIMEOUT=170 JSON=0 CHECK=0 SAVE=0 DEBUG=0 NVTIER='' REFRESH=0 KEEP=0 LOGLEVEL=4
 while (($#)); do
     case $1 in
         --mem) MEM=${2:?--mem needs a value}; shift 2 ;;
@@ -90,6 +91,7 @@ while (($#)); do
         --debug) DEBUG=1; shift ;;
         --refresh-kernel) REFRESH=1; shift ;;
         --keep) KEEP=1; shift ;;
+        --verbose) LOGLEVEL=7; shift ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -480,7 +482,7 @@ QEMU_ARGS=(
     -object "memory-backend-file,id=mem1,share=on,mem-path=$WORK/pmem.img,size=$PMEM_B"
     -device nvdimm,id=nvdimm1,memdev=mem1
     -kernel "$KDIR/vmlinuz" -initrd "$WORK/initramfs.gz"
-    -append "console=ttyS0 panic=-1 loglevel=4 rdinit=/init"
+    -append "console=ttyS0 panic=-1 loglevel=$LOGLEVEL rdinit=/init"
     -nodefaults -display none -no-reboot
     -serial "file:$CONSOLE" -serial "file:$RESULT"
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0
@@ -495,7 +497,7 @@ while kill -0 "$QEMU_PID" 2>/dev/null; do
     if ((SECONDS >= deadline)); then
         warn "guest timed out after ${TIMEOUT}s; console tail:"
         tail -n 30 "$CONSOLE" | sed 's/^/  | /' >&2
-        die "timeout (raise --timeout)"
+        die "timeout (raise --timeout; --verbose --keep for the kernel's messages)"
     fi
     sleep 0.2
 done
@@ -555,7 +557,7 @@ REPORT=$(jq -n \
     --arg mem "$MEM" --arg pmem "$PMEM" --argjson smp "$SMP" \
     --arg ns_before "$(r ns_mode_before)" --arg ns "$(r ns_mode)" --arg pfn "$(r pfn)" \
     --arg mount "$(r pmem_mount)" --arg dmesg "$(r dmesg_dax)" \
-    --arg words "$(r status_text)" --arg overlay "$OVERLAY" \
+    --arg words "$(r status_text | tr -s ' ')" --arg overlay "$OVERLAY" \
     --argjson lowers_on_dax "$LOWERS_ON_DAX" \
     --argjson status "$STATUS" --argjson status_after "$STATUS_AFTER" \
     --argjson pull "$PULL" --argjson run_plain "$RUN_PLAIN" --argjson run_flat "$RUN_FLAT" \
@@ -567,6 +569,7 @@ REPORT=$(jq -n \
     --arg t_fsdax "$(r t_fsdax)" --arg t_mkfs "$(r t_mkfs)" \
     --arg vm_s "$VM_S" --arg total_s "$TOTAL_S" '
     def num: if . == "" or . == null then null else tonumber end;
+    def ms: if . == null then null else (. * 10 | round) / 10 end;
     {
       date: $date, guest_kernel: $kernel, kernel_package: $kpkg, qemu: $qemu,
       accel: "tcg", smp: $smp, mem: $mem, pmem: $pmem,
@@ -578,15 +581,16 @@ REPORT=$(jq -n \
       dax_detected: (($status.dax // "") == "dax"),
       nvtier_says: $words,
       tiering: ($status.tiering // null), tiering_reason: ($status.tiering_reason // null),
-      pull_ms: ($pull.stored_done_ms // null),
+      pull_ms: ($pull.stored_done_ms // null | ms),
       layers: $n_layers,
       layers_on_pmem: ([$pull.layers[]? | select(.tier == "pmem")] | length),
       overlay: $overlay, overlay_lowerdirs_on_dax: $lowers_on_dax,
-      cold_start_ms: ($run_plain.elapsed_ms // null),
-      cold_start_mount_ms: ($run_plain.mount_ms // null),
+      cold_start_ms: ($run_plain.elapsed_ms // null | ms),
+      cold_start_mount_ms: ($run_plain.mount_ms // null | ms),
       cold_start_output_ok: $plain_ok,
       cold_start_error: (if $plain_error == "" then null else $plain_error end),
-      flat_cold_start_ms: ($run_flat.elapsed_ms // null),
+      flat_cold_start_ms: ($run_flat.elapsed_ms // null | ms),
+      flat_mount_ms: ($run_flat.mount_ms // null | ms),
       flat_tiered: ($run_flat.tiered // null),
       flat_output_ok: $flat_ok,
       flat_error: (if $flat_error == "" then null else $flat_error end),
@@ -619,7 +623,7 @@ else
       "  pull               \(.pull_ms|f) ms, \(.layers_on_pmem)/\(.layers) layers on pmem",
       "  overlay lowerdirs  on DAX: \(.overlay_lowerdirs_on_dax)",
       "  cold start         \(.cold_start_ms|f) ms (mount \(.cold_start_mount_ms|f) ms), output ok: \(.cold_start_output_ok)",
-      "  flat cold start    \(.flat_cold_start_ms|f) ms (tiered \(.flat_tiered|f)), output ok: \(.flat_output_ok)\(if .flat_error then " error: " + .flat_error else "" end)",
+      "  flat cold start    \(.flat_cold_start_ms|f) ms (mount + metadata layer \(.flat_mount_ms|f) ms, tiered \(.flat_tiered|f)), output ok: \(.flat_output_ok)\(if .flat_error then " error: " + .flat_error else "" end)",
       "  bytes on DAX tier  \(.pmem_used_bytes|f) (layers \(.pmem_layer_bytes|f), metadata \(.pmem_meta_bytes|f)); df: \(.pmem_df)",
       "  boot to DAX mount  \(.boot_to_dax_s|f) s (guest uptime: /init \(.guest_uptime_s.init|f), modules \(.guest_uptime_s.modules_loaded|f), fsdax \(.guest_uptime_s.fsdax|f), mkfs \(.guest_uptime_s.mkfs|f)); guest done at \(.guest_s|f) s",
       "  VM wall time       \(.vm_s|f) s; total \(.total_s|f) s"
