@@ -41,7 +41,10 @@ guest, /init:
      registry.sh, reached through QEMU user networking), mounts it (overlay
      lowerdirs on the DAX filesystem) and cold-starts it with nvtier run
      (plain, and --flat: a metadata layer over data-only lower layers, when
-     the guest kernel has them), checking the output.
+     the guest kernel has them), checking the output,
+  6. traces a cold start (nvtier trace), migrates (hot files copied into hot
+     data layers on pmem, layer bases moved to the disk tier) and
+     cold-starts the migrated image.
 The guest reports on its second serial port; its console log is shown on
 failure. Everything (qemu, registry, netns, temp files) is removed on exit.
 
@@ -65,7 +68,8 @@ Options:
   --json             print one JSON object on stdout instead of the summary
   --check            fail (exit 1) unless nvtier reports real DAX, all layers
                      landed on pmem, the overlay lowerdirs are on the DAX
-                     filesystem and the cold-start output is right
+                     filesystem and the cold-start output is right; with a
+                     6.8+ guest kernel also the --flat and migrated starts
   --save             also write $RESULT_JSON
   --debug            build and use target/debug/nvtier (no release build)
   --nvtier BIN       use BIN instead of building
@@ -114,7 +118,7 @@ need_pkgs() {
         skopeo umoci curl ip flock; do
         command -v "$c" >/dev/null 2>&1 || return 1
     done
-    [[ -x /bin/busybox && -x /usr/bin/docker-registry ]] || return 1
+    [[ -x /bin/busybox && -x /usr/bin/docker-registry && -f /etc/ssl/certs/ca-certificates.crt ]] || return 1
     ! ldd /bin/busybox >/dev/null 2>&1 # busybox-static, not the dynamic one
 }
 if ! need_pkgs; then
@@ -351,6 +355,8 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 . /etc/daxvm.env
 exec 3>/dev/ttyS1
 out() { echo "NVTDAX $*" >&3; }
@@ -455,6 +461,25 @@ for mode in plain flat; do
         out "run_${mode}_error" "$(oneline /tmp/run.out)"
     fi
 done
+# 5. Hot-file tiering on DAX: trace a cold start, migrate (hot files are
+#    copied into hot data layers on pmem, layer bases move to disk), and
+#    cold-start the migrated image.
+if nvtier trace --json "$REF" -- /bin/sh -c "$CMD" >/tmp/trace.json 2>/tmp/err; then
+    out trace_json "$(oneline /tmp/trace.json)"
+    if nvtier migrate --json "$REF" >/tmp/migrate.json 2>/tmp/err; then
+        out migrate_json "$(oneline /tmp/migrate.json)"
+        if nvtier run --drop-caches --json "$REF" -- /bin/sh -c "$CMD" >/tmp/run.json 2>/tmp/run.out; then
+            out run_migrated_json "$(oneline /tmp/run.json)"
+            grep -E '^(L2|SHA|OPT|RM)=' /tmp/run.out | while read -r l; do out run_migrated_out "$l"; done
+        else
+            out run_migrated_error "$(oneline /tmp/run.out)"
+        fi
+    else
+        out migrate_error "$(oneline /tmp/err)"
+    fi
+else
+    out trace_error "$(oneline /tmp/err)"
+fi
 nvtier status --json >/tmp/status.json 2>/tmp/err || fail "nvtier status: $(oneline /tmp/err)"
 out status_after_json "$(oneline /tmp/status.json)"
 out pmem_df "$(df -k /pmem | tail -n 1)"
@@ -533,6 +558,9 @@ STATUS_AFTER=$(json_or_null "$(r status_after_json)")
 PULL=$(json_or_null "$(r pull_json)")
 RUN_PLAIN=$(json_or_null "$(r run_plain_json)")
 RUN_FLAT=$(json_or_null "$(r run_flat_json)")
+RUN_MIG=$(json_or_null "$(r run_migrated_json)")
+TRACE=$(json_or_null "$(r trace_json)")
+MIGRATE=$(json_or_null "$(r migrate_json)")
 OVERLAY=$(r overlay)
 # lowerdir= paths (':' separated; '::' separates data-only layers).
 LOWERS=$(awk '{print $4}' <<<"$OVERLAY" | tr ',' '\n' | sed -n 's/^\(lowerdir\|lowerdir+\|datadir+\)=//p' |
@@ -544,9 +572,14 @@ out_ok() { # out_ok MODE: the command printed what the image holds
     o=$(ra "run_$1_out")
     [[ $o == "$(printf 'L2=%s\nSHA=%s\nOPT=c\nRM=gone' "$EXP_L2" "$EXP_SHA")" ]]
 }
-PLAIN_OK=false FLAT_OK=false
+PLAIN_OK=false FLAT_OK=false MIG_OK=false
 out_ok plain && PLAIN_OK=true
 out_ok flat && FLAT_OK=true
+out_ok migrated && MIG_OK=true
+MIG_ERROR=$(r trace_error)
+[[ -n $MIG_ERROR ]] && MIG_ERROR="nvtier trace: $MIG_ERROR"
+[[ -z $(r migrate_error) ]] || MIG_ERROR="nvtier migrate: $(r migrate_error)"
+[[ -z $(r run_migrated_error) ]] || MIG_ERROR="nvtier run (migrated): $(r run_migrated_error)"
 TOTAL_S=$(awk -v a="$T_START" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
 VM_S=$(awk -v a="$T_BOOT" -v b="$T_END" 'BEGIN {printf "%.1f", b - a}')
 
@@ -562,6 +595,8 @@ REPORT=$(jq -n \
     --argjson status "$STATUS" --argjson status_after "$STATUS_AFTER" \
     --argjson pull "$PULL" --argjson run_plain "$RUN_PLAIN" --argjson run_flat "$RUN_FLAT" \
     --argjson plain_ok "$PLAIN_OK" --argjson flat_ok "$FLAT_OK" \
+    --argjson trace "$TRACE" --argjson migrate "$MIGRATE" --argjson run_mig "$RUN_MIG" \
+    --argjson mig_ok "$MIG_OK" --arg mig_error "$MIG_ERROR" \
     --arg flat_error "$(r run_flat_error)" --arg plain_error "$(r run_plain_error)" \
     --arg df "$(r pmem_df)" --argjson n_layers "$N_LAYERS" \
     --arg boot_to_dax "$(r boot_to_dax_s)" --arg guest_s "$(r guest_s)" \
@@ -582,6 +617,7 @@ REPORT=$(jq -n \
       nvtier_says: $words,
       tiering: ($status.tiering // null), tiering_reason: ($status.tiering_reason // null),
       pull_ms: ($pull.stored_done_ms // null | ms),
+      pull_pmem_bytes: ($pull.pmem_bytes // null),
       layers: $n_layers,
       layers_on_pmem: ([$pull.layers[]? | select(.tier == "pmem")] | length),
       overlay: $overlay, overlay_lowerdirs_on_dax: $lowers_on_dax,
@@ -594,6 +630,17 @@ REPORT=$(jq -n \
       flat_tiered: ($run_flat.tiered // null),
       flat_output_ok: $flat_ok,
       flat_error: (if $flat_error == "" then null else $flat_error end),
+      trace: {tracer: ($trace.tracer // null), files: ($trace.files // null),
+        hot_bytes: ($trace.bytes // null)},
+      migrate: {copied_bytes: ($migrate.copied_bytes // null),
+        relocated_bytes: ($migrate.relocated_bytes // null),
+        pmem_used_before: ($migrate.pmem_used_before // null),
+        pmem_used_after: ($migrate.pmem_used_after // null),
+        elapsed_ms: ($migrate.elapsed_ms // null | ms)},
+      migrated_cold_start_ms: ($run_mig.elapsed_ms // null | ms),
+      migrated_tiered: ($run_mig.tiered // null),
+      migrated_output_ok: $mig_ok,
+      migrated_error: (if $mig_error == "" then null else $mig_error end),
       pmem_used_bytes: ($status_after.pmem_used_bytes // null),
       pmem_layer_bytes: ($status_after.pmem_layer_bytes // null),
       pmem_meta_bytes: ($status_after.pmem_meta_bytes // null),
@@ -620,11 +667,13 @@ else
       "  pmem mount         \(.pmem_mount)",
       "  nvtier DAX         \(.dax_detected) (\(.nvtier_says))",
       "  tiering            \(.tiering|f)\(if .tiering_reason then ": " + .tiering_reason else "" end)",
-      "  pull               \(.pull_ms|f) ms, \(.layers_on_pmem)/\(.layers) layers on pmem",
+      "  pull               \(.pull_ms|f) ms, \(.layers_on_pmem)/\(.layers) layers on pmem (\(.pull_pmem_bytes|f) B on the DAX tier)",
       "  overlay lowerdirs  on DAX: \(.overlay_lowerdirs_on_dax)",
       "  cold start         \(.cold_start_ms|f) ms (mount \(.cold_start_mount_ms|f) ms), output ok: \(.cold_start_output_ok)",
       "  flat cold start    \(.flat_cold_start_ms|f) ms (mount + metadata layer \(.flat_mount_ms|f) ms, tiered \(.flat_tiered|f)), output ok: \(.flat_output_ok)\(if .flat_error then " error: " + .flat_error else "" end)",
-      "  bytes on DAX tier  \(.pmem_used_bytes|f) (layers \(.pmem_layer_bytes|f), metadata \(.pmem_meta_bytes|f)); df: \(.pmem_df)",
+      "  hot-file tiering   trace (\(.trace.tracer|f)): \(.trace.files|f) files, \(.trace.hot_bytes|f) B; migrate \(.migrate.elapsed_ms|f) ms: copied \(.migrate.copied_bytes|f) B to pmem, bases \(.migrate.relocated_bytes|f) B to disk, pmem \(.migrate.pmem_used_before|f) -> \(.migrate.pmem_used_after|f) B",
+      "  migrated start     \(.migrated_cold_start_ms|f) ms (tiered \(.migrated_tiered|f)), output ok: \(.migrated_output_ok)\(if .migrated_error then " error: " + .migrated_error else "" end)",
+      "  bytes on DAX tier  \(.pmem_used_bytes|f) at the end (layers \(.pmem_layer_bytes|f), metadata \(.pmem_meta_bytes|f)); df: \(.pmem_df | gsub(" +"; " "))",
       "  boot to DAX mount  \(.boot_to_dax_s|f) s (guest uptime: /init \(.guest_uptime_s.init|f), modules \(.guest_uptime_s.modules_loaded|f), fsdax \(.guest_uptime_s.fsdax|f), mkfs \(.guest_uptime_s.mkfs|f)); guest done at \(.guest_s|f) s",
       "  VM wall time       \(.vm_s|f) s; total \(.total_s|f) s"
     ' <<<"$REPORT"
@@ -643,6 +692,8 @@ if ((CHECK)); then
     if jq -e '.tiering == "file-granular"' >/dev/null <<<"$REPORT"; then
         c '.flat_output_ok and .flat_tiered == true' \
             "nvtier run --flat (data-only lower layers on DAX) failed: $(jq -r '.flat_error // "wrong output"' <<<"$REPORT")"
+        c '.migrate.copied_bytes > 0 and .migrated_output_ok and .migrated_tiered == true' \
+            "trace + migrate + run of the migrated image failed: $(jq -r '.migrated_error // "wrong output or nothing copied"' <<<"$REPORT")"
     fi
     if ((${#fails[@]})); then
         for f in "${fails[@]}"; do printf '%s: CHECK FAILED: %s\n' "$PROG" "$f" >&2; done
