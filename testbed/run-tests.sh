@@ -67,6 +67,6 @@ fi
 # ext4 -o dax=always, nvtier's pmem tier on it (about 30 s; see README).
 echo "==> true-DAX VM (testbed/dax-vm.sh --check)"
 # The nvtier binary is the one cargo test just built for the integration tests.
-bash testbed/dax-vm.sh --check --nvtier target/debug/nvtier
+bash testbed/dax-vm.sh --check --nvtier "${CARGO_TARGET_DIR:-target}/debug/nvtier"
 
 echo "==> all tests passed ($(sort -u "$NVTIER_TEST_NAMES_FILE" | grep -c .) testbeds brought up and torn down)"
