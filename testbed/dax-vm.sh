@@ -282,12 +282,12 @@ if [[ -z $NVTIER ]]; then
         info "cargo build -p nvtier-driver --bin nvtier"
         (cd "$ROOT" && cargo build --quiet --locked -p nvtier-driver --bin nvtier) ||
             die "cargo build failed"
-        NVTIER=$ROOT/target/debug/nvtier
+        NVTIER=${CARGO_TARGET_DIR:-$ROOT/target}/debug/nvtier
     else
         info "cargo build --release -p nvtier-driver --bin nvtier"
         (cd "$ROOT" && cargo build --quiet --locked --release -p nvtier-driver --bin nvtier) ||
             die "cargo build --release failed"
-        NVTIER=$ROOT/target/release/nvtier
+        NVTIER=${CARGO_TARGET_DIR:-$ROOT/target}/release/nvtier
     fi
 fi
 [[ -x $NVTIER ]] || die "nvtier binary $NVTIER not found"
