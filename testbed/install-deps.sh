@@ -15,6 +15,9 @@ PACKAGES=(
     e2fsprogs util-linux kmod
     # Docker Engine 20.10 (dockerd) for the legacy graph driver plugin tests
     docker.io
+    # dax-vm.sh: a QEMU guest with an emulated NVDIMM (real DAX); xz unpacks
+    # the guest kernel's modules, strip shrinks the initramfs binaries
+    qemu-system-x86 xz-utils binutils ca-certificates
     # used by the testbed scripts themselves
     curl openssl tar attr
     # lint for these scripts (run by run-tests.sh)

@@ -63,4 +63,10 @@ if [[ -n $(find /run/nvtier-eng -mindepth 1 -maxdepth 1 2>/dev/null) ]]; then
     echo "run-tests.sh: tests leaked engine directories in /run/nvtier-eng" >&2
     exit 1
 fi
+# Real DAX: a QEMU guest (TCG) with an emulated NVDIMM converted to fsdax,
+# ext4 -o dax=always, nvtier's pmem tier on it (about 30 s; see README).
+echo "==> true-DAX VM (testbed/dax-vm.sh --check)"
+# The nvtier binary is the one cargo test just built for the integration tests.
+bash testbed/dax-vm.sh --check --nvtier "${CARGO_TARGET_DIR:-target}/debug/nvtier"
+
 echo "==> all tests passed ($(sort -u "$NVTIER_TEST_NAMES_FILE" | grep -c .) testbeds brought up and torn down)"
