@@ -246,7 +246,11 @@ EOF
         >"$B/$s/containerd.log" 2>&1 &
     PIDS[containerd-$s]=$!
     for _ in $(seq 100); do [[ -S $R/$s/containerd.sock ]] && break; sleep 0.2; done
-    setsid bash testbed/tiers.sh exec "$NAME" -- dockerd --config-file "$B/$s/daemon.json" \
+    # dockerd stays in the root blkio cgroup: inside a child v1 blkio cgroup
+    # dockerd 26 silently drops `docker run --device-read-*` limits (the
+    # container's HostConfig shows none). Its own reads (container configs)
+    # are therefore not throttled; containerd, nvtier and containers are.
+    setsid dockerd --config-file "$B/$s/daemon.json" \
         --data-root "$P/docker" --exec-root "$R/$s/dx" --pidfile "$R/$s/docker.pid" \
         -H "unix://$R/$s/docker.sock" --containerd "$R/$s/containerd.sock" \
         --iptables=false --ip6tables=false --bridge=none --insecure-registry "$REGISTRY" \
@@ -487,6 +491,12 @@ pmem_check() { # pmem_check SYSTEM IMAGE: nvtier's figure vs du of its pmem_dir
         check "pmem_matches_du_$s" false "$img: nvtier status $rep B; du of its pmem dir $du B (+ 256 B x $inodes metadata inodes = $hi B); want du x 0.9 <= status <= that x 1.1"
     fi
 }
+
+if [[ -n ${NVBENCH_PAUSE:-} ]]; then # debugging: poke at the engines
+    declare -p THROTTLE REGISTRY LOOP_DEV >"$B/env"
+    info "paused for $NVBENCH_PAUSE s (env in $B/env)"
+    sleep "$NVBENCH_PAUSE"
+fi
 
 # --- the benchmark --------------------------------------------------------------------------------
 first=1

@@ -286,7 +286,10 @@ insecure_registries = ["10.0.0.2:5000"]
 
     #[test]
     fn upper_tier() {
-        assert_eq!(parse(OK).expect("ok").upper_tier, crate::tier::TierKind::Disk);
+        assert_eq!(
+            parse(OK).expect("ok").upper_tier,
+            crate::tier::TierKind::Disk
+        );
         let c = parse(&format!("{OK}upper_tier = \"pmem\"\n")).expect("pmem");
         assert_eq!(c.upper_tier, crate::tier::TierKind::Pmem);
         let e = parse(&format!("{OK}upper_tier = \"ssd\"\n")).expect_err("bad tier");

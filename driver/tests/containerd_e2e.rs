@@ -332,6 +332,56 @@ fn docker26_containerd_store() {
     assert!(!out.contains("removeme"), "{out}");
     dockerd.docker_ok(&["image", "inspect", &img]);
 
+    // Hot-file tiering through dockerd. A container started before the
+    // migration keeps its whole-layer mount on the pmem bases.
+    let name0 = images[0]["name"].as_str().expect("name").to_string();
+    let read = "cat /data/layer3.txt; ls /etc";
+    let old = dockerd.docker_ok(&["run", "-d", "--network", "none", &img, "sleep", "300"]);
+    let old = old.trim().to_string();
+    bed.nvtier_json(&["trace", &name0, "--", "sh", "-c", read]);
+    let mg = bed.nvtier_json(&["migrate"]);
+    assert!(mg["relocated_bytes"].as_u64().unwrap_or(0) > 0, "{mg}");
+    for l in layers_json(&bed) {
+        assert_eq!(l["tier"], "disk", "base not relocated: {l}");
+    }
+    let st = bed.nvtier_json(&["status"]);
+    assert!(
+        st["pmem_retired_bytes"].as_u64().unwrap_or(0) > 0,
+        "the old container's pmem bases must be kept: {st}"
+    );
+    let o = dockerd.docker_ok(&["exec", &old, "cat", "/data/layer3.txt"]);
+    assert!(o.contains("nvtier testbed layer 3"), "{o}");
+    // A new container mounts tiered: metadata layer + data-only layers
+    // (dockerd's init layer stays a regular lower layer).
+    let new = dockerd.docker_ok(&["run", "-d", "--network", "none", &img, "sleep", "300"]);
+    let new = new.trim().to_string();
+    let tiered: Vec<Value> = snapshot_records(&bed)
+        .into_iter()
+        .filter(|r| r["tiering"].is_object())
+        .collect();
+    assert_eq!(tiered.len(), 1, "one tiered active snapshot: {tiered:?}");
+    let mi = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let meta = bed.pmem.join("meta");
+    assert!(
+        mi.lines()
+            .any(|l| l.contains(meta.to_str().expect("utf-8")) && l.contains("::")),
+        "no overlay with the metadata layer and data-only layers in mountinfo"
+    );
+    let o = dockerd.docker_ok(&["exec", &new, "sh", "-c", read]);
+    assert!(
+        o.contains("nvtier testbed layer 3") && !o.contains("removeme"),
+        "{o}"
+    );
+    let view =
+        |c: &str| dockerd.docker_ok(&["exec", c, "sh", "-c", "ls -lR /data /etc; cat /data/*.txt"]);
+    assert_eq!(view(&new), view(&old));
+    // Removing the old container frees the retired pmem copies.
+    dockerd.docker_ok(&["rm", "-f", &old]);
+    wait_for("retired pmem copies to be freed", 30, || {
+        bed.nvtier_json(&["status"])["pmem_retired_bytes"].as_u64() == Some(0)
+    });
+    dockerd.docker_ok(&["rm", "-f", &new]);
+
     // docker rmi drops containerd's snapshots; the layers stay while
     // nvtier's own image record holds them, and `nvtier rm` frees them.
     dockerd.docker_ok(&["rmi", &img]);

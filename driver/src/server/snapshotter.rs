@@ -490,8 +490,12 @@ impl Inner {
         if let (SnapshotKind::Active, Some(t)) = (r.kind, &r.tiering) {
             match self.tiered_mount(snaps, r, t, &d) {
                 Ok(Some(m)) => return Ok(vec![m]),
-                Ok(None) => tracing::warn!(key = %r.key, "tiered mount options too long; mounting whole layers"),
-                Err(e) => tracing::warn!(key = %r.key, error = %e, "tiered mount not possible; mounting whole layers"),
+                Ok(None) => {
+                    tracing::warn!(key = %r.key, "tiered mount options too long; mounting whole layers")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %r.key, error = %e, "tiered mount not possible; mounting whole layers")
+                }
             }
         }
         let lowers = self.lowers(snaps, &r.parent)?;
@@ -814,6 +818,8 @@ impl Inner {
             labels,
             updated_ms: now,
             created_ms: now,
+            // Committed snapshots mount whole layers.
+            tiering: None,
             ..r.clone()
         };
         let d = self.snap_dir(&r);
@@ -953,6 +959,14 @@ impl Inner {
                         source: e,
                     }
                     .into())
+                }
+            }
+            // The last container on a retired pmem copy or an old hot
+            // generation may just have gone: free what nobody uses now.
+            if r.kind != SnapshotKind::Committed {
+                drop(snaps);
+                if let Err(e) = self.store.gc() {
+                    tracing::warn!(error = %e, "garbage collection after removing a snapshot");
                 }
             }
         }
