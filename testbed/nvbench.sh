@@ -412,7 +412,10 @@ profile_and_migrate() { # the hot system: one traced cold start, then migrate
     [[ $(img_field "$img" .workdir) != null ]] && cmd+=(-C "$(img_field "$img" .workdir)")
     mapfile -t -O ${#cmd[@]} cmd < <(img_field "$img" '.env[]')
     mapfile -t -O ${#cmd[@]} cmd < <(img_field "$img" '.cmd[]')
-    if ! tr=$(nv hot trace "$ref" "${tr_args[@]}" --json -- "${cmd[@]}" 2>"$B/hot/trace.err"); then
+    # (Only the summary: the whole report, with the profile, is too big for
+    # a command-line argument.)
+    if ! tr=$(nv hot trace "$ref" "${tr_args[@]}" --json -- "${cmd[@]}" 2>"$B/hot/trace.err" |
+        jq -c '{files, bytes, image_bytes, tracer, elapsed_ms}'); then
         emit --arg r "$rate" --arg i "$img" --arg m "$(tail -c 400 "$B/hot/trace.err")" \
             '{kind: "error", rate: $r, system: "hot", image: $i, stage: "profile", message: $m}'
         return 0
