@@ -101,16 +101,6 @@ build_python_image
 # --- teardown ------------------------------------------------------------------
 sock_of() { printf '%s/%s/ctd.sock' "$B" "$1"; }
 
-stop_pid() { # stop_pid PID SECS: TERM, wait, KILL
-    local pid=$1 secs=$2 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local rc=$? s id pid m d

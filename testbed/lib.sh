@@ -66,3 +66,14 @@ global_lock() {
     exec 9>"$NVT_RUN_ROOT/.$which.lock"
     flock -w 60 9 || die "timed out waiting for $NVT_RUN_ROOT/.$which.lock"
 }
+
+stop_pid() { # stop_pid PID SECS: TERM, wait, KILL
+    local pid=$1 secs=$2 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}

@@ -121,16 +121,6 @@ B=/var/tmp/nvtier-bench/$NAME
 R=/run/nvtier-bench/$NAME # sockets and exec roots (short paths)
 SYSTEMS=(docker nvm lass hot)
 declare -A PIDS=()
-stop_pid() { # stop_pid PID SECS: TERM, wait, KILL
-    local pid=$1 secs=$2 i
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < secs * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$? s k m pid
     trap - EXIT INT TERM
