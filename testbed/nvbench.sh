@@ -25,6 +25,7 @@
 #
 #   sudo bash testbed/nvbench.sh [--quick] [--reps N] [--rates 100mbit,1gbit]
 #                                [--only a,b] [--out DIR] [--name NAME]
+#                                [--resume] [--max-minutes M]
 #                                [--no-wait] [--check]
 #
 #   --quick   the quick subset of the corpus (python, nginx, redis, debian);
@@ -33,6 +34,11 @@
 #   --reps N  repetitions of every measurement (default 5)
 #   --rates   registry link rates, comma-separated (default 100mbit,1gbit)
 #   --only    only these corpus images
+#   --resume  keep OUT/samples.jsonl and measure only the (rate, image)
+#             cells it does not have yet (a cell cut short is measured
+#             again); the report covers every cell in the file
+#   --max-minutes M  start no new cell after M minutes (then report; run
+#             again with --resume to go on). The full run takes 6-8 h.
 #   --check   exit 1 unless every honesty check passed and every sample is ok
 #   --no-wait do not wait for the machine to be quiet first
 #
@@ -50,7 +56,7 @@ cd "$ROOT"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source testbed/lib.sh
 
-QUICK=0 REPS=5 RATES=100mbit,1gbit ONLY='' OUT='' NAME=nvb WAIT=1 CHECK=0
+QUICK=0 REPS=5 RATES=100mbit,1gbit ONLY='' OUT='' NAME=nvb WAIT=1 CHECK=0 RESUME=0 MAXMIN=0
 while (($#)); do
     case $1 in
         --quick) QUICK=1; shift ;;
@@ -61,11 +67,14 @@ while (($#)); do
         --name) NAME=${2:?--name needs a value}; shift 2 ;;
         --no-wait) WAIT=0; shift ;;
         --check) CHECK=1; shift ;;
-        -h | --help) sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --resume) RESUME=1; shift ;;
+        --max-minutes) MAXMIN=${2:?--max-minutes needs a value}; shift 2 ;;
+        -h | --help) sed -n '2,53p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer"
+[[ $MAXMIN =~ ^[0-9]+$ ]] || die "--max-minutes must be a whole number of minutes"
 validate_name "$NAME"
 IFS=, read -r -a RATE_LIST <<<"$RATES"
 for r in "${RATE_LIST[@]}"; do
@@ -189,8 +198,27 @@ done
 
 # --- engines ---------------------------------------------------------------------------
 SAMPLES=$OUT/samples.jsonl
-: >"$SAMPLES"
+PREV_META='{}'
+if ((RESUME)) && [[ -s $SAMPLES ]]; then
+    # Keep the checks and every finished cell; drop the samples of a cell
+    # cut short (it is measured again) and the old meta line (a new one,
+    # covering every run, is written at the end).
+    PREV_META=$(jq -sc '[.[] | select(.kind == "meta")] | last // {}' "$SAMPLES") ||
+        die "--resume: $SAMPLES is not valid JSON lines; move it away to start afresh"
+    prev_reps=$(jq -r '.reps // empty' <<<"$PREV_META")
+    [[ -z $prev_reps || $prev_reps == "$REPS" ]] ||
+        die "--resume: $SAMPLES was measured with --reps $prev_reps; pass --reps $prev_reps (or move it away)"
+    jq -c -s '[.[] | select(.kind == "cell") | "\(.rate) \(.image)"] as $done
+        | .[] | select(.kind == "check" or .kind == "cell"
+                       or (.kind != "meta" and ("\(.rate) \(.image)" as $k | any($done[]; . == $k))))' \
+        "$SAMPLES" >"$SAMPLES.tmp"
+    mv "$SAMPLES.tmp" "$SAMPLES"
+    info "resuming: $(jq -s '[.[] | select(.kind == "cell")] | length' "$SAMPLES") cells already measured in $SAMPLES"
+else
+    : >"$SAMPLES"
+fi
 emit() { jq -nc "$@" >>"$SAMPLES"; }
+cell_done() { jq -e -s --arg r "$1" --arg i "$2" 'any(.[]; .kind == "cell" and .rate == $r and .image == $i)' "$SAMPLES" >/dev/null; }
 for s in "${SYSTEMS[@]}"; do
     case $s in
         docker) P=$DISK_DIR/$s ;;
@@ -248,6 +276,13 @@ EOF
     PIDS[dockerd-$s]=$!
 done
 dk() { local s=$1; shift; docker -H "unix://$R/$s/docker.sock" "$@"; }
+# Containers are created with bookworm's docker CLI (20.10): trixie's CLI
+# 26.1.5 sends `--device-read-iops/bps` and `--device-write-*` as empty
+# lists (docker/cli#5321, fixed upstream in 26.1 after 26.1.5), so the
+# containers would run unthrottled. The daemon is dockerd 26 either way.
+RUN_CLI=/usr/bin/docker
+[[ -x $RUN_CLI ]] || die "$RUN_CLI (bookworm's docker.io) is missing; run testbed/install-deps.sh"
+dkrun() { local s=$1; shift; "$RUN_CLI" -H "unix://$R/$s/docker.sock" "$@"; }
 cx() { local s=$1; shift; ctr -a "$R/$s/containerd.sock" -n moby "$@"; }
 nv() { local s=$1; shift; NVTIER_CONFIG=$B/$s/nvtier.toml NVTIER_LOG=error "$NVTIER" "$@"; }
 for s in "${SYSTEMS[@]}"; do
@@ -362,7 +397,7 @@ cold() {
     t0=$(now_ns)
     if [[ $ready == port:* ]]; then
         port=${ready#port:}
-        cid=$(dk "$s" run -d --network host "${THROTTLE[@]}" "$ref" 2>"$out") || rc=$?
+        cid=$(dkrun "$s" run -d --network host "${THROTTLE[@]}" "$ref" 2>"$out") || rc=$?
         if ((rc == 0)); then
             for ((i = 0; i < 12000; i++)); do
                 port_open "$port" && { ok=true; break; }
@@ -376,7 +411,7 @@ cold() {
         [[ -n ${cid:-} ]] && { dk "$s" logs "$cid" >>"$out" 2>&1 || true; dk "$s" rm -f "$cid" >/dev/null 2>&1 || true; }
         for ((i = 0; i < 200; i++)); do port_open "$port" || break; sleep 0.05; done
     else
-        timeout 600 docker -H "unix://$R/$s/docker.sock" run --rm --network host "${THROTTLE[@]}" "$ref" >"$out" 2>&1 || rc=$?
+        timeout 600 "$RUN_CLI" -H "unix://$R/$s/docker.sock" run --rm --network host "${THROTTLE[@]}" "$ref" >"$out" 2>&1 || rc=$?
         t1=$(now_ns)
         [[ $rc -eq 0 ]] && grep -qF -- "${ready#exit:}" "$out" && ok=true
     fi
@@ -450,7 +485,7 @@ honesty() {
     # 2. The container's own blkio cgroup carries the HDD rules and counts
     #    its reads of the loop device.
     drop_caches
-    cid=$(dk docker run -d --network host "${THROTTLE[@]}" --entrypoint sh "$ref" \
+    cid=$(dkrun docker run -d --network host "${THROTTLE[@]}" --entrypoint sh "$ref" \
         -c 'cat /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* >/dev/null 2>&1; sleep 30' 2>"$B/docker/check.err") || cid=''
     sleep 3
     d=''
@@ -493,9 +528,21 @@ fi
 
 # --- the benchmark --------------------------------------------------------------------------------
 first=1
+jq -e -s 'any(.[]; .kind == "check" and .name == "caches_dropped")' "$SAMPLES" >/dev/null && first=0
+STOPPED=0
 for rate in "${RATE_LIST[@]}"; do
-    bash testbed/registry.sh rate "$NAME" "$rate" >/dev/null
+    rate_set=0
     for img in "${IMAGES[@]}"; do
+        if cell_done "$rate" "$img"; then
+            info "== $rate: $img already measured (--resume)"
+            continue
+        fi
+        if ((MAXMIN)) && (($(date +%s) - T_START >= MAXMIN * 60)); then
+            warn "--max-minutes $MAXMIN reached; stopping before $rate: $img (run again with --resume to go on)"
+            STOPPED=1
+            break 2
+        fi
+        ((rate_set)) || { bash testbed/registry.sh rate "$NAME" "$rate" >/dev/null; rate_set=1; }
         info "== $rate: $img ($(img_field "$img" .category))"
         for ((rep = 1; rep <= REPS; rep++)); do
             for ((k = 0; k < ${#SYSTEMS[@]}; k++)); do
@@ -522,6 +569,8 @@ for rate in "${RATE_LIST[@]}"; do
             info "  cold start rep $rep (ms):$line"
         done
         for s in "${SYSTEMS[@]}"; do purge "$s" "$img"; done
+        emit --arg r "$rate" --arg i "$img" --argjson reps "$REPS" --arg d "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+            '{kind: "cell", rate: $r, image: $i, reps: $reps, date: $d}'
     done
 done
 
@@ -537,14 +586,24 @@ for img in "${IMAGES[@]}"; do
         --argjson u "$(jq -s --arg n "$img" '[.[] | select(.kind == "startup_read" and .image == $n) | .image_bytes] | first // null' "$SAMPLES")" \
         'map(if .name == $n then . + {layers: $l, compressed_bytes: $c, unpacked_bytes: $u} else . end)' <<<"$images_meta")
 done
-emit --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg cpu "$cpu" --argjson nproc "$(nproc)" --argjson mem "$mem" \
+# A resumed run's meta covers every run into this file: images and rates
+# of earlier runs are kept, run times add up, `started` is the first run's.
+now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+emit --arg date "$now" --arg cpu "$cpu" --argjson nproc "$(nproc)" --argjson mem "$mem" \
     --arg kernel "$(uname -r)" --argjson reps "$REPS" --argjson quick "$( ((QUICK)) && echo true || echo false)" \
     --argjson rates "$(printf '%s\n' "${RATE_LIST[@]}" | jq -R . | jq -cs .)" --arg engine "$ENGINE" \
     --argjson iops "$IOPS_R" --argjson bps "$BPS_R" --argjson secs "$(($(date +%s) - T_START))" \
-    --argjson images "$images_meta" '
-    {kind: "meta", date: $date, machine: {cpu: $cpu, nproc: $nproc, mem_total_kib: $mem, kernel: $kernel},
-     reps: $reps, quick: $quick, rates: $rates, engine: $engine, hdd: {read_iops: $iops, read_bps: $bps},
-     pmem: "tmpfs", run_seconds: $secs, images: $images,
+    --argjson images "$images_meta" --argjson prev "$PREV_META" \
+    --argjson cdone "$(jq -s '[.[] | select(.kind == "cell")] | length' "$SAMPLES")" \
+    --argjson total "$(jq -n --argjson p "$PREV_META" --argjson r "$(printf '%s\n' "${RATE_LIST[@]}" | jq -R . | jq -cs .)" \
+        --argjson i "$images_meta" '((($p.rates // []) + $r) | unique | length) * ((($p.images // []) + $i) | unique_by(.name) | length)')" '
+    {kind: "meta", date: $date, started: ($prev.started // $prev.date // $date),
+     machine: {cpu: $cpu, nproc: $nproc, mem_total_kib: $mem, kernel: $kernel},
+     reps: $reps, quick: $quick, rates: ((($prev.rates // []) + $rates) | reduce .[] as $x ([]; if index([$x]) then . else . + [$x] end)),
+     engine: $engine, hdd: {read_iops: $iops, read_bps: $bps},
+     pmem: "tmpfs", run_seconds: (($prev.run_seconds // 0) + $secs), runs: (($prev.runs // 0) + 1),
+     cells_done: $cdone, cells_total: $total,
+     images: ((($prev.images // []) | map(select(.name as $n | $images | all(.name != $n)))) + $images),
      systems: [
       {id: "docker", label: "Docker", desc: "overlayfs snapshotter; containerd and dockerd roots on the HDD"},
       {id: "nvm", label: "NVM-Docker", desc: "overlayfs snapshotter; containerd and dockerd roots on pmem"},
@@ -556,6 +615,7 @@ else
     warn "this nvbench has no report command; samples are in $SAMPLES"
 fi
 info "done in $(($(date +%s) - T_START)) s; results in $OUT"
+((STOPPED)) && warn "stopped early (--max-minutes): run the same command with --resume to measure the remaining cells"
 if ((CHECK)); then
     bad=$(jq -s '[.[] | select((.kind == "check" or .kind == "deploy" or .kind == "coldstart") and .ok == false)] | length' "$SAMPLES")
     errs=$(jq -s '[.[] | select(.kind == "error")] | length' "$SAMPLES")

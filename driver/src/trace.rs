@@ -274,7 +274,11 @@ pub fn trace(
         if lost > 0 {
             tracing::warn!(lost, "tracer lost events (ring buffer full)");
         }
-        let profile = Profile::from_events(image, &name, &events, &index, start_ns, lost);
+        let mut profile = Profile::from_events(image, &name, &events, &index, start_ns, lost);
+        // The engine's own reads of the rootfs (user lookup) happen outside
+        // the traced cgroup; list them so they stay on pmem too.
+        let engine = nvtier_policy::engine::engine_reads(|p| index.resolve(p).is_some());
+        profile.add_engine_reads(&index, &engine);
         Ok((code, elapsed, name, why, profile))
     })();
     let u = umount_image(store, &rec.target);
@@ -327,6 +331,12 @@ pub fn trace(
         .files
         .iter()
         .filter(|f| disk_layers.contains(&f.layer_chain_id))
+        // Engine reads are listed, not observed in this run.
+        .filter(|f| {
+            f.kinds
+                .iter()
+                .any(|k| *k != nvtier_tracer::event::Kind::Engine)
+        })
         .filter(|f| {
             use nvtier_tracer::event::Kind;
             !tiered

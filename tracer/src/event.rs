@@ -13,6 +13,9 @@ pub enum Kind {
     /// Data read into the page cache by the kernel on the container's
     /// behalf (ELF interpreter, readahead, mmap faults).
     Read,
+    /// Not observed: read by the container engine before the container
+    /// starts (see `Profile::add_engine_reads`). No BPF bit.
+    Engine,
 }
 
 impl Kind {

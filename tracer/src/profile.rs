@@ -152,6 +152,38 @@ impl Profile {
         sort(&mut self.files);
     }
 
+    /// Add the files the container engine reads from the image before the
+    /// container starts (outside the traced cgroup): each of `paths` that
+    /// resolves to a regular file is listed with kind `engine` and a first
+    /// access at 0 ms (an entry already there gets the kind and moves to
+    /// 0 ms). Paths that do not resolve are skipped.
+    pub fn add_engine_reads(&mut self, index: &LayerIndex, paths: &[&str]) {
+        for p in paths {
+            let Some(f) = index.resolve(p) else { continue };
+            let l = &index.layers[f.layer];
+            match self
+                .files
+                .iter_mut()
+                .find(|e| e.layer_chain_id == l.chain_id && e.path == f.path)
+            {
+                Some(e) => {
+                    e.kinds.insert(Kind::Engine);
+                    e.first_access_ms = 0.0;
+                }
+                None => self.files.push(ProfileFile {
+                    layer_chain_id: l.chain_id.clone(),
+                    layer_diff_id: l.diff_id.clone(),
+                    path: f.path.clone(),
+                    kinds: BTreeSet::from([Kind::Engine]),
+                    count: 1,
+                    first_access_ms: 0.0,
+                    bytes: Some(f.bytes),
+                }),
+            }
+        }
+        sort(&mut self.files);
+    }
+
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().filter_map(|f| f.bytes).sum()
     }
@@ -320,5 +352,43 @@ mod tests {
             .expect("json")
             .replace("/bin/sh", "../../etc/shadow");
         assert!(Profile::from_json(&bad).is_err());
+    }
+
+    #[test]
+    fn engine_reads_are_added_once_at_zero_ms() {
+        let (_t, idx) = image();
+        let ev = vec![
+            inode_ev(&idx, 1, "app/main.py", Kind::Open, 3_000_000),
+            inode_ev(&idx, 0, "etc/passwd", Kind::Open, 4_000_000),
+        ];
+        let mut p = Profile::from_events("img", "ebpf", &ev, &idx, 0, 0);
+        p.add_engine_reads(&idx, &["/etc/passwd", "/etc/group"]);
+        p.add_engine_reads(&idx, &["/etc/passwd"]);
+        let got: Vec<_> = p
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.path.as_str(),
+                    f.first_access_ms,
+                    f.kinds.iter().copied().collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        // /etc/group is not in the image: skipped. /etc/passwd was traced
+        // later: it moves to 0 ms and keeps its observed kind.
+        assert_eq!(
+            got,
+            vec![
+                ("/etc/passwd", 0.0, vec![Kind::Open, Kind::Engine]),
+                ("/app/main.py", 3.0, vec![Kind::Open]),
+            ]
+        );
+        let mut q = Profile::from_events("img", "ebpf", &ev[..1], &idx, 0, 0);
+        q.add_engine_reads(&idx, &["/etc/passwd"]);
+        assert_eq!(q.files[0].path, "/etc/passwd");
+        assert_eq!(q.files[0].kinds, BTreeSet::from([Kind::Engine]));
+        assert_eq!(q.files[0].bytes, Some("etc/passwd".len() as u64));
+        assert_eq!(q.files[0].layer_chain_id, "sha256:c0");
     }
 }

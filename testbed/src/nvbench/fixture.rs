@@ -97,6 +97,7 @@ pub fn jsonl() -> String {
         "machine":{"cpu":"Test CPU","nproc":2,"mem_total_kib":24000000,"kernel":"6.18.0"},
         "reps":3,"quick":true,"rates":RATES,"engine":"dockerd 26.1.5 + containerd 1.7.24 + runc 1.1.5",
         "hdd":{"read_iops":150,"read_bps":157286400},"pmem":"tmpfs","run_seconds":1234,
+        "started":"2026-11-21T09:00:00Z","runs":2,"cells_done":7,"cells_total":8,
         "images":images,
         "systems":[{"id":"docker","label":"Docker","desc":"overlayfs, all on HDD"},
             {"id":"nvm","label":"NVM-Docker","desc":"all on pmem"},

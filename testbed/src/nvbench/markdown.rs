@@ -177,7 +177,14 @@ fn header(o: &mut String, r: &Report) {
         )
     });
     let rates: Vec<&str> = r.rates.iter().map(|x| x.rate.as_str()).collect();
-    let _ = writeln!(o, "- Date: {}", opt(m.date.clone()));
+    match (&m.started, &m.date) {
+        (Some(a), Some(b)) if a != b => {
+            let _ = writeln!(o, "- Date: {a} to {b}");
+        }
+        _ => {
+            let _ = writeln!(o, "- Date: {}", opt(m.date.clone()));
+        }
+    }
     let _ = writeln!(o, "- Machine: {}", opt(machine));
     let _ = writeln!(
         o,
@@ -206,7 +213,22 @@ fn header(o: &mut String, r: &Report) {
         let _ = writeln!(o, "- pmem tier: {}", esc(p));
     }
     if let Some(s) = m.run_seconds {
-        let _ = writeln!(o, "- Run time: {s:.0} s");
+        let runs = match m.runs {
+            Some(n) if n > 1 => format!(" over {n} runs (`--resume`)"),
+            _ => String::new(),
+        };
+        let _ = writeln!(o, "- Run time: {s:.0} s{runs}");
+    }
+    if let (Some(d), Some(t)) = (m.cells_done, m.cells_total) {
+        if d < t {
+            let _ = writeln!(
+                o,
+                "- **Incomplete:** {d} of {t} (rate, image) cells measured; \
+                 run the same command with `--resume` to measure the rest"
+            );
+        } else {
+            let _ = writeln!(o, "- Cells: all {t} (rate, image) cells measured");
+        }
     }
     let _ = writeln!(
         o,
@@ -646,7 +668,9 @@ mod tests {
         let r = aggregate::aggregate(s, "fixture.jsonl");
         let md = render(&r, &["plots/deploy-1gbit.png".into()]);
         for needle in [
-            "- Date: 2026-11-22T10:00:00Z",
+            "- Date: 2026-11-21T09:00:00Z to 2026-11-22T10:00:00Z",
+            "- Run time: 1234 s over 2 runs",
+            "**Incomplete:** 7 of 8 (rate, image) cells measured",
             "Test CPU, 2 cores",
             "- Rates: 100mbit, 1gbit",
             "### 100mbit — language (2 images: python, node)",

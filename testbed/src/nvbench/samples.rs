@@ -62,6 +62,17 @@ pub struct Meta {
     pub pmem: Option<String>,
     #[serde(default)]
     pub run_seconds: Option<f64>,
+    /// The first run into this samples file (`--resume` adds runs).
+    #[serde(default)]
+    pub started: Option<String>,
+    /// Runs into this samples file.
+    #[serde(default)]
+    pub runs: Option<u64>,
+    /// (rate, image) cells measured, and selected over all runs.
+    #[serde(default)]
+    pub cells_done: Option<u64>,
+    #[serde(default)]
+    pub cells_total: Option<u64>,
     #[serde(default)]
     pub images: Vec<ImageInfo>,
     #[serde(default)]
