@@ -103,18 +103,29 @@ fn is_loopback(registry: &str) -> bool {
             .unwrap_or(false)
 }
 
-fn client_for(store: &Store, reference: &Reference) -> Client {
+/// The registry client. Its TLS set-up reads the system's CA certificates
+/// even when the registry is plain HTTP; without any, building it fails
+/// (and oci-client's `Client::new` would fall back to a default client that
+/// panics), so that is an error that names the fix.
+fn client_for(store: &Store, reference: &Reference) -> Result<Client> {
     let mut plain: Vec<String> = store.cfg.insecure_registries.clone();
     let reg = reference.resolve_registry().to_string();
     if is_loopback(&reg) {
         plain.push(reg);
     }
-    Client::new(ClientConfig {
+    Client::try_from(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain),
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
         connect_timeout: Some(std::time::Duration::from_secs(15)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..Default::default()
+    })
+    .map_err(|e| {
+        Error::Registry(format!(
+            "cannot set up the registry client for {}: {e} (its TLS set-up needs the system's CA \
+             certificates, even for plain-HTTP registries: install them, e.g. `apt install ca-certificates`)",
+            reference.whole()
+        ))
     })
 }
 
@@ -316,7 +327,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     let t0 = Instant::now();
     let reference = parse_ref(reference)?;
     let name = reference.whole();
-    let client = Arc::new(client_for(store, &reference));
+    let client = Arc::new(client_for(store, &reference)?);
     client
         .auth(&reference, &opts.auth, RegistryOperation::Pull)
         .await

@@ -460,3 +460,45 @@ fn image_index_selects_linux_amd64() {
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(3));
     check_lass_rule(&rep);
 }
+
+/// A node without a CA bundle (the registry client's TLS set-up needs one,
+/// even for a plain-HTTP registry): hidden in a private mount namespace.
+/// The pull must end in an error that names the fix, never a panic, and
+/// leave the store empty; with the bundle back the same pull works.
+#[test]
+fn missing_ca_bundle_is_a_clear_error() {
+    let bed = Bed::up("noca", "1gbit", "4G");
+    let r = bed.push("nocademo", "busybox,1M");
+    let empty = tempfile::tempdir().expect("tmp");
+    let mut hide = String::new();
+    for d in [
+        "/etc/ssl/certs",
+        "/usr/share/ca-certificates",
+        "/usr/lib/ssl",
+    ] {
+        if std::path::Path::new(d).is_dir() {
+            hide += &format!("mount --bind {:?} {d} && ", empty.path());
+        }
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{hide}exec \"$0\" pull \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_nvtier"))
+        .arg(&r)
+        .env("NVTIER_CONFIG", &bed.config)
+        .env("SSL_CERT_FILE", empty.path().join("none.pem"))
+        .env("SSL_CERT_DIR", empty.path())
+        .output()
+        .expect("run unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "nvtier panicked: {err}");
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("ca-certificates") && err.contains(&r),
+            "the error does not name the image and the fix: {err}"
+        );
+        assert!(bed.stored_layers().is_empty(), "{:?}", bed.stored_layers());
+    }
+    bed.nvtier_ok(&["pull", &r]);
+}

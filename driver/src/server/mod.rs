@@ -10,6 +10,7 @@
 //! snapshots (and containers run on them) leaves them intact.
 
 pub mod docker_plugin;
+pub mod pins;
 pub mod snapshotter;
 
 use crate::error::{Error, IoContext, Result};
@@ -198,6 +199,14 @@ pub async fn serve(store: Store) -> Result<()> {
         let (store, mut rx) = (store.clone(), rx.clone());
         tasks.spawn(async move {
             migrate_loop(store, &mut rx).await;
+            Ok(())
+        });
+    }
+
+    if crate::tiering::enabled(&store).is_ok() {
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            pins::pin_loop(store, &mut rx).await;
             Ok(())
         });
     }

@@ -280,6 +280,10 @@ impl Samples {
                 line,
                 s: typed(v, &kind)?,
             }),
+            // Written by nvbench.sh after each finished (rate, image) cell so
+            // that `--resume` knows what to skip; the meta line carries the
+            // totals the report needs.
+            "cell" => {}
             "error" => self.errors.push(Line {
                 line,
                 s: typed(v, &kind)?,
@@ -361,5 +365,14 @@ mod tests {
             .iter()
             .any(|w| w == "f:2: unknown kind \"weather\" ignored"));
         assert!(s.warnings.iter().any(|w| w.contains("2 meta lines")));
+    }
+
+    #[test]
+    fn resume_markers_are_known_and_silent() {
+        let text = format!(
+            "{META}\n{{\"kind\":\"cell\",\"rate\":\"1gbit\",\"image\":\"x\",\"reps\":3,\"date\":\"2026-11-22\"}}\n"
+        );
+        let s = Samples::parse(&text, "f").expect("parses");
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
     }
 }
