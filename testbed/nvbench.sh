@@ -314,6 +314,9 @@ PIDS[sampler]=$!
 now_ns() { date +%s%N; }
 ms_between() { echo $((($2 - $1) / 1000000)); }
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# A line in the kernel trace (if tracefs is there), so block-layer traces
+# taken alongside a run can be cut per cold start.
+tmark() { echo "nvbench: $*" >/sys/kernel/tracing/trace_marker 2>/dev/null || true; }
 io_snap() { local st; read -r -a st <"/sys/block/$LOOP/stat"; echo "${st[0]} $((st[2] * 512)) ${st[4]} $((st[6] * 512))"; }
 io_json() {
     local -a a b
@@ -393,6 +396,7 @@ cold() {
     ready=$(img_field "$img" .ready)
     [[ $mode == warm ]] || drop_caches
     io0=$(io_snap)
+    tmark "cold $s $img rep $rep begin"
     out=$B/$s/run.out
     t0=$(now_ns)
     if [[ $ready == port:* ]]; then
@@ -416,6 +420,7 @@ cold() {
         [[ $rc -eq 0 ]] && grep -qF -- "${ready#exit:}" "$out" && ok=true
     fi
     io1=$(io_snap)
+    tmark "cold $s $img rep $rep end"
     local ms
     ms=$(ms_between "$t0" "$t1")
     if [[ $mode == cold ]]; then

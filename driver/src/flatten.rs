@@ -37,6 +37,12 @@ pub struct MetaStats {
     pub other: u64,
     /// Apparent bytes of the files the stubs stand for.
     pub file_bytes: u64,
+    /// Data path (a stub's redirect) -> its owner, the index (bottom first)
+    /// of the top-most layer holding it, for every stub whose owner is not
+    /// the top layer. Decides whether a tiered mount may put every hot data
+    /// layer before the bases (`nvtier_policy::datalayers`).
+    #[serde(skip)]
+    pub owners: HashMap<String, usize>,
 }
 
 pub(crate) fn xattr_names(p: &Path) -> Vec<OsString> {
@@ -237,6 +243,11 @@ impl Builder<'_> {
                 set_xattr(&dst, REDIRECT, redirect.as_bytes())?;
                 set_mtime(&dst, &m)?;
                 self.links.insert((m.dev(), m.ino()), dst);
+                if l > 0 {
+                    // `l` counts from the top; owners count from the bottom.
+                    let owner = self.layers.len() - 1 - l;
+                    self.stats.owners.insert(redirect, owner);
+                }
                 self.stats.stubs += 1;
                 self.stats.file_bytes += m.len();
             } else if ft.is_symlink() {

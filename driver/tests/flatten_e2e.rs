@@ -50,6 +50,29 @@ fn meta_layer_over_data_only_layers_equals_plain_overlay() {
         stats.stubs >= 10 && stats.hardlinks >= 1 && stats.symlinks >= 1,
         "{stats:?}"
     );
+    // Owners: every file not in the top layer, by the top-most layer that
+    // has it (bottom first); the top layer's own files are left out.
+    let n = layers.len();
+    assert_eq!(
+        stats.owners.get("/bin/busybox"),
+        Some(&0),
+        "{:?}",
+        stats.owners
+    );
+    assert_eq!(stats.owners.get("/etc/passwd"), Some(&0));
+    // /data/hard and /data/layer1.txt are one file; its stubs redirect to
+    // the first name.
+    assert_eq!(stats.owners.get("/data/hard"), Some(&1));
+    assert_eq!(stats.owners.get("/data/layer1.txt"), None);
+    assert_eq!(stats.owners.get("/data/layer2.bin"), Some(&2));
+    assert_eq!(stats.owners.get("/opt/dir/c"), Some(&2));
+    let top_file = format!("/data/layer{}.txt", n - 1);
+    assert!(!stats.owners.contains_key(&top_file), "{top_file}");
+    assert!(
+        !stats.owners.contains_key("/opt/dir/a") && !stats.owners.contains_key("/etc/removeme"),
+        "hidden files have no stub"
+    );
+    assert!(stats.owners.values().all(|&o| o < n - 1));
     let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
     let _guard = Unmount(vec![plain.clone(), flat.clone()]);
     mount_overlay(

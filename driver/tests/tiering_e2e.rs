@@ -63,6 +63,30 @@ impl Drop for Mounted<'_> {
     }
 }
 
+/// The data-only layers of the overlay mounted at `dir`, in order, from
+/// its mountinfo options (`datadir+=` with the new mount API, the part
+/// after `::` of `lowerdir=` with the legacy one).
+fn data_layers_of(dir: &Path) -> Vec<String> {
+    let mi = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = dir.to_str().expect("utf-8");
+    let line = mi
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(want))
+        .unwrap_or_else(|| panic!("{want} not in mountinfo"));
+    let opts = line.rsplit(' ').next().expect("super options");
+    let mut out: Vec<String> = opts
+        .split(',')
+        .filter_map(|o| o.strip_prefix("datadir+="))
+        .map(str::to_string)
+        .collect();
+    if out.is_empty() {
+        if let Some(l) = opts.split(',').find_map(|o| o.strip_prefix("lowerdir=")) {
+            out = l.split("::").skip(1).map(str::to_string).collect();
+        }
+    }
+    out
+}
+
 fn chain_hex(l: &Value) -> String {
     l["chain_id"]
         .as_str()
@@ -187,6 +211,19 @@ fn merged_view_identical_across_promote_demote_and_back() {
     let b = Mounted::new(&bed, &r, "b");
     assert_same_tree(&reference, &full_listing(&b.dir));
     assert_same_tree(&reference, &full_listing(&a.dir));
+    // No layer overwrites another's hot file, so every hot data layer comes
+    // before every base: resolving a hot file never looks into the disk.
+    let data = data_layers_of(&b.dir);
+    let first_base = data
+        .iter()
+        .position(|d| !d.contains("/hot/"))
+        .expect("a base");
+    let hot: Vec<&String> = data.iter().filter(|d| d.contains("/hot/")).collect();
+    assert!(hot.len() >= 3, "hot data layers: {data:?}");
+    assert!(
+        data[..first_base].len() == hot.len(),
+        "hot data layers first: {data:?}"
+    );
 
     // The new mount reads the pmem copy, the old one its own layers: mark
     // the pmem copy (same length) and look through both.

@@ -3,6 +3,7 @@
 //! rules can be tested exhaustively.
 
 pub mod classify;
+pub mod datalayers;
 pub mod engine;
 pub mod lass;
 pub mod placement;

@@ -387,6 +387,13 @@ pub struct Inner {
     snaps: Mutex<BTreeMap<String, SnapshotRecord>>,
     pulls: tokio::sync::Mutex<HashMap<String, PullCell>>,
     ingest_dir: PathBuf,
+    /// Whether the next cleanup must look for orphans on the disk tier:
+    /// set at start-up and whenever a snapshot directory there is made or
+    /// removed. containerd asks for a cleanup after every container it
+    /// removes, and after `drop_caches` reading the disk tier's directory
+    /// costs seeks on the HDD that a node with its snapshots on pmem does
+    /// not need.
+    disk_scan: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -518,14 +525,15 @@ impl Inner {
     ) -> Result<Option<Mount>> {
         let meta = crate::tiering::meta_dir(&self.store, &format!("sha256:{}", t.meta))?;
         let mut above = Vec::new();
-        let mut data = Vec::new();
+        // Top-most first: (hot generation dir, base link) per layer.
+        let mut layers: Vec<(Option<PathBuf>, PathBuf)> = Vec::new();
         let mut p = r.parent.clone();
         while !p.is_empty() {
             let pr = snaps
                 .get(&p)
                 .ok_or_else(|| Error::Other(format!("parent snapshot {p:?} is gone")))?;
             let Some(c) = pr.layer.as_deref() else {
-                if !data.is_empty() {
+                if !layers.is_empty() {
                     return Err(Error::Other(format!(
                         "parent snapshot {p:?} below the image is not an nvtier layer"
                     )));
@@ -534,15 +542,34 @@ impl Inner {
                 p = pr.parent.clone();
                 continue;
             };
-            if let Some((_, g)) = t.hot.iter().find(|(hc, _)| hc == c) {
-                data.push(crate::tiering::gen_dir(&self.store, c, *g)?);
-            }
-            data.push(self.ensure_link(pr)?);
-            if data.len() > 8192 {
+            let hot = match t.hot.iter().find(|(hc, _)| hc == c) {
+                Some((_, g)) => Some(crate::tiering::gen_dir(&self.store, c, *g)?),
+                None => None,
+            };
+            layers.push((hot, self.ensure_link(pr)?));
+            if layers.len() > 4096 {
                 return Err(Error::Other("parent chain too long (cycle?)".into()));
             }
             p = pr.parent.clone();
         }
+        // The order chosen when the snapshot was prepared (policy indices
+        // count from the bottom).
+        let policy: Vec<nvtier_policy::datalayers::DataLayer> = layers
+            .iter()
+            .rev()
+            .map(|(h, _)| nvtier_policy::datalayers::DataLayer {
+                has_hot: h.is_some(),
+                hot_paths: Vec::new(),
+            })
+            .collect();
+        let n = layers.len();
+        let data: Vec<PathBuf> = nvtier_policy::datalayers::order(&policy, t.hot_first)
+            .into_iter()
+            .filter_map(|d| match d {
+                nvtier_policy::datalayers::Data::Hot(i) => layers[n - 1 - i].0.clone(),
+                nvtier_policy::datalayers::Data::Base(i) => Some(layers[n - 1 - i].1.clone()),
+            })
+            .collect();
         Ok(build_tiered_mount(
             &above,
             &meta,
@@ -695,6 +722,10 @@ impl Inner {
             None
         };
         let d = self.snap_dir(&r);
+        if r.tier == crate::tier::TierKind::Disk {
+            self.disk_scan
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let mk = || -> Result<()> {
             fs::create_dir_all(d.join("fs")).ctx("create snapshot dir", d.join("fs"))?;
             if kind == SnapshotKind::Active {
@@ -949,6 +980,10 @@ impl Inner {
             }
         } else {
             let d = self.snap_dir(&r);
+            if r.tier == crate::tier::TierKind::Disk {
+                self.disk_scan
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             match fs::remove_dir_all(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1039,13 +1074,23 @@ impl Inner {
     fn cleanup(&self) -> Result<()> {
         let snaps = self.lock();
         let ids: std::collections::HashSet<&str> = snaps.values().map(|r| r.id.as_str()).collect();
-        for t in [&self.store.pmem, &self.store.disk] {
+        let disk = self
+            .disk_scan
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        let tiers = [Some(&self.store.pmem), disk.then_some(&self.store.disk)];
+        for t in tiers.into_iter().flatten() {
             let dir = t.root.join("snapshots");
             for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
                 if !ids.contains(n.as_str()) {
                     tracing::info!(path = %e.path().display(), "removing orphaned snapshot directory");
-                    fs::remove_dir_all(e.path()).ctx("remove orphan", e.path())?;
+                    if let Err(err) = fs::remove_dir_all(e.path()) {
+                        if disk {
+                            self.disk_scan
+                                .store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        return Err(err).ctx("remove orphan", e.path());
+                    }
                 }
             }
         }
@@ -1089,6 +1134,7 @@ impl NvSnapshotter {
             snaps: Mutex::new(snaps),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             ingest_dir,
+            disk_scan: std::sync::atomic::AtomicBool::new(true),
         });
         let recs: Vec<SnapshotRecord> = inner.lock().values().cloned().collect();
         for r in &recs {

@@ -530,11 +530,15 @@ fn drop_meta(store: &Store, img: &ImageRecord) -> Result<()> {
     if used {
         return Ok(());
     }
-    let rec = super::meta_record_path(store, &img.manifest_digest)?;
-    match fs::remove_file(&rec) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).ctx("remove metadata record", &rec),
+    for rec in [
+        super::meta_record_path(store, &img.manifest_digest)?,
+        super::owners_path(store, &img.manifest_digest)?,
+    ] {
+        match fs::remove_file(&rec) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("remove metadata record", &rec),
+        }
     }
     let d = meta_dir(store, &img.manifest_digest)?;
     match fs::remove_dir_all(&d) {

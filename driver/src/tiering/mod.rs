@@ -15,8 +15,13 @@
 //!
 //! overlayfs resolves a redirect in the data-only layers in order and takes
 //! the first match. A file's top-most layer holds it (hot copies are a
-//! subset of their base), so a hot copy shadows exactly its own base file:
-//! the merged view is the same whatever the placement.
+//! subset of their base), so with each hot data layer right above its base
+//! a hot copy shadows exactly its own base file: the merged view is the
+//! same whatever the placement. Where the image's owner map
+//! ([`owners_path`]) shows that no hot data layer holds a path a layer
+//! above it owns, every hot data layer goes before every base instead, so
+//! that resolving a hot file never looks into a base on disk
+//! (`nvtier_policy::datalayers`).
 //!
 //! # Generations
 //! `STATE/hot/<chain>.json` names the layer's current generation. A
@@ -43,7 +48,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::extract::write_atomic;
 use crate::store::{digest_hex, meta_read, ImageRecord, Store};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -114,6 +119,10 @@ pub struct MountTiering {
     pub meta: String,
     /// (chainID, generation) of every hot data layer in the mount.
     pub hot: Vec<(String, u64)>,
+    /// All hot data layers before all bases (`nvtier_policy::datalayers`);
+    /// false: each hot data layer right above its base.
+    #[serde(default)]
+    pub hot_first: bool,
 }
 
 /// Bytes charged per metadata-layer inode.
@@ -185,6 +194,18 @@ pub(crate) fn meta_record_path(store: &Store, manifest: &str) -> Result<PathBuf>
         .join("meta")
         .join(format!("{}.json", digest_hex(manifest)?)))
 }
+/// Suffix of the owner map beside an image's metadata record.
+pub(crate) const OWNERS_SUFFIX: &str = ".owners";
+/// `STATE/meta/<manifest>.owners`: the data paths of the image's metadata
+/// layer not owned by its top layer, with their owner (see
+/// [`crate::flatten::MetaStats::owners`]). Written with the metadata layer;
+/// no file (an older store) means "unknown".
+pub(crate) fn owners_path(store: &Store, manifest: &str) -> Result<PathBuf> {
+    Ok(store
+        .state()
+        .join("meta")
+        .join(format!("{}{OWNERS_SUFFIX}", digest_hex(manifest)?)))
+}
 pub(crate) fn retired_records_dir(store: &Store) -> PathBuf {
     store.state().join("retired")
 }
@@ -228,6 +249,12 @@ pub fn current_hot(store: &Store, chain: &str) -> Result<Vec<HotEntry>> {
 
 pub fn meta_record(store: &Store, manifest: &str) -> Result<Option<MetaRecord>> {
     meta_read(&meta_record_path(store, manifest)?)
+}
+
+/// The image's owner map, `None` when it has none (built by an nvtier
+/// that did not record one).
+pub fn meta_owners(store: &Store, manifest: &str) -> Result<Option<HashMap<String, usize>>> {
+    meta_read(&owners_path(store, manifest)?)
 }
 
 pub fn usage(store: &Store, manifest: &str) -> Result<Usage> {
@@ -349,7 +376,17 @@ pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
         dirs.push(store.layer_dir(&m)?);
     }
     let built = (|| {
-        crate::flatten::build_meta_layer(&dirs, &staging)?;
+        let stats = crate::flatten::build_meta_layer(&dirs, &staging)?;
+        // The owner map first: a metadata record without one only costs
+        // disk reads (interleaved data layers), never a wrong view.
+        let op = owners_path(store, &img.manifest_digest)?;
+        if let Some(d) = op.parent() {
+            std::fs::create_dir_all(d).ctx("create", d)?;
+        }
+        write_atomic(
+            &op,
+            &serde_json::to_vec(&stats.owners).map_err(|e| Error::Other(e.to_string()))?,
+        )?;
         let (du_bytes, inodes) = du(&staging);
         let charged = du_bytes + inodes * INODE_COST;
         let mut res = store.reserve();
@@ -394,31 +431,75 @@ pub fn mount_layers(
     if !have && !build {
         return Ok(None);
     }
+    if img.chain_ids.len() != base_top_first.len() {
+        return Err(Error::Other(format!(
+            "image {} has {} layers but {} layer directories were given",
+            img.name,
+            img.chain_ids.len(),
+            base_top_first.len()
+        )));
+    }
     let meta = ensure_meta(store, img)?;
-    let mut data = Vec::new();
-    let mut hot = Vec::new();
-    for (c, base) in img.chain_ids.iter().rev().zip(base_top_first) {
-        if let Some(p) = layer_placement(store, c)? {
-            if p.current > 0
-                && p.generations
-                    .get(&p.current)
-                    .is_some_and(|g| !g.files.is_empty())
-            {
-                let g = gen_dir(store, c, p.current)?;
-                if g.is_dir() {
-                    data.push(g);
-                    hot.push((c.clone(), p.current));
+    let n = img.chain_ids.len();
+    // Bottom first, as the policy counts layers.
+    let chains = &img.chain_ids[..n];
+    let mut gens: Vec<Option<(u64, PathBuf, Vec<HotEntry>)>> = Vec::with_capacity(n);
+    for c in chains {
+        let mut g = None;
+        if let Some(mut p) = layer_placement(store, c)? {
+            if let Some(files) = p.generations.remove(&p.current).map(|g| g.files) {
+                let dir = gen_dir(store, c, p.current)?;
+                if p.current > 0 && !files.is_empty() && dir.is_dir() {
+                    g = Some((p.current, dir, files));
                 }
             }
         }
-        data.push(base.clone());
+        gens.push(g);
     }
+    let layers: Vec<nvtier_policy::datalayers::DataLayer> = gens
+        .iter()
+        .map(|g| nvtier_policy::datalayers::DataLayer {
+            has_hot: g.is_some(),
+            hot_paths: g.as_ref().map_or_else(Vec::new, |(_, _, f)| {
+                f.iter().map(|h| h.data_path.as_str()).collect()
+            }),
+        })
+        .collect();
+    let owners = meta_owners(store, &img.manifest_digest)?;
+    let hot_first = match nvtier_policy::datalayers::hot_first_ok(&layers, owners.as_ref()) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::debug!(image = %img.name, ?why, "hot data layers interleaved with the bases");
+            false
+        }
+    };
+    let mut data = Vec::new();
+    for d in nvtier_policy::datalayers::order(&layers, hot_first) {
+        match d {
+            nvtier_policy::datalayers::Data::Hot(i) => {
+                if let Some((_, dir, _)) = &gens[i] {
+                    data.push(dir.clone());
+                }
+            }
+            // base_top_first[0] is the top layer, chains[n - 1].
+            nvtier_policy::datalayers::Data::Base(i) => {
+                data.push(base_top_first[n - 1 - i].clone())
+            }
+        }
+    }
+    let hot = chains
+        .iter()
+        .zip(&gens)
+        .rev()
+        .filter_map(|(c, g)| g.as_ref().map(|(n, _, _)| (c.clone(), *n)))
+        .collect();
     Ok(Some((
         meta,
         data,
         MountTiering {
             meta: digest_hex(&img.manifest_digest)?.to_string(),
             hot,
+            hot_first,
         },
     )))
 }

@@ -3,7 +3,8 @@
 
 use super::{
     gen_dir, hot_root, journal, journal_dir, layer_record_path, meta_dir, meta_record_path,
-    retired, retired_dir, retired_records_dir, write_json, LayerPlacement, RetiredLayer,
+    owners_path, retired, retired_dir, retired_records_dir, write_json, LayerPlacement,
+    RetiredLayer, OWNERS_SUFFIX,
 };
 use crate::error::{IoContext, Result};
 use crate::store::{digest_hex, meta_read, now_ms, SnapshotKind, Store};
@@ -224,6 +225,9 @@ pub fn gc_locked(store: &Store) -> Result<()> {
             if let Ok(p) = meta_record_path(store, &manifest) {
                 let _ = fs::remove_file(p);
             }
+            if let Ok(p) = owners_path(store, &manifest) {
+                let _ = fs::remove_file(p);
+            }
             if let Ok(d) = meta_dir(store, &manifest) {
                 remove_tree(&d)?;
             } else {
@@ -236,7 +240,10 @@ pub fn gc_locked(store: &Store) -> Result<()> {
     if let Ok(rd) = fs::read_dir(&mrec) {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(hex) = name.strip_suffix(".json") {
+            if let Some(hex) = name
+                .strip_suffix(".json")
+                .or_else(|| name.strip_suffix(OWNERS_SUFFIX))
+            {
                 if !meta.join(hex).is_dir() {
                     let _ = fs::remove_file(e.path());
                 }
