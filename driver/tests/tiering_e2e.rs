@@ -224,6 +224,9 @@ fn merged_view_identical_across_promote_demote_and_back() {
         data[..first_base].len() == hot.len(),
         "hot data layers first: {data:?}"
     );
+    let st = bed.nvtier_json(&["status"]);
+    assert!(st["tiered_mounts"].as_u64() >= Some(1), "{st}");
+    assert_eq!(st["interleaved_mounts"], 0, "{st}");
 
     // The new mount reads the pmem copy, the old one its own layers: mark
     // the pmem copy (same length) and look through both.

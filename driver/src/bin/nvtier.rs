@@ -448,6 +448,20 @@ fn real_main(cli: Cli) -> Result<()> {
             let tiering = nvtier::tiering::enabled(&store);
             let layers = store.layers()?;
             let used = store.pmem_used()?;
+            let mounts = store.mounts()?;
+            let snapshots = store.snapshots()?;
+            // Tiered mounts (nvtier's own and containerd's active snapshots)
+            // and those whose hot data layers had to be interleaved with the
+            // bases: those may read the disk tier for a lower layer's hot file.
+            let tierings: Vec<&nvtier::tiering::MountTiering> = mounts
+                .iter()
+                .filter_map(|m| m.tiering.as_ref())
+                .chain(snapshots.iter().filter_map(|s| s.tiering.as_ref()))
+                .collect();
+            let interleaved = tierings
+                .iter()
+                .filter(|t| !t.hot_first && !t.hot.is_empty())
+                .count();
             let disk_bytes: u64 = layers
                 .iter()
                 .filter(|l| l.tier == TierKind::Disk)
@@ -470,8 +484,10 @@ fn real_main(cli: Cli) -> Result<()> {
                 "images": store.images()?.len(), "layers": layers.len(),
                 "pmem_layers": layers.iter().filter(|l| l.tier == TierKind::Pmem).count(),
                 "disk_layers": layers.iter().filter(|l| l.tier == TierKind::Disk).count(),
-                "mounts": store.mounts()?.len(),
-                "snapshots": store.snapshots()?.len(),
+                "mounts": mounts.len(),
+                "tiered_mounts": tierings.len(),
+                "interleaved_mounts": interleaved,
+                "snapshots": snapshots.len(),
                 "snapshotter_socket": cfg.snapshotter_socket,
                 "max_concurrent_downloads": cfg.max_concurrent_downloads,
             });
@@ -500,7 +516,14 @@ fn real_main(cli: Cli) -> Result<()> {
             );
             println!("disk used  {}", human(disk_bytes));
             match &tiering {
-                Ok(()) => println!("tiering    file-granular (metadata layers + hot data layers)"),
+                Ok(()) => {
+                    println!("tiering    file-granular (metadata layers + hot data layers)");
+                    println!(
+                        "  mounts    {} tiered, {interleaved} with hot data layers interleaved \
+                         (a lower layer's hot file is shadowed above; those may read the disk tier)",
+                        tierings.len()
+                    );
+                }
                 Err(why) => println!("tiering    whole-layer: {why}"),
             }
             println!(

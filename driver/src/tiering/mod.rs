@@ -469,7 +469,11 @@ pub fn mount_layers(
     let hot_first = match nvtier_policy::datalayers::hot_first_ok(&layers, owners.as_ref()) {
         Ok(()) => true,
         Err(why) => {
-            tracing::debug!(image = %img.name, ?why, "hot data layers interleaved with the bases");
+            tracing::info!(
+                image = %img.name, ?why,
+                "hot data layers interleaved with the bases: a hot file of a lower layer is \
+                 shadowed above, so this mount may read the disk tier (see `nvtier status`)"
+            );
             false
         }
     };
