@@ -45,6 +45,19 @@ pub struct Config {
     /// the disk tier, at the cost of pmem for what containers write (not
     /// charged to `pmem_budget`).
     pub upper_tier: crate::tier::TierKind,
+    /// When a layer pulled onto the disk tier is published: `background`
+    /// (default: as soon as it is extracted; its blob is kept until the
+    /// write-back is done, see `store::durable`) or `before-publish`
+    /// (`syncfs` first, as pmem layers always are).
+    pub disk_layer_sync: DiskLayerSync,
+}
+
+/// See [`Config::disk_layer_sync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskLayerSync {
+    Background,
+    BeforePublish,
 }
 
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/nvtier/snapshotter.sock";
@@ -73,6 +86,7 @@ struct Raw {
     profile_max_age_s: Option<u64>,
     migrate_interval_s: Option<u64>,
     upper_tier: Option<String>,
+    disk_layer_sync: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,6 +248,15 @@ impl Config {
                 )))
             }
         };
+        let disk_layer_sync = match raw.disk_layer_sync.as_deref() {
+            None | Some("background") => DiskLayerSync::Background,
+            Some("before-publish") => DiskLayerSync::BeforePublish,
+            Some(o) => {
+                return Err(err(format!(
+                    "key `disk_layer_sync` must be \"background\" or \"before-publish\", got {o:?}"
+                )))
+            }
+        };
         Ok(Config {
             file: file.to_path_buf(),
             state_dir,
@@ -252,6 +275,7 @@ impl Config {
             profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
             migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),
             upper_tier,
+            disk_layer_sync,
         })
     }
 }
@@ -283,6 +307,18 @@ disk_dir = "/var/lib/nvtier/disk"
 pmem_budget = "4G"
 insecure_registries = ["10.0.0.2:5000"]
 "#;
+
+    #[test]
+    fn disk_layer_sync() {
+        assert_eq!(
+            parse(OK).expect("ok").disk_layer_sync,
+            DiskLayerSync::Background
+        );
+        let c = parse(&format!("{OK}disk_layer_sync = \"before-publish\"\n")).expect("bp");
+        assert_eq!(c.disk_layer_sync, DiskLayerSync::BeforePublish);
+        let e = parse(&format!("{OK}disk_layer_sync = \"never\"\n")).expect_err("bad value");
+        assert!(e.to_string().contains("disk_layer_sync"), "{e}");
+    }
 
     #[test]
     fn upper_tier() {

@@ -295,7 +295,17 @@ fn store_layer(
             created_ms: now_ms(),
             store_ms: t.elapsed().as_millis() as u64,
         };
-        if let Err(e) = store.commit_layer(&staging, &meta, reservation) {
+        // A disk-tier layer is published before its write-back (its blob is
+        // kept until then; see `store::durable`): at 150 IOPS, syncing a base
+        // layer of 10 000 files first took 45 s.
+        let committed = if tier == TierKind::Disk
+            && store.cfg.disk_layer_sync == crate::config::DiskLayerSync::Background
+        {
+            store.commit_layer_unsynced(&staging, &meta, blob)
+        } else {
+            store.commit_layer(&staging, &meta, reservation)
+        };
+        if let Err(e) = committed {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }

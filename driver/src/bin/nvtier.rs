@@ -49,6 +49,19 @@ enum Cmd {
         /// Print one JSON object (the timeline and placement) instead of text.
         #[arg(long)]
         json: bool,
+        /// Return as soon as the layers are published. Layers on the disk
+        /// tier are then still being written back (their blobs are kept
+        /// until that is done, so a crash loses nothing); `nvtier sync`
+        /// waits for it. Without this flag, pull waits before it exits.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Wait until every disk-tier layer published before its write-back is
+    /// on disk, then drop the blobs kept for it (`nvtier serve` does this
+    /// every 2 s on its own).
+    Sync {
+        #[arg(long)]
+        json: bool,
     },
     /// List images in the store.
     Images {
@@ -294,6 +307,7 @@ fn real_main(cli: Cli) -> Result<()> {
             placement,
             creds,
             json,
+            no_wait,
         } => {
             let auth = match creds {
                 None => RegistryAuth::Anonymous,
@@ -311,6 +325,16 @@ fn real_main(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()?;
             let rep = rt.block_on(pull(&store, &reference, &opts))?;
+            if !no_wait {
+                let w = store.sync_layers()?;
+                if w.synced > 0 && !json {
+                    eprintln!(
+                        "wrote back {} disk-tier layer(s) in {:.1} s (not part of the pull time)",
+                        w.synced,
+                        w.sync_ms as f64 / 1000.0
+                    );
+                }
+            }
             if json {
                 return print_json(&rep);
             }
@@ -462,6 +486,8 @@ fn real_main(cli: Cli) -> Result<()> {
                 .iter()
                 .filter(|t| !t.hot_first && !t.hot.is_empty())
                 .count();
+            let unsynced = store.unsynced()?;
+            let unsynced_bytes: u64 = unsynced.iter().map(|(_, u)| u.blob_bytes).sum();
             let disk_bytes: u64 = layers
                 .iter()
                 .filter(|l| l.tier == TierKind::Disk)
@@ -487,6 +513,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 "mounts": mounts.len(),
                 "tiered_mounts": tierings.len(),
                 "interleaved_mounts": interleaved,
+                "disk_layer_sync": cfg.disk_layer_sync,
+                "unsynced_layers": unsynced.len(),
+                "unsynced_blob_bytes": unsynced_bytes,
                 "snapshots": snapshots.len(),
                 "snapshotter_socket": cfg.snapshotter_socket,
                 "max_concurrent_downloads": cfg.max_concurrent_downloads,
@@ -515,6 +544,14 @@ fn real_main(cli: Cli) -> Result<()> {
                 human(tier_use.retired_bytes)
             );
             println!("disk used  {}", human(disk_bytes));
+            if !unsynced.is_empty() {
+                println!(
+                    "  write-back pending for {} layer(s); {} of blobs kept in {} until it is done",
+                    unsynced.len(),
+                    human(unsynced_bytes),
+                    store.unsynced_dir().display()
+                );
+            }
             match &tiering {
                 Ok(()) => {
                     println!("tiering    file-granular (metadata layers + hot data layers)");
@@ -802,6 +839,28 @@ fn real_main(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(nvtier::server::serve(store))?;
+        }
+        Cmd::Sync { json } => {
+            let r = store.sync_layers()?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "{} layer(s) written back in {:.1} s, {} kept blob bytes freed{}{}",
+                r.synced,
+                r.sync_ms as f64 / 1000.0,
+                human(r.blob_bytes_freed),
+                if r.orphans > 0 {
+                    format!("; {} record(s) of removed layers dropped", r.orphans)
+                } else {
+                    String::new()
+                },
+                if r.pending > 0 {
+                    format!("; {} still being stored (run again)", r.pending)
+                } else {
+                    String::new()
+                }
+            );
         }
         Cmd::Gc { json } => {
             let r = store.gc()?;

@@ -12,6 +12,7 @@
 pub mod docker_plugin;
 pub mod pins;
 pub mod snapshotter;
+pub mod writeback;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
@@ -207,6 +208,14 @@ pub async fn serve(store: Store) -> Result<()> {
         let (store, mut rx) = (store.clone(), rx.clone());
         tasks.spawn(async move {
             pins::pin_loop(store, &mut rx).await;
+            Ok(())
+        });
+    }
+
+    {
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            writeback::writeback_loop(store, &mut rx).await;
             Ok(())
         });
     }

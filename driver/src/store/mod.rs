@@ -17,6 +17,8 @@
 //!   is never collected before its image record is written.
 //! - `<tier>/staging/<chain>.<rand>/`: extraction in progress; renamed into
 //!   `layers/` when complete.
+//! - `STATE/unsynced/`: kept blobs of disk-tier layers published before
+//!   their write-back finished (see `durable`).
 //!
 //! Reference counts are derived, never stored: a layer is referenced by every
 //! image whose chain contains it, every mount that uses it and every Docker
@@ -24,9 +26,11 @@
 //! drift after a crash.
 
 mod budget;
+mod durable;
 mod meta;
 
 pub use budget::Reservation;
+pub use durable::{boot_id, SyncReport, Unsynced};
 pub use meta::{
     read_all as meta_read_all, read_json as meta_read, ImageRecord, LayerMeta, MountRecord,
     SnapshotKind, SnapshotRecord,
@@ -283,6 +287,7 @@ impl Store {
         }
         budget::cleanup_dead(self)?;
         crate::tiering::recover(self)?;
+        self.recover_unsynced()?;
         Ok(())
     }
 
