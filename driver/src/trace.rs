@@ -16,6 +16,7 @@ use nvtier_tracer::fanotify::FanotifyTracer;
 use nvtier_tracer::inotify::InotifyTracer;
 use nvtier_tracer::{LayerIndex, LayerRef, Profile, Tracer};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,6 +192,68 @@ fn start_tracer(
     Ok((Box::new(t), why))
 }
 
+/// Regular files in a mount's upper directory, by (device, inode), with
+/// their paths in the image (`/…`). Unreadable entries are skipped.
+fn upper_files(upper: &Path) -> HashMap<(u64, u64), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = HashMap::new();
+    let mut stack = vec![upper.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            let p = e.path();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                if let Ok(rel) = p.strip_prefix(upper) {
+                    out.insert((m.dev(), m.ino()), format!("/{}", rel.display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A file the container opened for writing was copied up first, so the
+/// inode the tracer saw is the upper copy, which no layer holds. Overlayfs
+/// still looked the file up in the image's layers (to copy its data), so
+/// it is as hot as a file read: report it by its path in the image.
+/// Files the container created resolve to no layer file and drop out.
+fn copied_up_as_paths(
+    events: Vec<nvtier_tracer::RawEvent>,
+    upper: &HashMap<(u64, u64), String>,
+) -> Vec<nvtier_tracer::RawEvent> {
+    use nvtier_tracer::RawEvent;
+    if upper.is_empty() {
+        return events;
+    }
+    events
+        .into_iter()
+        .map(|e| {
+            if let RawEvent::Inode {
+                kind,
+                ts_ns,
+                dev,
+                ino,
+                ..
+            } = &e
+            {
+                if let Some(p) = upper.get(&(*dev, *ino)) {
+                    return RawEvent::ImagePath {
+                        kind: *kind,
+                        ts_ns: *ts_ns,
+                        path: p.clone(),
+                    };
+                }
+            }
+            e
+        })
+        .collect()
+}
+
 /// Cold-start `image` running `cmd` under the tracer; merge the result into
 /// the image's saved profile.
 pub fn trace(
@@ -220,6 +283,7 @@ pub fn trace(
             return Err(e);
         }
     };
+    let upper = store.containers_dir().join(&rec.container_id).join("upper");
     let result = (|| {
         if !opts.warm {
             drop_caches()?;
@@ -271,6 +335,7 @@ pub fn trace(
         drop(cg);
         let (code, elapsed) = run?;
         let (events, lost) = stopped?;
+        let events = copied_up_as_paths(events, &upper_files(&upper));
         if lost > 0 {
             tracing::warn!(lost, "tracer lost events (ring buffer full)");
         }

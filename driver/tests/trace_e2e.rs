@@ -161,8 +161,13 @@ fn chain_ids(bed: &Bed, r: &str) -> Vec<String> {
         .collect()
 }
 
+// `>> /data/layer3.bin` opens an image file for writing only: overlayfs
+// copies it up first, so the tracer sees the upper copy's inode, and the
+// profile must still name the image file (its data lookup is a cold-start
+// read). `/tmp/written` is created by the workload: it is no image file.
 const WORKLOAD: &str = "cat /data/layer1.txt /data/layer2.txt /data/layer3.txt >/dev/null; \
-                        test -e /etc/passwd; echo new > /tmp/written; cat /tmp/written >/dev/null; /usr/bin/hello";
+                        test -e /etc/passwd; echo new > /tmp/written; cat /tmp/written >/dev/null; \
+                        echo appended >> /data/layer3.bin; /usr/bin/hello";
 
 #[test]
 fn ebpf_profile_is_exact_and_complete() {
@@ -227,6 +232,7 @@ fn ebpf_profile_is_exact_and_complete() {
         "/data/hard", // a second name of layer1.txt's inode
         "/data/layer2.txt",
         "/data/layer3.txt",
+        "/data/layer3.bin", // only opened for writing (copied up)
         "/etc/passwd",
         "/etc/group", // not touched by the workload: an engine read
         "/usr/bin/hello",
@@ -253,6 +259,8 @@ fn ebpf_profile_is_exact_and_complete() {
     assert_eq!(got["/data/layer1.txt"].0, 1);
     assert_eq!(got["/data/layer2.txt"].0, 2);
     assert_eq!(got["/data/layer3.txt"].0, 3);
+    assert_eq!(got["/data/layer3.bin"].0, 3);
+    assert!(got["/data/layer3.bin"].1.contains("open"), "{prof:#}");
     assert_eq!(got["/usr/bin/hello"].0, 4);
     // Kinds: exec'd binaries, mapped libraries, the kernel-mapped
     // interpreter, a stat-only file.
