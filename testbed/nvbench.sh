@@ -441,6 +441,7 @@ cold() {
             done
         fi
         t1=$(now_ns)
+        tmark "cold $s $img rep $rep ready"
         [[ -n ${cid:-} ]] && { dk "$s" logs "$cid" >>"$out" 2>&1 || true; dk "$s" rm -f "$cid" >/dev/null 2>&1 || true; }
         for ((i = 0; i < 200; i++)); do port_open "$port" || break; sleep 0.05; done
     else

@@ -54,6 +54,12 @@ pub struct Window {
     pub ready_port: Option<u16>,
     /// A path inside the image that appears ("ready").
     pub ready_file: Option<String>,
+    /// Keep tracing this long after ready: a server goes on with its
+    /// start-up after it starts listening (Flask's dev server imported
+    /// colorama and ctypes 100 ms after it, apache starts its workers), and
+    /// a cold start measured from outside may see those reads before it
+    /// sees the port.
+    pub after_ready: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -297,24 +303,27 @@ pub fn trace(
         let w = opts.window.clone();
         let has_window = w.max.is_some() || w.ready_port.is_some() || w.ready_file.is_some();
         let target = rec.target.clone();
+        let mut ready_at: Option<Instant> = None;
         let mut stop = move || {
             if w.max.is_some_and(|m| t0.elapsed() >= m) {
                 return true;
             }
-            if let Some(p) = w.ready_port {
-                if std::net::TcpStream::connect_timeout(
+            if let Some(r) = ready_at {
+                return r.elapsed() >= w.after_ready;
+            }
+            let ready = w.ready_port.is_some_and(|p| {
+                std::net::TcpStream::connect_timeout(
                     &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
                     Duration::from_millis(20),
                 )
                 .is_ok()
-                {
-                    return true;
-                }
-            }
-            if let Some(f) = &w.ready_file {
-                if target.join(f.trim_start_matches('/')).exists() {
-                    return true;
-                }
+            }) || w
+                .ready_file
+                .as_ref()
+                .is_some_and(|f| target.join(f.trim_start_matches('/')).exists());
+            if ready {
+                ready_at = Some(Instant::now());
+                return w.after_ready.is_zero();
             }
             false
         };

@@ -385,7 +385,10 @@ fn trace_window_ends_a_long_running_container() {
         .filter_map(|f| f["path"].as_str())
         .collect();
     assert!(names.contains(&"/data/layer1.txt"), "{names:?}");
-    // Ready file: the window ends as soon as the container creates it.
+    // Ready file: the window ends --after-ready (default 1 s) after the
+    // container creates it. What it reads 0.3 s after ready is part of its
+    // start-up; what it reads 4 s after is not.
+    fs::remove_dir_all(bed.state.join("profiles")).expect("rm profiles");
     let t = std::time::Instant::now();
     bed.nvtier_json(&[
         "trace",
@@ -395,7 +398,32 @@ fn trace_window_ends_a_long_running_container() {
         "--",
         "/bin/sh",
         "-c",
+        "touch /tmp/ready; sleep 0.3; cat /data/layer1.txt >/dev/null; \
+         sleep 4; cat /data/layer1.bin >/dev/null; sleep 30",
+    ]);
+    assert!(t.elapsed() < std::time::Duration::from_secs(4));
+    let prof = bed.nvtier_json(&["profile", "show", &r]);
+    let names: Vec<&str> = prof["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(names.contains(&"/data/layer1.txt"), "{names:?}");
+    assert!(!names.contains(&"/data/layer1.bin"), "{names:?}");
+    // --after-ready 0 ends it at once.
+    let t = std::time::Instant::now();
+    bed.nvtier_json(&[
+        "trace",
+        &r,
+        "--ready-file",
+        "/tmp/ready",
+        "--after-ready",
+        "0",
+        "--",
+        "/bin/sh",
+        "-c",
         "touch /tmp/ready; sleep 30",
     ]);
-    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    assert!(t.elapsed() < std::time::Duration::from_secs(3));
 }

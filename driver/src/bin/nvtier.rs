@@ -156,6 +156,11 @@ enum Cmd {
         /// End the window when PATH (inside the image) exists.
         #[arg(long, value_name = "PATH")]
         ready_file: Option<String>,
+        /// With --ready-port/--ready-file: keep tracing SECS after ready,
+        /// for what a server still loads once it listens. The reported
+        /// elapsed time includes it.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        after_ready: f64,
         /// Do not drop the page cache first.
         #[arg(long)]
         warm: bool,
@@ -715,6 +720,7 @@ fn real_main(cli: Cli) -> Result<()> {
             until_exit: _,
             ready_port,
             ready_file,
+            after_ready,
             warm,
             tracer,
             misses,
@@ -729,6 +735,8 @@ fn real_main(cli: Cli) -> Result<()> {
                     max: window.map(std::time::Duration::from_secs_f64),
                     ready_port,
                     ready_file,
+                    after_ready: std::time::Duration::try_from_secs_f64(after_ready)
+                        .context("--after-ready must be a number of seconds >= 0")?,
                 },
                 quiet_stdout: json,
             };
