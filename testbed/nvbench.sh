@@ -201,16 +201,17 @@ SAMPLES=$OUT/samples.jsonl
 PREV_META='{}'
 if ((RESUME)) && [[ -s $SAMPLES ]]; then
     # Keep the checks and every finished cell; drop the samples of a cell
-    # cut short (it is measured again) and the old meta line (a new one,
-    # covering every run, is written at the end).
+    # cut short (it is measured again). The old meta line stays until the
+    # new one, covering every run, is written at the end, so a run killed
+    # before then leaves the file reportable.
     PREV_META=$(jq -sc '[.[] | select(.kind == "meta")] | last // {}' "$SAMPLES") ||
         die "--resume: $SAMPLES is not valid JSON lines; move it away to start afresh"
     prev_reps=$(jq -r '.reps // empty' <<<"$PREV_META")
     [[ -z $prev_reps || $prev_reps == "$REPS" ]] ||
         die "--resume: $SAMPLES was measured with --reps $prev_reps; pass --reps $prev_reps (or move it away)"
     jq -c -s '[.[] | select(.kind == "cell") | "\(.rate) \(.image)"] as $done
-        | .[] | select(.kind == "check" or .kind == "cell"
-                       or (.kind != "meta" and ("\(.rate) \(.image)" as $k | any($done[]; . == $k))))' \
+        | .[] | select(.kind == "check" or .kind == "cell" or .kind == "meta"
+                       or ( ("\(.rate) \(.image)" as $k | any($done[]; . == $k))))' \
         "$SAMPLES" >"$SAMPLES.tmp"
     mv "$SAMPLES.tmp" "$SAMPLES"
     info "resuming: $(jq -s '[.[] | select(.kind == "cell")] | length' "$SAMPLES") cells already measured in $SAMPLES"
@@ -624,6 +625,7 @@ done
 # A resumed run's meta covers every run into this file: images and rates
 # of earlier runs are kept, run times add up, `started` is the first run's.
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+jq -c 'select(.kind != "meta")' "$SAMPLES" >"$SAMPLES.tmp" && mv "$SAMPLES.tmp" "$SAMPLES"
 emit --arg date "$now" --arg cpu "$cpu" --argjson nproc "$(nproc)" --argjson mem "$mem" \
     --arg kernel "$(uname -r)" --argjson reps "$REPS" --argjson quick "$( ((QUICK)) && echo true || echo false)" \
     --argjson rates "$(printf '%s\n' "${RATE_LIST[@]}" | jq -R . | jq -cs .)" --arg engine "$ENGINE" \

@@ -101,7 +101,18 @@ fn snapshot_semantics_and_hostile_requests() {
     let bed = Bed::up("grpc", "none", "64M");
     let rd = make_run_dir(&bed);
     let sock = write_serve_config(&bed, "64M", Path::new("/nonexistent-containerd"));
+    // A snapshot directory on the disk tier that no record owns (a crash
+    // between removing the record and the directory) is gone once the
+    // server listens: the start-up cleanup removes it, so no later Cleanup
+    // has to read the disk tier.
+    let orphan = bed.disk.join("snapshots/orphan-of-a-crash/fs");
+    fs::create_dir_all(&orphan).expect("orphan dir");
+    fs::write(orphan.join("f"), b"x").expect("orphan file");
     let nv = start_nvtier(&bed, &sock, "nvtier");
+    assert!(
+        !bed.disk.join("snapshots/orphan-of-a-crash").exists(),
+        "the orphaned snapshot dir must be removed at start"
+    );
     let md = fs::metadata(&sock).expect("socket");
     assert_eq!(
         md.permissions().mode() & 0o777,

@@ -388,11 +388,11 @@ pub struct Inner {
     pulls: tokio::sync::Mutex<HashMap<String, PullCell>>,
     ingest_dir: PathBuf,
     /// Whether the next cleanup must look for orphans on the disk tier:
-    /// set at start-up and whenever a snapshot directory there is made or
-    /// removed. containerd asks for a cleanup after every container it
-    /// removes, and after `drop_caches` reading the disk tier's directory
-    /// costs seeks on the HDD that a node with its snapshots on pmem does
-    /// not need.
+    /// set at start-up (and consumed by the cleanup `open` runs) and
+    /// whenever removing a snapshot directory there failed. containerd asks
+    /// for a cleanup after every container it removes, and after
+    /// `drop_caches` reading the disk tier's directory costs seeks on the
+    /// HDD while other containers cold-start.
     disk_scan: std::sync::atomic::AtomicBool,
 }
 
@@ -722,10 +722,6 @@ impl Inner {
             None
         };
         let d = self.snap_dir(&r);
-        if r.tier == crate::tier::TierKind::Disk {
-            self.disk_scan
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
         let mk = || -> Result<()> {
             fs::create_dir_all(d.join("fs")).ctx("create snapshot dir", d.join("fs"))?;
             if kind == SnapshotKind::Active {
@@ -734,7 +730,10 @@ impl Inner {
             self.save(&r)
         };
         if let Err(e) = mk() {
-            let _ = fs::remove_dir_all(&d);
+            if fs::remove_dir_all(&d).is_err() && r.tier == crate::tier::TierKind::Disk {
+                self.disk_scan
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             return Err(e.into());
         }
         // The record is on disk: keep memory in step even if building the
@@ -979,21 +978,24 @@ impl Inner {
                 tracing::info!(layers = g.removed.len(), "freed layers no longer used");
             }
         } else {
+            // The disk tier's snapshots directory is scanned for orphans
+            // only after a failure (and once at start): a scan after every
+            // removal reads the HDD while the node is cold-starting others.
             let d = self.snap_dir(&r);
-            if r.tier == crate::tier::TierKind::Disk {
-                self.disk_scan
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-            }
             match fs::remove_dir_all(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
+                    if r.tier == crate::tier::TierKind::Disk {
+                        self.disk_scan
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                     return Err(Error::Io {
                         what: "remove snapshot dir",
                         path: d,
                         source: e,
                     }
-                    .into())
+                    .into());
                 }
             }
             // The last container on a retired pmem copy or an old hot
@@ -1143,6 +1145,11 @@ impl NvSnapshotter {
                     tracing::warn!(key = %r.key, error = %e, "snapshot link");
                 }
             }
+        }
+        // Orphans of a crash are removed now, while the node starts, so
+        // that no later Cleanup has to read the disk tier.
+        if let Err(e) = inner.cleanup() {
+            tracing::warn!(error = %e, "removing orphaned snapshot directories at start");
         }
         tracing::info!(snapshots = recs.len(), "snapshotter state loaded");
         Ok(NvSnapshotter { inner })
