@@ -211,7 +211,7 @@ if ((RESUME)) && [[ -s $SAMPLES ]]; then
         die "--resume: $SAMPLES was measured with --reps $prev_reps; pass --reps $prev_reps (or move it away)"
     jq -c -s '[.[] | select(.kind == "cell") | "\(.rate) \(.image)"] as $done
         | .[] | select(.kind == "check" or .kind == "cell" or .kind == "meta"
-                       or ( ("\(.rate) \(.image)" as $k | any($done[]; . == $k))))' \
+                       or ("\(.rate) \(.image)" as $k | any($done[]; . == $k)))' \
         "$SAMPLES" >"$SAMPLES.tmp"
     mv "$SAMPLES.tmp" "$SAMPLES"
     info "resuming: $(jq -s '[.[] | select(.kind == "cell")] | length' "$SAMPLES") cells already measured in $SAMPLES"
