@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold start through containerd + runc (issue 5): the same image, three
+# Cold start through containerd + runc: the same image, three
 # storage set-ups, each with its own private containerd 1.6 (bookworm):
 #   Docker      stock overlayfs snapshotter, containerd root on the emulated HDD
 #   NVM-Docker  stock overlayfs snapshotter, containerd root on emulated pmem

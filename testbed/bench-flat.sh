@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold start over the flattened metadata layer (issue 4 groundwork):
+# Cold start over the flattened metadata layer:
 # `nvtier run --drop-caches` vs `nvtier run --drop-caches --flat` (directory
 # tree from a metadata layer on pmem, file data from data-only layers) for
 # the Debian python image placed all-disk and by LASS, on the throttled HDD.
@@ -58,7 +58,7 @@ for l in open(sys.argv[2]):
     pm[(p, k)] = int(v)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-md = ["# Cold start over the flattened metadata layer (issue 4 groundwork)", "",
+md = ["# Cold start over the flattened metadata layer", "",
       f"**{date}** · {cpu} ({os.cpu_count()} CPUs, Linux {platform.release()}) · {sys.argv[3]} reps per case, alternating",
       "", "Debian bookworm + python3 image (3 layers), `python3 /app/main.py` importing a dozen stdlib packages; caches dropped; HDD tier throttled (150 IOPS, 150 MiB/s); `nvtier run` probe. *plain* = overlay of the layer directories; *flat* = metadata layer on pmem over data-only layers. Medians (min–max) of the command's wall time.", "",
       "| placement | pmem layer bytes | plain ms | flat ms | flat / plain | metadata layer bytes allocated on pmem |", "|---|--:|--:|--:|--:|--:|"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hot-file tiering benchmark (issue 4): cold start of real Debian images
+# Hot-file tiering benchmark: cold start of real Debian images
 # (testbed/corpus: a language runtime, a web server, a database, a distro
 # shell by default) under four placements, each in its own store on the same
 # emulated tiers (tmpfs "pmem", throttled loop-device "HDD"):
@@ -8,7 +8,7 @@
 #   lass   LASS only                          (pull, static_placement off)
 #   hot    LASS + static classification, one profiling run (`nvtier trace`),
 #          `nvtier migrate`; then one miss-mode trace whose disk reads are
-#          promoted by a second migrate (the loop the issue asks to close)
+#          promoted by a second migrate (closing the profiling loop)
 # Every rep drops the caches and runs `nvtier run --json IMAGE -- CMD` (with
 # --ready-port for servers) inside the HDD's blkio cgroup; the systems are
 # interleaved. Cold start = mount + command until exit/ready. Disk-tier
@@ -248,7 +248,7 @@ md = [f"Cold start, caches dropped, {res['date']}, {res['machine']}; emulated HD
       "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|", *rows,
       f"| **sum** | {tot['disk']:.0f} | {tot['pmem']:.0f} | {tot['lass']:.0f} | {tot['hot']:.0f} | **{res['overall']['speedup_vs_disk']:.2f}×** "
       f"| **{res['overall']['ratio_to_pmem']:.2f}** | | **{res['overall']['hot_pmem_pct']:.1f}%** | | |", "",
-      "Goals (issue 4): ≥ 3× faster than all-disk, within 5% of all-pmem (ratio ≤ 1.05), pmem ≤ 12% of image bytes including metadata. "
+      "Goals: ≥ 3× faster than all-disk, within 5% of all-pmem (ratio ≤ 1.05), pmem ≤ 12% of image bytes including metadata. "
       "N-Docker: 2.96×, 2%, 11.78%. pmem % = `nvtier status` pmem_used_bytes / the image's file bytes; disk reads = median bytes / IOs "
       "on the HDD's loop device during the cold start (blkio counters)."]
 open(f"{out}/tiering.md", "w").write("\n".join(md) + "\n")

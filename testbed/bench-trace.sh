@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tracer benchmark (issue 3): overhead of the eBPF tracer on a file-heavy
+# Tracer benchmark: overhead of the eBPF tracer on a file-heavy
 # cold start, and lost events at the highest open rate we can produce.
 #
 #   sudo bash testbed/bench-trace.sh [--reps 10] [--name trbench]

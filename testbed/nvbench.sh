@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NVBench (issue 6): HelloBench-style pull -> store -> cold start -> ready on
+# NVBench: HelloBench-style pull -> store -> cold start -> ready on
 # the real-image corpus, for four storage systems on the same engine
 # (dockerd 26 with the containerd image store, containerd 1.7, runc):
 #   docker  containerd's stock overlayfs snapshotter, all on the emulated HDD
@@ -38,7 +38,7 @@
 #             cells it does not have yet (a cell cut short is measured
 #             again); the report covers every cell in the file
 #   --max-minutes M  start no new cell after M minutes (then report; run
-#             again with --resume to go on). The full run takes 6-8 h.
+#             again with --resume to go on). The full run measures for about 5.5 h.
 #   --check   exit 1 unless every honesty check passed and every sample is ok
 #   --no-wait do not wait for the machine to be quiet first
 #

@@ -64,7 +64,7 @@ if [[ -n $(find /run/nvtier-eng -mindepth 1 -maxdepth 1 2>/dev/null) ]]; then
     exit 1
 fi
 # Real DAX: a QEMU guest (TCG) with an emulated NVDIMM converted to fsdax,
-# ext4 -o dax=always, nvtier's pmem tier on it (about 30 s; see README).
+# ext4 -o dax=always, nvtier's pmem tier on it (about 45 s; see docs/benchmarks.md).
 echo "==> true-DAX VM (testbed/dax-vm.sh --check)"
 # The nvtier binary is the one cargo test just built for the integration tests.
 bash testbed/dax-vm.sh --check --nvtier "${CARGO_TARGET_DIR:-target}/debug/nvtier"
