@@ -2,18 +2,24 @@
 // nvtier file-access tracer: which image files does a container touch while
 // it cold-starts?
 //
-// Tracepoints only (fentry/kprobes are refused on the target kernels):
-// - syscalls open/openat/openat2 (exit): the opened file, resolved through
-//   overlayfs to the real (layer) inode;
-// - syscalls mmap (enter): file-backed mappings, resolved the same way;
+// Attach points need no tracefs (fentry/kprobes are refused on the target
+// kernels, and a fresh host has no tracefs mounted):
+// - tp_btf sys_exit: open/openat/openat2 returns; the opened file, resolved
+//   through overlayfs to the real (layer) inode;
+// - tp_btf sys_enter: file-backed mmap (resolved the same way) and the stat
+//   family (the path string and dirfd; user space resolves it against the
+//   image's layers, because a stat has no file);
 // - tp_btf sched_process_exec: the executed file;
-// - filemap mm_filemap_add_to_page_cache: every page the kernel reads into
+// - tp_btf mm_filemap_add_to_page_cache: every page the kernel reads into
 //   the page cache, keyed by the real inode. This catches what the syscall
 //   view misses: the ELF interpreter the kernel maps at exec, script
 //   interpreters, files reached through another hardlinked name, opens
 //   relative to a directory fd.
-// - syscalls stat family (enter): the path string (and dirfd); user space
-//   resolves it against the image's layers, because a stat has no file.
+// The same syscalls can also be attached as per-syscall tracepoints
+// (syscalls:sys_exit_openat, ...), which libbpf resolves through tracefs;
+// those programs are kept for the attach-cost benchmark and for hosts
+// where they are preferred (NVTIER_BPF_ATTACH=tracepoint). Only one set is
+// loaded at a time.
 //
 // Events are filtered in the kernel by cgroup v2 id and go to user space
 // through a ring buffer with batched wake-ups.
@@ -37,6 +43,19 @@
 #define EV_PATH 2
 
 #define PATH_MAX_LEN 256
+
+/* x86_64 syscall numbers (the loader refuses other architectures). */
+#define NR_OPEN 2
+#define NR_STAT 4
+#define NR_FSTAT 5
+#define NR_LSTAT 6
+#define NR_MMAP 9
+#define NR_OPENAT 257
+#define NR_NEWFSTATAT 262
+#define NR_STATX 332
+#define NR_OPENAT2 437
+/* thread_info.status bit of a 32-bit (compat) syscall: other numbers. */
+#define TS_COMPAT_BIT 0x0002
 
 /* Wake user space only when this much data is waiting (batched wake-ups). */
 #define WAKEUP_BYTES (64 * 1024)
@@ -192,35 +211,38 @@ static __always_inline struct file *fd_file(s64 fd)
 	return f;
 }
 
-static __always_inline int on_open_exit(struct sys_exit_args *ctx)
+static __always_inline int on_open_exit(s64 ret)
 {
 	u64 cg;
-	if (ctx->ret < 0 || !traced(&cg))
+	if (ret < 0 || !traced(&cg))
 		return 0;
-	emit_file(fd_file(ctx->ret), KIND_OPEN, cg);
+	emit_file(fd_file(ret), KIND_OPEN, cg);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
-int exit_openat(struct sys_exit_args *ctx) { return on_open_exit(ctx); }
+int exit_openat(struct sys_exit_args *ctx) { return on_open_exit(ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_exit_open")
-int exit_open(struct sys_exit_args *ctx) { return on_open_exit(ctx); }
+int exit_open(struct sys_exit_args *ctx) { return on_open_exit(ctx->ret); }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
-int exit_openat2(struct sys_exit_args *ctx) { return on_open_exit(ctx); }
+int exit_openat2(struct sys_exit_args *ctx) { return on_open_exit(ctx->ret); }
 
-SEC("tracepoint/syscalls/sys_enter_mmap")
-int enter_mmap(struct sys_enter_args *ctx)
+/* mmap(addr, len, prot, flags, fd, off) */
+static __always_inline int on_mmap(s64 fd, u64 flags)
 {
 	u64 cg;
-	/* mmap(addr, len, prot, flags, fd, off) */
-	s64 fd = (s64)ctx->args[4];
-	u64 flags = ctx->args[3];
 	if (fd < 0 || (flags & MAP_ANONYMOUS) || !traced(&cg))
 		return 0;
 	emit_file(fd_file(fd), KIND_MMAP, cg);
 	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_mmap")
+int enter_mmap(struct sys_enter_args *ctx)
+{
+	return on_mmap((s64)ctx->args[4], ctx->args[3]);
 }
 
 struct vma_ctx {
@@ -259,14 +281,13 @@ int BPF_PROG(on_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	return 0;
 }
 
-SEC("tracepoint/filemap/mm_filemap_add_to_page_cache")
-int on_page_cache_add(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
+static __always_inline int on_page_cache(u64 ino, u32 dev)
 {
 	u64 cg;
 	if (!traced(&cg))
 		return 0;
 	/* One event per page is too many: report each inode once. */
-	struct inode_key k = { .ino = ctx->i_ino, .dev = ctx->s_dev };
+	struct inode_key k = { .ino = ino, .dev = dev };
 	u8 one = 1;
 	if (bpf_map_lookup_elem(&seen_pages, &k))
 		return 0;
@@ -280,11 +301,26 @@ int on_page_cache_add(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
 	e->kind = KIND_READ;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->cgroup_id = cg;
-	e->ino = ctx->i_ino;
-	e->dev = ctx->s_dev;
+	e->ino = ino;
+	e->dev = dev;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_ringbuf_submit(e, flags_for_submit());
 	return 0;
+}
+
+SEC("tracepoint/filemap/mm_filemap_add_to_page_cache")
+int on_page_cache_add(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
+{
+	return on_page_cache(ctx->i_ino, ctx->s_dev);
+}
+
+SEC("tp_btf/mm_filemap_add_to_page_cache")
+int BPF_PROG(btf_page_cache_add, struct folio *folio)
+{
+	struct inode *host = BPF_CORE_READ(folio, mapping, host);
+	if (!host)
+		return 0;
+	return on_page_cache(BPF_CORE_READ(host, i_ino), BPF_CORE_READ(host, i_sb, s_dev));
 }
 
 static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg, u32 kind, bool kernel)
@@ -353,5 +389,66 @@ int enter_newfstat(struct sys_enter_args *ctx)
 	if (!traced(&cg))
 		return 0;
 	emit_file(fd_file((s64)ctx->args[0]), KIND_STAT, cg);
+	return 0;
+}
+
+/* --- The same syscalls through the raw syscall tracepoints (no tracefs). */
+
+static __always_inline bool compat_task(void)
+{
+	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	if (!bpf_core_field_exists(t->thread_info.status))
+		return false;
+	return BPF_CORE_READ(t, thread_info.status) & TS_COMPAT_BIT;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	if (nr != NR_OPENAT && nr != NR_OPEN && nr != NR_OPENAT2)
+		return 0;
+	if (compat_task())
+		return 0;
+	return on_open_exit(ret);
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
+{
+	switch (id) {
+	case NR_MMAP:
+	case NR_NEWFSTATAT:
+	case NR_STATX:
+	case NR_STAT:
+	case NR_LSTAT:
+	case NR_FSTAT:
+		break;
+	default:
+		return 0;
+	}
+	if (compat_task())
+		return 0;
+	/* x86_64 syscall arguments: di, si, dx, r10, r8, r9. */
+	u64 a0 = BPF_CORE_READ(regs, di);
+	u64 a1 = BPF_CORE_READ(regs, si);
+	switch (id) {
+	case NR_MMAP:
+		return on_mmap((s64)BPF_CORE_READ(regs, r8), BPF_CORE_READ(regs, r10));
+	case NR_NEWFSTATAT:
+		return stat_at((s32)a0, (const char *)a1, BPF_CORE_READ(regs, r10));
+	case NR_STATX:
+		return stat_at((s32)a0, (const char *)a1, BPF_CORE_READ(regs, dx));
+	case NR_STAT:
+	case NR_LSTAT:
+		return stat_at(-100, (const char *)a0, 0);
+	case NR_FSTAT: {
+		u64 cg;
+		if (!traced(&cg))
+			return 0;
+		emit_file(fd_file((s64)a0), KIND_STAT, cg);
+		return 0;
+	}
+	}
 	return 0;
 }

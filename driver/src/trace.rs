@@ -4,14 +4,19 @@
 //! The eBPF tracer is used when it loads; otherwise fanotify on the
 //! container's overlay mount, and if that is unavailable too, inotify on
 //! the merged directories. `NVTIER_TRACER=fanotify|inotify` (or
-//! `--tracer`) forces a fallback. One log line says which is active and why.
+//! `--tracer`) forces a fallback. One log line says which is active and why,
+//! and the report carries both.
+//!
+//! The eBPF programs attach to the raw syscall tracepoints with BTF types,
+//! so tracing needs no tracefs (`NVTIER_BPF_ATTACH` selects the
+//! per-syscall tracepoints instead; see `nvtier_tracer::bpf::AttachMode`).
 
 use crate::error::{Error, IoContext, Result};
 use crate::extract::write_atomic;
 use crate::mount::{mount_image, umount_image};
 use crate::run::{drop_caches, spawn_in, Cgroup, SpawnOptions};
 use crate::store::Store;
-use nvtier_tracer::bpf::BpfTracer;
+use nvtier_tracer::bpf::{AttachMode, BpfTracer};
 use nvtier_tracer::fanotify::FanotifyTracer;
 use nvtier_tracer::inotify::InotifyTracer;
 use nvtier_tracer::{LayerIndex, LayerRef, Profile, Tracer};
@@ -87,9 +92,12 @@ pub struct TraceReport {
     pub per_layer: Vec<(String, usize, u64)>,
     /// Miss mode: image files this cold start touched whose data lives on
     /// the disk tier (each one costs disk I/O on a cold start). Promotion
-    /// aims to make this empty.
-    pub misses: Vec<nvtier_tracer::ProfileFile>,
-    pub miss_bytes: u64,
+    /// aims to make this empty. `None` when the active tracer cannot tell
+    /// (see `misses_unknown_reason`).
+    pub misses: Option<Vec<nvtier_tracer::ProfileFile>>,
+    pub miss_bytes: Option<u64>,
+    /// Why `misses` is `None`.
+    pub misses_unknown_reason: Option<String>,
     /// This run alone (the saved profile merges every run).
     pub profile: Profile,
 }
@@ -166,7 +174,10 @@ fn start_tracer(
                 .map(|r| format!("/{}", r.display()))
         });
         match BpfTracer::start(&[cg.id], Some(cwd_of)) {
-            Ok(t) => return Ok((Box::new(t), "eBPF loaded".into())),
+            Ok(t) => {
+                let why = ebpf_reason(t.mode());
+                return Ok((Box::new(t), why));
+            }
             Err(e) if choice == TracerChoice::Auto => why = format!("{e}; "),
             Err(e) => return Err(Error::Other(e.to_string())),
         }
@@ -196,6 +207,75 @@ fn start_tracer(
         why_forced.to_string()
     };
     Ok((Box::new(t), why))
+}
+
+fn ebpf_reason(mode: AttachMode) -> String {
+    match mode {
+        AttachMode::Btf => {
+            "eBPF loaded (raw syscall tracepoints with BTF types; needs no tracefs)".into()
+        }
+        AttachMode::Tracepoint => {
+            "eBPF loaded (per-syscall tracepoints through tracefs, set by NVTIER_BPF_ATTACH)".into()
+        }
+    }
+}
+
+/// Which tracer `nvtier trace` would use now, and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TracerProbe {
+    /// `ebpf`, `fanotify` or `inotify`.
+    pub tracer: String,
+    pub reason: String,
+}
+
+/// Find out which tracer a trace started now would use: load (and unload)
+/// the eBPF programs with an empty cgroup filter, else check fanotify.
+/// Honours `NVTIER_TRACER`.
+pub fn probe_tracer() -> TracerProbe {
+    let forced = std::env::var("NVTIER_TRACER")
+        .ok()
+        .and_then(|v| v.parse::<TracerChoice>().ok())
+        .filter(|c| *c != TracerChoice::Auto);
+    match forced {
+        Some(TracerChoice::Fanotify) => {
+            return TracerProbe {
+                tracer: "fanotify".into(),
+                reason: "forced by NVTIER_TRACER".into(),
+            }
+        }
+        Some(TracerChoice::Inotify) => {
+            return TracerProbe {
+                tracer: "inotify".into(),
+                reason: "forced by NVTIER_TRACER".into(),
+            }
+        }
+        _ => {}
+    }
+    let err = match BpfTracer::start(&[], None) {
+        Ok(t) => {
+            let reason = ebpf_reason(t.mode());
+            let _ = Box::new(t).stop_tracer();
+            return TracerProbe {
+                tracer: "ebpf".into(),
+                reason,
+            };
+        }
+        Err(e) => e.to_string(),
+    };
+    let fan = nix::sys::fanotify::Fanotify::init(
+        nix::sys::fanotify::InitFlags::FAN_CLASS_NOTIF | nix::sys::fanotify::InitFlags::FAN_CLOEXEC,
+        nix::sys::fanotify::EventFFlags::O_RDONLY,
+    );
+    match fan {
+        Ok(_) => TracerProbe {
+            tracer: "fanotify".into(),
+            reason: format!("{err}; falling back to fanotify (miss mode cannot tell disk-tier reads on tiered mounts)"),
+        },
+        Err(e) => TracerProbe {
+            tracer: "inotify".into(),
+            reason: format!("{err}; fanotify_init: {e}; falling back to inotify"),
+        },
+    }
 }
 
 /// Regular files in a mount's upper directory, by (device, inode), with
@@ -399,31 +479,45 @@ pub fn trace(
     // copies are not in the layer index. So only events resolved from the
     // real inode that served the data (open, mmap, page-cache read) are
     // disk reads; path-resolved ones (stat, the exec'd name) always map to
-    // the base layer, whichever copy served the data.
+    // the base layer, whichever copy served the data. The fallback tracers
+    // see only overlay paths, never the copy that served the data, so on a
+    // tiered mount they cannot tell a disk-tier read from a hot copy's.
     let tiered = rec.tiering.is_some();
-    let misses: Vec<_> = profile
-        .files
-        .iter()
-        .filter(|f| disk_layers.contains(&f.layer_chain_id))
-        // Engine reads are listed, not observed in this run.
-        .filter(|f| {
-            f.kinds
-                .iter()
-                .any(|k| *k != nvtier_tracer::event::Kind::Engine)
-        })
-        .filter(|f| {
-            use nvtier_tracer::event::Kind;
-            !tiered
-                || f.kinds
+    let misses_unknown_reason = (tiered && tracer != "ebpf").then(|| {
+        format!(
+            "the {tracer} tracer sees overlay paths, not the layer copy that served the data, \
+             so on a tiered mount it cannot tell disk-tier reads from hot copies on pmem; \
+             miss mode needs the eBPF tracer there"
+        )
+    });
+    let misses: Option<Vec<_>> = misses_unknown_reason.is_none().then(|| {
+        profile
+            .files
+            .iter()
+            .filter(|f| disk_layers.contains(&f.layer_chain_id))
+            // Engine reads are listed, not observed in this run.
+            .filter(|f| {
+                f.kinds
                     .iter()
-                    .any(|k| matches!(k, Kind::Open | Kind::Mmap | Kind::Read))
-        })
-        .cloned()
-        .collect();
-    let miss_bytes = misses.iter().filter_map(|f| f.bytes).sum();
+                    .any(|k| *k != nvtier_tracer::event::Kind::Engine)
+            })
+            .filter(|f| {
+                use nvtier_tracer::event::Kind;
+                !tiered
+                    || f.kinds
+                        .iter()
+                        .any(|k| matches!(k, Kind::Open | Kind::Mmap | Kind::Read))
+            })
+            .cloned()
+            .collect()
+    });
+    let miss_bytes = misses
+        .as_ref()
+        .map(|m| m.iter().filter_map(|f| f.bytes).sum());
     Ok(TraceReport {
         misses,
         miss_bytes,
+        misses_unknown_reason,
         image: image.to_string(),
         tracer,
         tracer_reason,

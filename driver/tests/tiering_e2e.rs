@@ -202,12 +202,35 @@ fn merged_view_identical_across_promote_demote_and_back() {
         "-c",
         FEATURE_READS,
     ]);
+    assert_eq!(miss["tracer"], "ebpf", "{miss}");
     assert_eq!(
         miss["misses"].as_array().map(Vec::len),
         Some(0),
         "{}",
         miss["misses"]
     );
+    // A fallback tracer sees overlay paths only: on this tiered mount it
+    // says it cannot tell, rather than calling every hot file a miss.
+    let fan = bed.nvtier_json(&[
+        "trace",
+        "--misses",
+        "--tracer",
+        "fanotify",
+        &r,
+        "--",
+        "/bin/sh",
+        "-c",
+        FEATURE_READS,
+    ]);
+    assert_eq!(fan["tracer"], "fanotify", "{fan}");
+    assert!(fan["misses"].is_null(), "{fan}");
+    assert!(
+        fan["misses_unknown_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot tell")),
+        "{fan}"
+    );
+    assert!(fan["files"].as_u64().is_some_and(|n| n > 0), "{fan}");
     let b = Mounted::new(&bed, &r, "b");
     assert_same_tree(&reference, &full_listing(&b.dir));
     assert_same_tree(&reference, &full_listing(&a.dir));

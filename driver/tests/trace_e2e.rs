@@ -201,12 +201,52 @@ fn ebpf_profile_is_exact_and_complete() {
         ))
         .spawn()
         .expect("noise");
-    let rep = bed.nvtier_json(&[
-        "trace", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD,
-    ]);
+    // As on a fresh host: no tracefs mounted (a private mount namespace
+    // where it is unmounted). The per-syscall tracepoints cannot attach
+    // there, which shows tracefs really is gone ...
+    let tp = bed.nvtier_without_tracefs(
+        &["trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/true"],
+        &[("NVTIER_BPF_ATTACH", "tracepoint")],
+    );
+    assert!(!tp.status.success(), "tracepoints attached without tracefs");
+    let tp_err = String::from_utf8_lossy(&tp.stderr);
+    assert!(tp_err.contains("tracefs"), "{tp_err}");
+    // ... and the default attach works all the same; `status` says so.
+    let st = bed.nvtier_without_tracefs(&["status", "--json"], &[]);
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let st: Value = serde_json::from_slice(&st.stdout).expect("status --json");
+    assert_eq!(st["tracer"], "ebpf", "{st}");
+    assert!(
+        st["tracer_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no tracefs")),
+        "{st}"
+    );
+    let out = bed.nvtier_without_tracefs(
+        &[
+            "trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "trace without tracefs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: Value = serde_json::from_slice(&out.stdout).expect("trace --json");
     let mut noise = noise;
     let _ = noise.wait();
     assert_eq!(rep["tracer"], "ebpf", "{rep}");
+    assert!(
+        rep["tracer_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no tracefs")),
+        "{rep}"
+    );
     assert_eq!(rep["exit_code"], 0, "{rep}");
     assert_eq!(rep["lost_events"], 0);
     // Miss mode: exactly the touched files of disk-tier layers.

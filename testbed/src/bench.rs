@@ -342,7 +342,7 @@ fn other_testbeds(own: &str) -> Vec<String> {
     v
 }
 
-fn now_utc() -> String {
+pub fn now_utc() -> String {
     command_line("date", &["-u", "+%FT%TZ"])
 }
 

@@ -1,6 +1,7 @@
 //! `nvbench`: benchmarks of nvtier on the emulated testbed (see
 //! testbed/README.md and testbed/bench-pull.sh).
 
+mod attach_cost;
 mod bench;
 mod nvbench;
 mod proc;
@@ -23,6 +24,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Cost of the eBPF tracer per syscall when its programs attach to the
+    /// raw syscall tracepoints (btf, the default: no tracefs needed) or to
+    /// per-syscall tracepoints (tracepoint: needs tracefs, mounted here in a
+    /// private mount namespace). Interleaved rounds; medians. Root.
+    AttachCost {
+        /// Rounds (each runs every mode once, in rotating order).
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// Iterations of openat + close + newfstatat per worker run.
+        #[arg(long, default_value_t = 200_000)]
+        iters: u64,
+        /// Results JSON.
+        #[arg(long, default_value = "testbed/results/attach-cost.json")]
+        out: PathBuf,
+        /// Markdown report.
+        #[arg(long, default_value = "testbed/results/attach-cost.md")]
+        markdown: PathBuf,
+    },
+    /// (internal) The syscall loop of attach-cost.
+    #[command(hide = true)]
+    AttachCostWorker {
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+        #[arg(long)]
+        iters: u64,
+    },
     /// Deployment (pull) time with placement disk, pmem and lass: brings up
     /// a testbed, builds and pushes the images, pulls each cold inside the
     /// HDD throttle cgroup, writes JSON + Markdown results, tears down.
@@ -93,8 +120,32 @@ kinds are skipped with a warning. Needs no root and no testbed.";
 
 fn main() {
     let cli = Cli::parse();
-    proc::install_signal_handlers();
+    // attach-cost unshares its mount namespace, which needs a process
+    // with one thread: before the signal handlers or anything else.
     let r = match cli.cmd {
+        Cmd::AttachCost {
+            rounds,
+            iters,
+            out,
+            markdown,
+        } => attach_cost::run(attach_cost::AttachCostArgs {
+            rounds,
+            iters,
+            out,
+            markdown,
+        }),
+        Cmd::AttachCostWorker { cgroup, iters } => attach_cost::worker(cgroup.as_deref(), iters),
+        cmd => run(cmd),
+    };
+    if let Err(e) = r {
+        eprintln!("nvbench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    proc::install_signal_handlers();
+    match cmd {
         Cmd::Pull {
             reps,
             rate,
@@ -123,9 +174,6 @@ fn main() {
             font,
             no_plots,
         }),
-    };
-    if let Err(e) = r {
-        eprintln!("nvbench: error: {e:#}");
-        std::process::exit(1);
+        Cmd::AttachCost { .. } | Cmd::AttachCostWorker { .. } => Ok(()),
     }
 }

@@ -1,5 +1,11 @@
 //! The eBPF tracer: loads `bpf/nvtier_trace.bpf.c`, filters by cgroup v2 id
 //! in the kernel, and drains the ring buffer on its own thread.
+//!
+//! Syscalls are attached through the BTF-typed raw syscall tracepoints
+//! (`tp_btf/sys_enter`, `tp_btf/sys_exit`), which need no tracefs: a fresh
+//! host has none mounted, and libbpf resolves the per-syscall tracepoints
+//! (`syscalls:sys_exit_openat`, ...) through it. [`AttachMode::Tracepoint`]
+//! loads those instead; `docs/tracing.md` has the measured cost of each.
 
 use crate::event::{kdev_to_user, Kind, RawEvent};
 use crate::{Error, Result, Tracer};
@@ -75,8 +81,54 @@ fn ovl_file_indirect() -> bool {
     (major, minor) >= (6, 13)
 }
 
+/// How the syscall programs attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Raw syscall tracepoints with BTF types (`tp_btf/sys_enter`,
+    /// `tp_btf/sys_exit`, `tp_btf/mm_filemap_add_to_page_cache`): no
+    /// tracefs needed. The default.
+    #[default]
+    Btf,
+    /// Per-syscall tracepoints (`syscalls:sys_exit_openat`, ...): libbpf
+    /// resolves them through tracefs, which must be mounted.
+    Tracepoint,
+}
+
+impl AttachMode {
+    /// From `NVTIER_BPF_ATTACH` (`btf` or `tracepoint`); the default when
+    /// unset. An unknown value is an error naming the choices.
+    pub fn from_env() -> Result<AttachMode> {
+        match std::env::var("NVTIER_BPF_ATTACH") {
+            Err(_) => Ok(AttachMode::Btf),
+            Ok(v) => v.parse(),
+        }
+    }
+
+    /// `"btf"` or `"tracepoint"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Btf => "btf",
+            AttachMode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<AttachMode> {
+        match s {
+            "btf" | "tp_btf" | "" => Ok(AttachMode::Btf),
+            "tracepoint" | "tp" => Ok(AttachMode::Tracepoint),
+            o => Err(Error::BpfUnavailable(format!(
+                "NVTIER_BPF_ATTACH={o:?}: use btf (default, no tracefs needed) or tracepoint"
+            ))),
+        }
+    }
+}
+
 /// A running eBPF tracer.
 pub struct BpfTracer {
+    mode: AttachMode,
     stop: Arc<AtomicBool>,
     events: Arc<Mutex<Vec<RawEvent>>>,
     thread: Option<JoinHandle<Result<u64>>>,
@@ -91,16 +143,31 @@ impl BpfTracer {
     /// its cwd inside the image; it is called while the process is alive,
     /// for stat events with relative paths.
     pub fn start(cgroup_ids: &[u64], cwd_of: Option<CwdFn>) -> Result<BpfTracer> {
+        Self::start_with(AttachMode::from_env()?, cgroup_ids, cwd_of)
+    }
+
+    /// [`BpfTracer::start`] with an explicit [`AttachMode`].
+    pub fn start_with(
+        mode: AttachMode,
+        cgroup_ids: &[u64],
+        cwd_of: Option<CwdFn>,
+    ) -> Result<BpfTracer> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(Error::BpfUnavailable(
+                "the BPF program decodes x86_64 syscall numbers and registers; this build is for another architecture".into(),
+            ));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (stop2, events2, ids) = (stop.clone(), events.clone(), cgroup_ids.to_vec());
         let thread = std::thread::Builder::new()
             .name("nvtier-bpf".into())
-            .spawn(move || run(ids, stop2, events2, ready_tx, cwd_of))
+            .spawn(move || run(mode, ids, stop2, events2, ready_tx, cwd_of))
             .map_err(|e| Error::BpfUnavailable(format!("spawn tracer thread: {e}")))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(BpfTracer {
+                mode,
                 stop,
                 events,
                 thread: Some(thread),
@@ -119,11 +186,24 @@ impl BpfTracer {
     }
 }
 
+impl BpfTracer {
+    /// How the syscall programs are attached.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Stop and discard the events (a probe that only checks loading).
+    pub fn stop_tracer(self: Box<Self>) -> Result<()> {
+        Tracer::stop(self).map(|_| ())
+    }
+}
+
 fn fail(what: &str, e: libbpf_rs::Error) -> Error {
     Error::BpfUnavailable(format!("{what}: {e}"))
 }
 
 fn setup<'o>(
+    mode: AttachMode,
     obj: &'o mut MaybeUninit<libbpf_rs::OpenObject>,
     ids: &[u64],
 ) -> Result<skel::NvtierTraceSkel<'o>> {
@@ -133,6 +213,27 @@ fn setup<'o>(
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.ovl_file_indirect = ovl_file_indirect();
     }
+    // Load one of the two sets of syscall programs (and page-cache
+    // programs): both see the same events.
+    let btf = mode == AttachMode::Btf;
+    let p = &mut open.progs;
+    p.btf_sys_exit.set_autoload(btf);
+    p.btf_sys_enter.set_autoload(btf);
+    p.btf_page_cache_add.set_autoload(btf);
+    for prog in [
+        &mut p.exit_openat,
+        &mut p.exit_open,
+        &mut p.exit_openat2,
+        &mut p.enter_mmap,
+        &mut p.on_page_cache_add,
+        &mut p.enter_newfstatat,
+        &mut p.enter_statx,
+        &mut p.enter_newstat,
+        &mut p.enter_newlstat,
+        &mut p.enter_newfstat,
+    ] {
+        prog.set_autoload(!btf);
+    }
     let mut skel = open.load().map_err(|e| fail("load BPF programs", e))?;
     for id in ids {
         skel.maps
@@ -140,11 +241,19 @@ fn setup<'o>(
             .update(&id.to_ne_bytes(), &[1u8], MapFlags::ANY)
             .map_err(|e| fail("add cgroup to filter", e))?;
     }
-    skel.attach().map_err(|e| fail("attach BPF programs", e))?;
+    skel.attach().map_err(|e| {
+        let hint = if mode == AttachMode::Tracepoint {
+            " (per-syscall tracepoints need tracefs at /sys/kernel/tracing; unset NVTIER_BPF_ATTACH to attach without it)"
+        } else {
+            ""
+        };
+        fail(&format!("attach BPF programs{hint}"), e)
+    })?;
     Ok(skel)
 }
 
 fn run(
+    mode: AttachMode,
     ids: Vec<u64>,
     stop: Arc<AtomicBool>,
     events: Arc<Mutex<Vec<RawEvent>>>,
@@ -152,7 +261,7 @@ fn run(
     cwd_of: Option<CwdFn>,
 ) -> Result<u64> {
     let mut obj = MaybeUninit::uninit();
-    let skel = match setup(&mut obj, &ids) {
+    let skel = match setup(mode, &mut obj, &ids) {
         Ok(s) => s,
         Err(e) => {
             let msg = e.to_string();

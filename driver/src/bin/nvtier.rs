@@ -498,7 +498,9 @@ fn real_main(cli: Cli) -> Result<()> {
                 .filter(|l| l.tier == TierKind::Disk)
                 .map(|l| l.charged_bytes)
                 .sum();
+            let tracer = nvtier::trace::probe_tracer();
             let v = json!({
+                "tracer": tracer.tracer, "tracer_reason": tracer.reason,
                 "config": cfg.file, "state_dir": cfg.state_dir,
                 "pmem_dir": cfg.pmem_dir, "disk_dir": cfg.disk_dir,
                 "dax": dax, "placement": cfg.placement,
@@ -549,6 +551,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 human(tier_use.retired_bytes)
             );
             println!("disk used  {}", human(disk_bytes));
+            println!("tracer     {} ({})", tracer.tracer, tracer.reason);
             if !unsynced.is_empty() {
                 println!(
                     "  write-back pending for {} layer(s); {} of blobs kept in {} until it is done",
@@ -763,21 +766,27 @@ fn real_main(cli: Cli) -> Result<()> {
             for (i, (c, n, b)) in r.per_layer.iter().enumerate() {
                 println!("  layer {i} {}: {n} files, {}", short(c), human(*b));
             }
-            println!(
-                "disk-tier misses: {} files, {}",
-                r.misses.len(),
-                human(r.miss_bytes)
-            );
-            if misses {
-                for f in &r.misses {
-                    println!(
-                        "  miss {:>9.1} ms  {:<12}  {:>10}  {}",
-                        f.first_access_ms,
-                        short(&f.layer_chain_id),
-                        f.bytes.map(human).unwrap_or_else(|| "-".into()),
-                        f.path
-                    );
+            match (&r.misses, r.miss_bytes) {
+                (Some(m), Some(b)) => {
+                    println!("disk-tier misses: {} files, {}", m.len(), human(b));
+                    if misses {
+                        for f in m {
+                            println!(
+                                "  miss {:>9.1} ms  {:<12}  {:>10}  {}",
+                                f.first_access_ms,
+                                short(&f.layer_chain_id),
+                                f.bytes.map(human).unwrap_or_else(|| "-".into()),
+                                f.path
+                            );
+                        }
+                    }
                 }
+                _ => println!(
+                    "disk-tier misses: unknown: {}",
+                    r.misses_unknown_reason
+                        .as_deref()
+                        .unwrap_or("the tracer cannot tell")
+                ),
             }
         }
         Cmd::Profile(ProfileCmd::Show { image, json }) => {

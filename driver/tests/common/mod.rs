@@ -153,6 +153,51 @@ impl Bed {
             .expect("run nvtier")
     }
 
+    /// Run nvtier in a private mount namespace where no tracefs or
+    /// debugfs is mounted, as on a fresh host (the host's mounts are not
+    /// touched). Fails the test if one is still visible in there.
+    pub fn nvtier_without_tracefs(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        const SCRIPT: &str = r#"
+for m in $(awk '$3 == "tracefs" || $3 == "debugfs" { print $2 }' /proc/self/mounts | sort -r); do
+    umount -l "$m" || exit 96
+done
+if awk '$3 == "tracefs" || $3 == "debugfs" { found = 1 } END { exit !found }' /proc/self/mounts; then
+    echo "tracefs/debugfs still mounted in the test namespace" >&2
+    exit 97
+fi
+if [ -e /sys/kernel/tracing/events ]; then
+    echo "/sys/kernel/tracing/events exists without tracefs" >&2
+    exit 98
+fi
+exec "$@"
+"#;
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            SCRIPT,
+            "sh",
+        ])
+        .arg(env!("CARGO_BIN_EXE_nvtier"))
+        .args(args)
+        .env("NVTIER_CONFIG", &self.config)
+        .env("NVTIER_LOG", "info");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().expect("run nvtier under unshare");
+        let code = o.status.code();
+        assert!(
+            !matches!(code, Some(96..=98)),
+            "could not hide tracefs: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
     pub fn nvtier_ok(&self, args: &[&str]) -> String {
         let o = self.nvtier(args);
         assert!(

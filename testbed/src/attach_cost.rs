@@ -1,0 +1,307 @@
+//! `nvbench attach-cost`: what the eBPF tracer costs per syscall under each
+//! way of attaching its syscall programs.
+//!
+//! - `btf`: raw syscall tracepoints with BTF types (`tp_btf/sys_enter`,
+//!   `tp_btf/sys_exit`); need no tracefs; run for every syscall on the host
+//!   and filter by syscall number first.
+//! - `tracepoint`: per-syscall tracepoints (`syscalls:sys_exit_openat`,
+//!   ...); libbpf resolves them through tracefs, so this benchmark mounts
+//!   tracefs in a private mount namespace of its own (the host is not
+//!   touched).
+//! - `none`: no tracer loaded (the baseline).
+//!
+//! A worker process does ITERS × (openat + close + newfstatat) and reports
+//! its ns per iteration. In every round, for each mode in rotating order,
+//! one worker runs inside the traced cgroup (each iteration yields two
+//! events: the open and the stat) and one outside it (the cost every other
+//! process on the host pays while a trace runs). Results: medians over
+//! rounds, and the cost over `none` per traced event and per untraced
+//! syscall.
+
+use anyhow::{bail, Context, Result};
+use nvtier_tracer::bpf::{AttachMode, BpfTracer};
+use nvtier_tracer::Tracer;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// Arguments of `nvbench attach-cost`.
+pub struct AttachCostArgs {
+    pub rounds: usize,
+    pub iters: u64,
+    pub out: PathBuf,
+    pub markdown: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    None,
+    Btf,
+    Tracepoint,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Btf => "btf",
+            Mode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Sample {
+    round: usize,
+    mode: Mode,
+    traced_ns_per_iter: f64,
+    untraced_ns_per_iter: f64,
+    events: usize,
+    lost: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ModeSummary {
+    mode: Mode,
+    traced_ns_per_iter_median: f64,
+    untraced_ns_per_iter_median: f64,
+    /// (traced − none) / 2 events per iteration.
+    ns_per_traced_event: Option<f64>,
+    /// (untraced − none) / 2 syscalls per iteration (close is a third,
+    /// unfiltered syscall: it counts as part of the iteration's cost).
+    ns_per_untraced_syscall: Option<f64>,
+    events_per_round_median: f64,
+    lost_total: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Results {
+    date: String,
+    machine: crate::bench::Machine,
+    rounds: usize,
+    iters: u64,
+    samples: Vec<Sample>,
+    summary: Vec<ModeSummary>,
+}
+
+/// The worker: join `cgroup` (if given), then time the syscall loop.
+/// Prints ns per iteration.
+pub fn worker(cgroup: Option<&Path>, iters: u64) -> Result<()> {
+    if let Some(cg) = cgroup {
+        std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("join cgroup {}", cg.display()))?;
+    }
+    let path = Path::new("/etc/hostname");
+    let t0 = Instant::now();
+    for _ in 0..iters {
+        let f = std::fs::File::open(path).context("open /etc/hostname")?;
+        drop(f);
+        std::fs::metadata(path).context("stat /etc/hostname")?;
+    }
+    let ns = t0.elapsed().as_nanos() as f64 / iters.max(1) as f64;
+    println!("{ns}");
+    Ok(())
+}
+
+fn run_worker(cgroup: Option<&Path>, iters: u64) -> Result<f64> {
+    let exe = std::env::current_exe().context("own executable")?;
+    let mut c = Command::new(exe);
+    c.arg("attach-cost-worker")
+        .arg("--iters")
+        .arg(iters.to_string());
+    if let Some(cg) = cgroup {
+        c.arg("--cgroup").arg(cg);
+    }
+    let out = c.output().context("run the worker")?;
+    if !out.status.success() {
+        bail!(
+            "worker failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .context("worker output")
+}
+
+/// A cgroup v2 directory, removed on drop.
+struct Cg {
+    dir: PathBuf,
+    id: u64,
+}
+
+impl Cg {
+    fn create() -> Result<Cg> {
+        use std::os::unix::fs::MetadataExt;
+        let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/unified")
+        };
+        let dir = base.join(format!("nvbench-attach-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let id = std::fs::metadata(&dir)
+            .with_context(|| format!("stat {}", dir.display()))?
+            .ino();
+        Ok(Cg { dir, id })
+    }
+}
+
+impl Drop for Cg {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Mount tracefs in a private mount namespace of this process, unless it
+/// is mounted already. Must run before any thread is started.
+fn private_tracefs() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("unshare the mount namespace (run before any thread starts, as root)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("make / private in the benchmark's mount namespace")?;
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        mount(
+            Some("tracefs"),
+            "/sys/kernel/tracing",
+            Some("tracefs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mount tracefs at /sys/kernel/tracing (private namespace)")?;
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub fn run(a: AttachCostArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("attach-cost loads BPF programs and makes cgroups: run as root");
+    }
+    private_tracefs()?;
+    let cg = Cg::create()?;
+    let modes = [Mode::None, Mode::Btf, Mode::Tracepoint];
+    let mut samples = Vec::new();
+    for round in 0..a.rounds {
+        for k in 0..modes.len() {
+            let mode = modes[(round + k) % modes.len()];
+            let tracer = match mode {
+                Mode::None => None,
+                Mode::Btf => Some(BpfTracer::start_with(AttachMode::Btf, &[cg.id], None)?),
+                Mode::Tracepoint => Some(BpfTracer::start_with(
+                    AttachMode::Tracepoint,
+                    &[cg.id],
+                    None,
+                )?),
+            };
+            let traced = run_worker(Some(&cg.dir), a.iters)?;
+            let untraced = run_worker(None, a.iters)?;
+            let (events, lost) = match tracer {
+                Some(t) => {
+                    let (ev, lost) = Box::new(t).stop()?;
+                    (ev.len(), lost)
+                }
+                None => (0, 0),
+            };
+            eprintln!(
+                "round {round} {:<10} traced {traced:8.0} ns/iter, untraced {untraced:8.0} ns/iter, {events} events, {lost} lost",
+                mode.name()
+            );
+            samples.push(Sample {
+                round,
+                mode,
+                traced_ns_per_iter: traced,
+                untraced_ns_per_iter: untraced,
+                events,
+                lost,
+            });
+        }
+    }
+    let med = |m: Mode, f: &dyn Fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().filter(|s| s.mode == m).map(f).collect();
+        median(&mut v)
+    };
+    let base_t = med(Mode::None, &|s| s.traced_ns_per_iter);
+    let base_u = med(Mode::None, &|s| s.untraced_ns_per_iter);
+    let summary: Vec<ModeSummary> = modes
+        .iter()
+        .map(|&m| {
+            let t = med(m, &|s| s.traced_ns_per_iter);
+            let u = med(m, &|s| s.untraced_ns_per_iter);
+            ModeSummary {
+                mode: m,
+                traced_ns_per_iter_median: t,
+                untraced_ns_per_iter_median: u,
+                ns_per_traced_event: (m != Mode::None).then(|| (t - base_t) / 2.0),
+                ns_per_untraced_syscall: (m != Mode::None).then(|| (u - base_u) / 2.0),
+                events_per_round_median: med(m, &|s| s.events as f64),
+                lost_total: samples.iter().filter(|s| s.mode == m).map(|s| s.lost).sum(),
+            }
+        })
+        .collect();
+    let res = Results {
+        date: crate::bench::now_utc(),
+        machine: crate::bench::machine(),
+        rounds: a.rounds,
+        iters: a.iters,
+        samples,
+        summary,
+    };
+    if let Some(d) = a.out.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    std::fs::write(&a.out, serde_json::to_string_pretty(&res)?)
+        .with_context(|| format!("write {}", a.out.display()))?;
+    let md = markdown(&res);
+    std::fs::write(&a.markdown, &md).with_context(|| format!("write {}", a.markdown.display()))?;
+    print!("{md}");
+    Ok(())
+}
+
+fn markdown(r: &Results) -> String {
+    let mut s = format!(
+        "# eBPF attach cost\n\n{} · {} ({} CPUs, {} GiB) · Linux {} · {} rounds × {} iterations \
+         (openat + close + newfstatat), modes interleaved in rotating order; medians.\n\n\
+         | attach | traced process ns/iter | untraced process ns/iter | ns per traced event | ns per untraced syscall | events/round | lost |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
+        r.date,
+        r.machine.cpu_model,
+        r.machine.nproc,
+        r.machine.mem_total_kib / (1024 * 1024),
+        r.machine.kernel,
+        r.rounds,
+        r.iters
+    );
+    let f = |x: Option<f64>| x.map(|v| format!("{v:.0}")).unwrap_or_else(|| "—".into());
+    for m in &r.summary {
+        s.push_str(&format!(
+            "| {} | {:.0} | {:.0} | {} | {} | {:.0} | {} |\n",
+            m.mode.name(),
+            m.traced_ns_per_iter_median,
+            m.untraced_ns_per_iter_median,
+            f(m.ns_per_traced_event),
+            f(m.ns_per_untraced_syscall),
+            m.events_per_round_median,
+            m.lost_total
+        ));
+    }
+    s
+}
