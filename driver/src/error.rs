@@ -47,6 +47,9 @@ pub enum Error {
     #[error("invalid image reference {reference:?}: {msg}")]
     BadReference { reference: String, msg: String },
 
+    #[error(transparent)]
+    Xattr(crate::fsutil::xattr::XattrError),
+
     #[error("mount {target}: {msg}")]
     Mount { target: PathBuf, msg: String },
 

@@ -1,5 +1,6 @@
 //! nvtier: a two-tier (pmem + disk) container layer store.
 //!
+//! - [`fsutil`]: filesystem helpers (atomic writes, fsync, xattrs, walks).
 //! - [`config`]: the TOML configuration.
 //! - [`tier`]: tier directories and DAX detection.
 //! - [`extract`]: OCI layer tar → overlay layer directory.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod flatten;
+pub mod fsutil;
 pub mod mount;
 pub mod pull;
 pub mod run;

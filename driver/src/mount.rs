@@ -6,7 +6,7 @@
 //! legacy mount options. Mounts are reference-counted per target directory.
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::store::{now_ms, MountRecord, Store};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

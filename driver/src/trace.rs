@@ -7,7 +7,7 @@
 //! `--tracer`) forces a fallback. One log line says which is active and why.
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::mount::{mount_image, umount_image};
 use crate::run::{drop_caches, spawn_in, Cgroup, SpawnOptions};
 use crate::store::Store;

@@ -33,7 +33,8 @@
 //! (containerd performs the mount itself, with the legacy API).
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{charged_bytes, fsync_dir, write_atomic};
+use crate::extract::charged_bytes;
+use crate::fsutil::{fsync_dir, write_atomic};
 use crate::pull::{pull, PullOptions};
 use crate::store::{digest_hex, now_ms, LayerMeta, SnapshotKind, SnapshotRecord, Store};
 use crate::tier::TierKind;

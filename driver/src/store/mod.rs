@@ -38,7 +38,7 @@ pub use meta::{
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{fsync_dir, syncfs, write_atomic};
+use crate::fsutil::{fsync_dir, syncfs, write_atomic};
 use crate::tier::{Tier, TierKind};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};

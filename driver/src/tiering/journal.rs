@@ -9,7 +9,7 @@
 //! a half-relocated layer.
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::store::now_ms;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use super::{
     meta_record, put_layer_placement, HotEntry, HotGen, LayerPlacement, INODE_COST,
 };
 use crate::error::{Error, IoContext, Result};
-use crate::extract::lgetxattr;
+use crate::fsutil::xattr;
 use crate::store::{digest_hex, now_ms, ImageRecord, Store};
 use crate::tier::{DaxState, TierKind};
 use serde::Serialize;
@@ -100,16 +100,21 @@ fn meta_estimate(store: &Store, img: &ImageRecord) -> Result<u64> {
 }
 
 /// Where a merged-view path's data sits: the stub's redirect, or the path.
-fn data_path(meta: &Path, path: &str) -> Option<String> {
+/// `None` when the merged view has no regular file there (a stale profile).
+fn data_path(meta: &Path, path: &str) -> Result<Option<String>> {
     let stub = meta.join(path.trim_start_matches('/'));
-    let md = fs::symlink_metadata(&stub).ok()?;
+    let Ok(md) = fs::symlink_metadata(&stub) else {
+        return Ok(None);
+    };
     if !md.file_type().is_file() {
-        return None;
+        return Ok(None);
     }
-    match lgetxattr(&stub, "trusted.overlay.redirect") {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => Some(path.to_string()),
-    }
+    Ok(
+        match xattr::get(&stub, "trusted.overlay.redirect").map_err(Error::Xattr)? {
+            Some(v) => String::from_utf8(v).ok(),
+            None => Some(path.to_string()),
+        },
+    )
 }
 
 fn inputs(store: &Store) -> Result<Vec<ImageInput>> {
@@ -253,7 +258,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
             // Before the metadata layer exists (dry run), the path is its
             // own data path.
             let dp = if meta.is_dir() {
-                data_path(&meta, &f.key.path)
+                data_path(&meta, &f.key.path)?
             } else {
                 Some(f.key.path.clone())
             };
@@ -430,7 +435,7 @@ fn build_generation(
             res.charge(round4k(h.bytes))?;
             copied += copy_data(&base.join(rel), &dst, lim, mmap)?;
         }
-        crate::extract::syncfs(&staging)?;
+        crate::fsutil::syncfs(&staging)?;
         fault("after_copy");
         journal.step(&format!("copied:{chain}"))?;
         let dest = gen_dir(store, chain, n)?;
@@ -439,7 +444,7 @@ fn build_generation(
         }
         let _s = store.lock_store()?;
         fs::rename(&staging, &dest).ctx("publish hot generation", &dest)?;
-        crate::extract::fsync_dir(&root)?;
+        crate::fsutil::fsync_dir(&root)?;
         fault("mid_publish");
         let mut rec = cur.clone().unwrap_or(LayerPlacement {
             chain_id: chain.to_string(),
@@ -484,7 +489,7 @@ fn relocate_base(
     let staging = store.new_staging(TierKind::Disk, chain)?;
     let copied = (|| {
         let n = copy_tree(&src, &staging, lim)?;
-        crate::extract::syncfs(&staging)?;
+        crate::fsutil::syncfs(&staging)?;
         Ok(n)
     })();
     let copied = match copied {
@@ -503,7 +508,7 @@ fn relocate_base(
             fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
         }
         fs::rename(&staging, &dest).ctx("publish relocated layer", &dest)?;
-        crate::extract::fsync_dir(&store.disk.layers_dir())?;
+        crate::fsutil::fsync_dir(&store.disk.layers_dir())?;
         let bytes = m.charged_bytes;
         m.tier = TierKind::Disk;
         store.put_layer_meta(&m)?;

@@ -45,7 +45,8 @@ pub use migrate::{migrate, LayerMove, MigrateOptions, MigrateReport};
 pub use recover::{gc, gc_locked, recover};
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
+use crate::fsutil::walk::du;
+use crate::fsutil::write_atomic;
 use crate::store::{digest_hex, meta_read, ImageRecord, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -293,36 +294,6 @@ pub(crate) fn retired(store: &Store) -> Result<Vec<(PathBuf, RetiredLayer)>> {
     Ok(out)
 }
 
-/// Allocated bytes under `dir`, each inode once, and the inode count.
-pub fn du(dir: &Path) -> (u64, u64) {
-    let mut seen = std::collections::HashSet::new();
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    if let Ok(m) = std::fs::symlink_metadata(dir) {
-        bytes += m.blocks() * 512;
-        inodes += 1;
-    }
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
-                continue;
-            };
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            if seen.insert((m.dev(), m.ino())) {
-                bytes += m.blocks() * 512;
-                inodes += 1;
-            }
-        }
-    }
-    (bytes, inodes)
-}
-
 /// pmem bytes held by metadata layers, hot data layers (all generations,
 /// hardlinked copies once) and retired layer copies.
 pub fn pmem_use(store: &Store) -> Result<PmemUse> {
@@ -391,7 +362,7 @@ pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
         let charged = du_bytes + inodes * INODE_COST;
         let mut res = store.reserve();
         res.charge(charged)?;
-        crate::extract::syncfs(&staging)?;
+        crate::fsutil::syncfs(&staging)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).ctx("remove stale metadata layer", &dir)?;
         }
