@@ -9,56 +9,11 @@
 //! - `llistxattr` → `ENOTSUP`: the filesystem does not support xattrs, so
 //!   the path has none (`Ok(vec![])`).
 
+pub use crate::error::{XattrError, XattrOp as Op};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-
-/// The xattr call that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    List,
-    Get,
-    Set,
-}
-
-impl std::fmt::Display for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Op::List => "list xattrs of",
-            Op::Get => "read xattr",
-            Op::Set => "set xattr",
-        })
-    }
-}
-
-/// A failed xattr call.
-#[derive(Debug, thiserror::Error)]
-#[error("{op}{} {}: {source}", name.as_ref().map(|n| format!(" {:?} of", n)).unwrap_or_default(), path.display())]
-pub struct XattrError {
-    pub op: Op,
-    pub path: PathBuf,
-    /// The attribute (`None` for a listing).
-    pub name: Option<OsString>,
-    #[source]
-    pub source: io::Error,
-}
-
-impl XattrError {
-    fn new(op: Op, path: &Path, name: Option<&OsStr>, source: io::Error) -> Self {
-        XattrError {
-            op,
-            path: path.to_path_buf(),
-            name: name.map(OsStr::to_os_string),
-            source,
-        }
-    }
-
-    /// The errno of the failed call, if it was one.
-    pub fn errno(&self) -> Option<i32> {
-        self.source.raw_os_error()
-    }
-}
+use std::path::Path;
 
 pub type Result<T> = std::result::Result<T, XattrError>;
 

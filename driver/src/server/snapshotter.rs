@@ -36,9 +36,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::extract::charged_bytes;
 use crate::fsutil::{fsync_dir, write_atomic};
 use crate::pull::{pull, PullOptions};
+use crate::store::hot::MountTiering;
 use crate::store::{digest_hex, now_ms, LayerMeta, SnapshotKind, SnapshotRecord, Store};
 use crate::tier::TierKind;
-use crate::tiering::MountTiering;
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
 use nvtier_policy::unpack::{decide_unpack, UnpackMoment, INGEST_FRESH_MS};
@@ -524,7 +524,7 @@ impl Inner {
         t: &MountTiering,
         d: &Path,
     ) -> Result<Option<Mount>> {
-        let meta = crate::tiering::meta_dir(&self.store, &format!("sha256:{}", t.meta))?;
+        let meta = crate::store::hot::meta_dir(&self.store, &format!("sha256:{}", t.meta))?;
         let mut above = Vec::new();
         // Top-most first: (hot generation dir, base link) per layer.
         let mut layers: Vec<(Option<PathBuf>, PathBuf)> = Vec::new();
@@ -544,7 +544,7 @@ impl Inner {
                 continue;
             };
             let hot = match t.hot.iter().find(|(hc, _)| hc == c) {
-                Some((_, g)) => Some(crate::tiering::gen_dir(&self.store, c, *g)?),
+                Some((_, g)) => Some(crate::store::hot::gen_dir(&self.store, c, *g)?),
                 None => None,
             };
             layers.push((hot, self.ensure_link(pr)?));
@@ -621,7 +621,7 @@ impl Inner {
             .collect();
         let mut chosen = None;
         for i in &images {
-            if crate::tiering::meta_record(&self.store, &i.manifest_digest)?.is_some() {
+            if crate::store::hot::meta_record(&self.store, &i.manifest_digest)?.is_some() {
                 chosen = Some(i);
                 break;
             }
@@ -629,7 +629,7 @@ impl Inner {
         let Some(img) = chosen.or(images.first()) else {
             return Ok(None);
         };
-        crate::tiering::note_start(&self.store, &img.manifest_digest);
+        crate::store::hot::note_start(&self.store, &img.manifest_digest);
         Ok(crate::tiering::mount_layers(&self.store, img, &links, false)?.map(|(_, _, t)| t))
     }
 

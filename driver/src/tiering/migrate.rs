@@ -3,13 +3,14 @@
 //! of the layers' hot data layers and relocate pmem layer bases to disk.
 
 use super::copy::{copy_data, copy_tree, Limiter};
-use super::journal::{fault, new_journal, JournalFile};
-use super::{
-    current_hot, ensure_meta, gen_dir, hot_root, journal_dir, layer_placement, meta_dir,
-    meta_record, put_layer_placement, HotEntry, HotGen, LayerPlacement, INODE_COST,
-};
+use super::ensure_meta;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::xattr;
+use crate::store::hot::{
+    current_hot, gen_dir, hot_root, journal_dir, layer_placement, meta_dir, meta_record,
+    put_layer_placement, HotEntry, HotGen, LayerPlacement, INODE_COST,
+};
+use crate::store::journal::{fault, new_journal, JournalFile};
 use crate::store::{digest_hex, now_ms, ImageRecord, Store};
 use crate::tier::{DaxState, TierKind};
 use serde::Serialize;
@@ -120,7 +121,7 @@ fn data_path(meta: &Path, path: &str) -> Result<Option<String>> {
 fn inputs(store: &Store) -> Result<Vec<ImageInput>> {
     let mut v = Vec::new();
     for img in store.images()? {
-        let prof = crate::trace::load_profile(store, &img.name)?;
+        let prof = crate::store::profiles::load_profile(store, &img.name)?;
         let files = prof
             .map(|p| {
                 p.files
@@ -191,7 +192,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
     let demand: Vec<nvtier_policy::placement::ImageProfile> = all
         .iter()
         .map(|i| {
-            let u = super::usage(store, &i.img.manifest_digest).unwrap_or_default();
+            let u = crate::store::hot::usage(store, &i.img.manifest_digest).unwrap_or_default();
             nvtier_policy::placement::ImageProfile {
                 image: i.img.name.clone(),
                 meta_bytes: i.meta_bytes,
@@ -375,7 +376,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
             report.relocated_bytes += relocate_base(store, &mv.chain_id, &mut lim, &mut journal)?;
         }
     }
-    super::gc(store)?;
+    crate::store::gc_hot(store)?;
     journal.step("retired")?;
     journal.finish()?;
     report.pmem_used_after = store.pmem_used()?;
@@ -513,7 +514,7 @@ fn relocate_base(
         m.tier = TierKind::Disk;
         store.put_layer_meta(&m)?;
         fault("layer_switched");
-        super::recover::retire_pmem_copy(store, chain, bytes)?;
+        crate::store::retire_pmem_copy(store, chain, bytes)?;
     }
     journal.step(&format!("layer_switched:{chain}"))?;
     Ok(copied)
