@@ -1,6 +1,8 @@
 //! Typed errors of the nvtier library.
 
-use std::path::PathBuf;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +49,9 @@ pub enum Error {
     #[error("invalid image reference {reference:?}: {msg}")]
     BadReference { reference: String, msg: String },
 
+    #[error(transparent)]
+    Xattr(XattrError),
+
     #[error("mount {target}: {msg}")]
     Mount { target: PathBuf, msg: String },
 
@@ -78,5 +83,51 @@ impl<T> IoContext<T> for nix::Result<T> {
             path: path.into(),
             source: std::io::Error::from(e),
         })
+    }
+}
+
+/// The xattr call that failed (see `crate::fsutil::xattr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrOp {
+    List,
+    Get,
+    Set,
+}
+
+impl std::fmt::Display for XattrOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XattrOp::List => "list xattrs of",
+            XattrOp::Get => "read xattr",
+            XattrOp::Set => "set xattr",
+        })
+    }
+}
+
+/// A failed xattr call.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}{} {}: {source}", name.as_ref().map(|n| format!(" {:?} of", n)).unwrap_or_default(), path.display())]
+pub struct XattrError {
+    pub op: XattrOp,
+    pub path: PathBuf,
+    /// The attribute (`None` for a listing).
+    pub name: Option<OsString>,
+    #[source]
+    pub source: io::Error,
+}
+
+impl XattrError {
+    pub(crate) fn new(op: XattrOp, path: &Path, name: Option<&OsStr>, source: io::Error) -> Self {
+        XattrError {
+            op,
+            path: path.to_path_buf(),
+            name: name.map(OsStr::to_os_string),
+            source,
+        }
+    }
+
+    /// The errno of the failed call, if it was one.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
     }
 }

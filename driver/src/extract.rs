@@ -13,17 +13,22 @@
 //!   directory and deletes it on error, so nothing is left behind.
 
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::xattr;
 use sha2::{Digest, Sha256};
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Read an xattr of a path without following symlinks (the integration
+/// tests use this path).
+pub use crate::fsutil::xattr::get as lgetxattr;
 
 /// Bytes a regular file of `size` bytes is charged against a tier budget:
 /// its data rounded up to 4 KiB blocks.
@@ -174,44 +179,6 @@ pub fn safe_rel_path(p: &Path) -> Result<Option<PathBuf>> {
     })
 }
 
-fn lsetxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes())?;
-    let n = CString::new(name)?;
-    // SAFETY: all pointers are valid for the call; value's length is passed.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Read an xattr of a path without following symlinks.
-pub fn lgetxattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let p = CString::new(path.as_os_str().as_bytes())?;
-    let n = CString::new(name)?;
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: pointers valid; buffer length passed.
-    let rc = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENODATA) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    buf.truncate(rc as usize);
-    Ok(Some(buf))
-}
-
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -339,7 +306,7 @@ impl Writer<'_> {
         if name_b == OPAQUE_MARKER.as_bytes() {
             let full = self.prepare_parents(&rel)?;
             let dir = full.parent().unwrap_or(&self.root).to_path_buf();
-            lsetxattr(&dir, OVERLAY_OPAQUE_XATTR, b"y").ctx("set opaque xattr on", &dir)?;
+            xattr::set(&dir, OVERLAY_OPAQUE_XATTR, b"y").map_err(Error::Xattr)?;
             self.stats.entries += 1;
             return Ok(());
         }
@@ -495,11 +462,23 @@ impl Writer<'_> {
                 )))
             }
         }
+        let plain = matches!(
+            kind,
+            T::Directory | T::Regular | T::Continuous | T::GNUSparse
+        );
         for (k, v) in &xattrs {
-            if let Err(err) = lsetxattr(&full, k, v) {
-                // user.* xattrs cannot be set on symlinks and devices; that is
-                // what every other unpacker does too.
-                tracing::warn!(path = %rel.display(), xattr = %k, %err, "cannot set xattr");
+            if let Err(err) = xattr::set(&full, k, v) {
+                // The kernel refuses user.* xattrs on symlinks and device
+                // nodes (EPERM), and a filesystem may not support a
+                // namespace at all (ENOTSUP): skipped with a warning, as
+                // every other unpacker does. Anything else is an error.
+                let user_on_special =
+                    !plain && k.starts_with("user.") && err.errno() == Some(libc::EPERM);
+                if user_on_special || err.errno() == Some(libc::ENOTSUP) {
+                    tracing::warn!(path = %rel.display(), xattr = %k, %err, "cannot set xattr");
+                } else {
+                    return Err(Error::Xattr(err));
+                }
             }
         }
         if !kind.is_dir() {
@@ -583,64 +562,6 @@ pub fn extract_file(
 ) -> Result<ExtractStats> {
     let f = File::open(blob).ctx("open blob", blob)?;
     extract_layer(f, dest, expect, budget)
-}
-
-/// fsync a directory.
-pub fn fsync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .ctx("fsync directory", dir)
-}
-
-/// Flush the whole filesystem holding `dir` (one call instead of an fsync
-/// per file).
-pub fn syncfs(dir: &Path) -> Result<()> {
-    let f = File::open(dir).ctx("open for syncfs", dir)?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)).ctx("syncfs", dir)
-}
-
-/// Count (entries, regular-file bytes) under a directory without following
-/// symlinks; hardlinked inodes are counted once.
-pub fn tree_usage(dir: &Path) -> io::Result<(u64, u64)> {
-    let mut seen = std::collections::HashSet::new();
-    let mut entries = 0;
-    let mut bytes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d)? {
-            let e = e?;
-            let m = e.metadata()?;
-            entries += 1;
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() && seen.insert((m.dev(), m.ino())) {
-                bytes += m.len();
-            }
-        }
-    }
-    Ok((entries, bytes))
-}
-
-/// Write `data` to `path` atomically: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.ctx("write", path)
 }
 
 #[cfg(test)]

@@ -15,12 +15,12 @@
 //! the same layers (tested in `tests/flatten_e2e.rs`).
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::lgetxattr;
+use crate::fsutil::attr::{chown_chmod, mknod_like, set_mtime};
+use crate::fsutil::xattr;
 use std::collections::HashMap;
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 const OPAQUE: &str = "trusted.overlay.opaque";
@@ -45,99 +45,16 @@ pub struct MetaStats {
     pub owners: HashMap<String, usize>,
 }
 
-pub(crate) fn xattr_names(p: &Path) -> Vec<OsString> {
-    let Ok(c) = CString::new(p.as_os_str().as_bytes()) else {
-        return Vec::new();
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: valid path and a buffer of the given length.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n <= 0 {
-        return Vec::new();
-    }
-    buf.truncate(n as usize);
-    buf.split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| std::ffi::OsStr::from_bytes(s).to_os_string())
-        .collect()
-}
-
-pub(crate) fn set_xattr(p: &Path, name: &str, value: &[u8]) -> Result<()> {
-    let (Ok(c), Ok(n)) = (CString::new(p.as_os_str().as_bytes()), CString::new(name)) else {
-        return Err(Error::Other(format!("NUL in {}", p.display())));
-    };
-    // SAFETY: valid strings; value pointer and length match.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).ctx("set xattr on", p);
-    }
-    Ok(())
-}
-
-/// Create `dst` as a device node, fifo or socket of the same type, mode
-/// and device number as `m` describes.
-pub(crate) fn mknod_like(m: &fs::Metadata, dst: &Path) -> Result<()> {
-    use nix::sys::stat::SFlag;
-    let ft = m.file_type();
-    let kind = if ft.is_char_device() {
-        SFlag::S_IFCHR
-    } else if ft.is_block_device() {
-        SFlag::S_IFBLK
-    } else if ft.is_fifo() {
-        SFlag::S_IFIFO
-    } else if ft.is_socket() {
-        SFlag::S_IFSOCK
-    } else {
-        return Err(Error::Other(format!(
-            "{}: unsupported file type",
-            dst.display()
-        )));
-    };
-    nix::sys::stat::mknod(
-        dst,
-        kind,
-        nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777),
-        m.rdev(),
-    )
-    .ctx("mknod", dst)
-}
-
-/// Give `dst` the owner and then (chown clears setuid) the mode of `m`.
-pub(crate) fn chown_chmod(m: &fs::Metadata, dst: &Path) -> Result<()> {
-    nix::unistd::fchownat(
-        None,
-        dst,
-        Some(nix::unistd::Uid::from_raw(m.uid())),
-        Some(nix::unistd::Gid::from_raw(m.gid())),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .ctx("chown", dst)?;
-    if !m.file_type().is_symlink() {
-        fs::set_permissions(dst, fs::Permissions::from_mode(m.mode() & 0o7777))
-            .ctx("chmod", dst)?;
-    }
-    Ok(())
-}
-
 /// Copy owner, mode, non-overlay xattrs (and, for non-dirs, mtime) of
 /// `src` onto `dst`.
 fn copy_meta(src: &Path, m: &fs::Metadata, dst: &Path, times: bool) -> Result<()> {
     chown_chmod(m, dst)?;
-    for name in xattr_names(src) {
-        let n = name.to_string_lossy();
-        if n.starts_with("trusted.overlay.") {
+    for name in xattr::list(src).map_err(Error::Xattr)? {
+        if xattr::is_overlay(&name) {
             continue;
         }
-        if let Ok(Some(v)) = lgetxattr(src, &n) {
-            let _ = set_xattr(dst, &n, &v);
+        if let Some(v) = xattr::get(src, &name).map_err(Error::Xattr)? {
+            xattr::set(dst, &name, &v).map_err(Error::Xattr)?;
         }
     }
     if times {
@@ -146,24 +63,14 @@ fn copy_meta(src: &Path, m: &fs::Metadata, dst: &Path, times: bool) -> Result<()
     Ok(())
 }
 
-pub(crate) fn set_mtime(dst: &Path, m: &fs::Metadata) -> Result<()> {
-    let t = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
-    nix::sys::stat::utimensat(
-        None,
-        dst,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    )
-    .ctx("set mtime", dst)
-}
-
 fn is_whiteout(m: &fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-fn opaque(p: &Path) -> bool {
-    matches!(lgetxattr(p, OPAQUE), Ok(Some(v)) if v == b"y")
+fn opaque(p: &Path) -> Result<bool> {
+    Ok(xattr::get(p, OPAQUE)
+        .map_err(Error::Xattr)?
+        .is_some_and(|v| v == b"y"))
 }
 
 struct Builder<'a> {
@@ -217,7 +124,7 @@ impl Builder<'_> {
                     match fs::symlink_metadata(&p) {
                         Ok(pm) if pm.is_dir() => {
                             sub.push(k);
-                            if opaque(&p) {
+                            if opaque(&p)? {
                                 break;
                             }
                         }
@@ -238,9 +145,9 @@ impl Builder<'_> {
                 f.set_len(m.len()).ctx("size stub", &dst)?;
                 drop(f);
                 copy_meta(&src, &m, &dst, false)?;
-                set_xattr(&dst, METACOPY, b"")?;
+                xattr::set(&dst, METACOPY, b"").map_err(Error::Xattr)?;
                 let redirect = format!("/{}", child.display());
-                set_xattr(&dst, REDIRECT, redirect.as_bytes())?;
+                xattr::set(&dst, REDIRECT, redirect.as_bytes()).map_err(Error::Xattr)?;
                 set_mtime(&dst, &m)?;
                 self.links.insert((m.dev(), m.ino()), dst);
                 if l > 0 {
@@ -281,7 +188,7 @@ pub fn build_meta_layer(layers: &[PathBuf], out: &Path) -> Result<MetaStats> {
         let mut v = Vec::new();
         for (i, l) in top_first.iter().enumerate() {
             v.push(i);
-            if opaque(l) {
+            if opaque(l)? {
                 break;
             }
         }

@@ -1,9 +1,11 @@
 //! nvtier: a two-tier (pmem + disk) container layer store.
 //!
+//! - [`fsutil`]: filesystem helpers (atomic writes, fsync, xattrs, walks).
 //! - [`config`]: the TOML configuration.
 //! - [`tier`]: tier directories and DAX detection.
 //! - [`extract`]: OCI layer tar → overlay layer directory.
 //! - [`store`]: the layer/image store (chainIDs, metadata, refcounts, GC).
+//! - [`flatten`]: an image's flattened metadata layer.
 //! - [`pull`]: registry pull with LASS placement.
 //! - [`mount`]: overlay root filesystems.
 //! - [`tiering`]: file-granular hot-file tiering: metadata layers, hot
@@ -11,11 +13,25 @@
 //! - [`run`]: the cold-start probe.
 //! - [`server`]: `nvtier serve`: the containerd proxy snapshotter and the legacy
 //!   Docker graph driver plugin.
+//!
+//! # Layers
+//! Each module uses only modules of the layers below its own (within a
+//! layer, without cycles):
+//! 1. [`error`], [`fsutil`], [`tier`], [`config`], [`extract`], [`flatten`]:
+//!    errors, filesystem helpers and on-disk formats.
+//! 2. [`store`]: every persisted record (layers, images, mounts, snapshots,
+//!    hot-file tiering records, profiles) and its crash recovery and GC.
+//! 3. [`tiering`], [`pull`]: the engines that fill the store.
+//! 4. [`mount`], [`run`].
+//! 5. [`trace`].
+//! 6. [`server`].
+//! 7. The CLI (`bin/nvtier.rs`).
 
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod flatten;
+pub mod fsutil;
 pub mod mount;
 pub mod pull;
 pub mod run;

@@ -6,7 +6,7 @@
 //! legacy mount options. Mounts are reference-counted per target directory.
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
+use crate::fsutil::write_atomic;
 use crate::store::{now_ms, MountRecord, Store};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -282,7 +282,7 @@ pub fn mount_image_opts(
         created_ms: now_ms(),
         tiering,
     };
-    crate::tiering::note_start(store, &img.manifest_digest);
+    crate::store::hot::note_start(store, &img.manifest_digest);
     if let Err(e) = write_record(&rec_path, &rec) {
         let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
         let _ = remove_container(store, &rec.container_id);

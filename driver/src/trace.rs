@@ -12,17 +12,16 @@
 //! per-syscall tracepoints instead; see `nvtier_tracer::bpf::AttachMode`).
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
 use crate::mount::{mount_image, umount_image};
 use crate::run::{drop_caches, spawn_in, Cgroup, SpawnOptions};
+pub use crate::store::profiles::{load_profile, profile_path, save_profile};
 use crate::store::Store;
 use nvtier_tracer::bpf::{AttachMode, BpfTracer};
 use nvtier_tracer::fanotify::FanotifyTracer;
 use nvtier_tracer::inotify::InotifyTracer;
 use nvtier_tracer::{LayerIndex, LayerRef, Profile, Tracer};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -100,33 +99,6 @@ pub struct TraceReport {
     pub misses_unknown_reason: Option<String>,
     /// This run alone (the saved profile merges every run).
     pub profile: Profile,
-}
-
-pub fn profile_path(store: &Store, image: &str) -> PathBuf {
-    store.state().join("profiles").join(format!(
-        "{}.json",
-        hex::encode(Sha256::digest(image.as_bytes()))
-    ))
-}
-
-pub fn load_profile(store: &Store, image: &str) -> Result<Option<Profile>> {
-    let p = profile_path(store, image);
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Profile::from_json(&t)
-            .map(Some)
-            .map_err(|e| Error::Other(format!("{}: {e}", p.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).ctx("read profile", p),
-    }
-}
-
-pub fn save_profile(store: &Store, p: &Profile) -> Result<()> {
-    let path = profile_path(store, &p.image);
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).ctx("create", d)?;
-    }
-    let json = p.to_json().map_err(|e| Error::Other(e.to_string()))?;
-    write_atomic(&path, json.as_bytes())
 }
 
 /// The image's layers as the tracer needs them, chain order.

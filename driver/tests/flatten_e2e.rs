@@ -97,7 +97,7 @@ fn meta_layer_over_data_only_layers_equals_plain_overlay() {
     assert_same_tree(&a, &b);
     assert_same_tree(&listing(&reference_rootfs("lassdemo")), &b);
     // The stubs hold no data: the metadata layer is tiny.
-    let (_, meta_bytes) = nvtier::extract::tree_usage(&meta).expect("usage");
+    let (_, meta_bytes) = nvtier::fsutil::walk::tree_usage(&meta).expect("usage");
     assert!(meta_bytes > 40 << 20, "apparent sizes are kept");
     let blocks: u64 = walk_blocks(&meta);
     assert!(

@@ -31,17 +31,17 @@ pub const REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 pub fn wanted(store: &Store) -> crate::error::Result<BTreeSet<PathBuf>> {
     let mut out = BTreeSet::new();
     for img in store.images()? {
-        if crate::tiering::meta_record(store, &img.manifest_digest)?.is_none() {
+        if crate::store::hot::meta_record(store, &img.manifest_digest)?.is_none() {
             continue;
         }
-        out.insert(crate::tiering::meta_dir(store, &img.manifest_digest)?);
+        out.insert(crate::store::hot::meta_dir(store, &img.manifest_digest)?);
         for c in &img.chain_ids {
             if let Some(m) = store.layer(c)? {
                 out.insert(store.layer_dir(&m)?);
             }
-            if let Some(p) = crate::tiering::layer_placement(store, c)? {
+            if let Some(p) = crate::store::hot::layer_placement(store, c)? {
                 if p.current > 0 {
-                    out.insert(crate::tiering::gen_dir(store, c, p.current)?);
+                    out.insert(crate::store::hot::gen_dir(store, c, p.current)?);
                 }
             }
         }

@@ -8,7 +8,7 @@
 
 use super::{pid_alive, Store};
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
+use crate::fsutil::write_atomic;
 use nix::fcntl::FlockArg;
 use std::fs;
 use std::path::PathBuf;

@@ -25,7 +25,8 @@
 
 use super::{digest_hex, now_ms, Store};
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{extract_file, fsync_dir, syncfs, write_atomic, Expect};
+use crate::extract::{extract_file, Expect};
+use crate::fsutil::{fsync_dir, syncfs, write_atomic};
 use crate::store::LayerMeta;
 use crate::tier::TierKind;
 use serde::{Deserialize, Serialize};

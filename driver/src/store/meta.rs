@@ -59,7 +59,7 @@ pub struct MountRecord {
     /// Set for a tiered mount: the metadata layer and hot generations it
     /// uses (they are kept until this mount goes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tiering: Option<crate::tiering::MountTiering>,
+    pub tiering: Option<super::hot::MountTiering>,
 }
 
 /// Kind of a containerd snapshot.
@@ -95,7 +95,7 @@ pub struct SnapshotRecord {
     /// what its mounts use (the metadata layer, hot generations). Held until
     /// Remove, so GC keeps them while containerd may have them mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tiering: Option<crate::tiering::MountTiering>,
+    pub tiering: Option<super::hot::MountTiering>,
 }
 
 pub fn read_json<T: DeserializeOwned>(p: &Path) -> Result<Option<T>> {

@@ -27,7 +27,11 @@
 
 mod budget;
 mod durable;
+pub mod hot;
+pub mod journal;
 mod meta;
+pub mod profiles;
+mod recover;
 
 pub use budget::Reservation;
 pub use durable::{boot_id, SyncReport, Unsynced};
@@ -35,10 +39,11 @@ pub use meta::{
     read_all as meta_read_all, read_json as meta_read, ImageRecord, LayerMeta, MountRecord,
     SnapshotKind, SnapshotRecord,
 };
+pub(crate) use recover::{gc_hot, retire_pmem_copy};
 
 use crate::config::Config;
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{fsync_dir, syncfs, write_atomic};
+use crate::fsutil::{fsync_dir, syncfs, write_atomic};
 use crate::tier::{Tier, TierKind};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
@@ -286,7 +291,7 @@ impl Store {
             }
         }
         budget::cleanup_dead(self)?;
-        crate::tiering::recover(self)?;
+        recover::recover(self)?;
         self.recover_unsynced()?;
         Ok(())
     }
@@ -372,7 +377,7 @@ impl Store {
     /// Bytes of pmem committed: stored layers plus hot-file tiering
     /// (metadata layers, hot copies, retired copies still mounted).
     pub fn pmem_committed(&self) -> Result<u64> {
-        Ok(self.pmem_layer_bytes()? + crate::tiering::pmem_use(self)?.total())
+        Ok(self.pmem_layer_bytes()? + hot::pmem_use(self)?.total())
     }
 
     /// Bytes of pmem in use: committed plus live reservations.
@@ -523,7 +528,7 @@ impl Store {
         }
         fsync_dir(&self.layers_meta_dir())?;
         // Metadata layers, hot generations and retired copies nobody uses.
-        crate::tiering::gc_locked(self)?;
+        recover::gc_hot_locked(self)?;
         Ok(report)
     }
 }

@@ -1,9 +1,9 @@
 //! Copying across tiers: file data (holes kept, `memmap2` onto a DAX
 //! target) and whole layer trees with every attribute, rate-limited.
 
-use crate::error::{IoContext, Result};
-use crate::extract::lgetxattr;
-use crate::flatten::{chown_chmod, mknod_like, set_mtime, set_xattr, xattr_names};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::attr::{chown_chmod, mknod_like, set_mtime};
+use crate::fsutil::xattr;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -124,17 +124,8 @@ pub fn copy_data(src: &Path, dst: &Path, lim: &mut Limiter, mmap: bool) -> Resul
 /// `src` onto `dst`. The mtime is set by the caller (directories last).
 fn copy_attrs(src: &Path, m: &fs::Metadata, dst: &Path) -> Result<()> {
     chown_chmod(m, dst)?;
-    let symlink = m.file_type().is_symlink();
-    for name in xattr_names(src) {
-        let n = name.to_string_lossy();
-        if let Some(v) = lgetxattr(src, &n).ctx("read xattr", src)? {
-            match set_xattr(dst, &n, &v) {
-                Ok(()) => {}
-                // user.* xattrs cannot exist on symlinks, so none to copy.
-                Err(_) if symlink => {}
-                Err(e) => return Err(e),
-            }
-        }
+    for (name, v) in xattr::get_all(src).map_err(Error::Xattr)? {
+        xattr::set(dst, &name, &v).map_err(Error::Xattr)?;
     }
     Ok(())
 }
@@ -261,7 +252,8 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o600),
         )
         .expect("fifo");
-        let _ = set_xattr(&s.join("dir"), "user.k", b"v");
+        xattr::set(&s.join("dir"), "user.k", b"v").expect("user xattr");
+        xattr::set(&s.join("dir/sub/up"), "trusted.k", b"l").expect("xattr on a symlink");
         fs::create_dir(&d).expect("mkdir");
         let n = copy_tree(&s, &d, &mut Limiter::new(0)).expect("copy");
         assert!(n > 0);
@@ -285,8 +277,12 @@ mod tests {
             fs::read(d.join("sparse")).expect("r")
         );
         assert_eq!(
-            lgetxattr(&s.join("dir"), "user.k").expect("x"),
-            lgetxattr(&d.join("dir"), "user.k").expect("x")
+            xattr::get(&d.join("dir"), "user.k").expect("x"),
+            Some(b"v".to_vec())
+        );
+        assert_eq!(
+            xattr::get(&d.join("dir/sub/up"), "trusted.k").expect("x"),
+            Some(b"l".to_vec())
         );
         for p in ["dir", "dir/sub", "sparse", "dir/a"] {
             assert_eq!(

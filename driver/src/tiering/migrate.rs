@@ -3,13 +3,14 @@
 //! of the layers' hot data layers and relocate pmem layer bases to disk.
 
 use super::copy::{copy_data, copy_tree, Limiter};
-use super::journal::{fault, new_journal, JournalFile};
-use super::{
-    current_hot, ensure_meta, gen_dir, hot_root, journal_dir, layer_placement, meta_dir,
-    meta_record, put_layer_placement, HotEntry, HotGen, LayerPlacement, INODE_COST,
-};
+use super::ensure_meta;
 use crate::error::{Error, IoContext, Result};
-use crate::extract::lgetxattr;
+use crate::fsutil::xattr;
+use crate::store::hot::{
+    current_hot, gen_dir, hot_root, journal_dir, layer_placement, meta_dir, meta_record,
+    put_layer_placement, HotEntry, HotGen, LayerPlacement, INODE_COST,
+};
+use crate::store::journal::{fault, new_journal, JournalFile};
 use crate::store::{digest_hex, now_ms, ImageRecord, Store};
 use crate::tier::{DaxState, TierKind};
 use serde::Serialize;
@@ -100,22 +101,27 @@ fn meta_estimate(store: &Store, img: &ImageRecord) -> Result<u64> {
 }
 
 /// Where a merged-view path's data sits: the stub's redirect, or the path.
-fn data_path(meta: &Path, path: &str) -> Option<String> {
+/// `None` when the merged view has no regular file there (a stale profile).
+fn data_path(meta: &Path, path: &str) -> Result<Option<String>> {
     let stub = meta.join(path.trim_start_matches('/'));
-    let md = fs::symlink_metadata(&stub).ok()?;
+    let Ok(md) = fs::symlink_metadata(&stub) else {
+        return Ok(None);
+    };
     if !md.file_type().is_file() {
-        return None;
+        return Ok(None);
     }
-    match lgetxattr(&stub, "trusted.overlay.redirect") {
-        Ok(Some(v)) => String::from_utf8(v).ok(),
-        _ => Some(path.to_string()),
-    }
+    Ok(
+        match xattr::get(&stub, "trusted.overlay.redirect").map_err(Error::Xattr)? {
+            Some(v) => String::from_utf8(v).ok(),
+            None => Some(path.to_string()),
+        },
+    )
 }
 
 fn inputs(store: &Store) -> Result<Vec<ImageInput>> {
     let mut v = Vec::new();
     for img in store.images()? {
-        let prof = crate::trace::load_profile(store, &img.name)?;
+        let prof = crate::store::profiles::load_profile(store, &img.name)?;
         let files = prof
             .map(|p| {
                 p.files
@@ -186,7 +192,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
     let demand: Vec<nvtier_policy::placement::ImageProfile> = all
         .iter()
         .map(|i| {
-            let u = super::usage(store, &i.img.manifest_digest).unwrap_or_default();
+            let u = crate::store::hot::usage(store, &i.img.manifest_digest).unwrap_or_default();
             nvtier_policy::placement::ImageProfile {
                 image: i.img.name.clone(),
                 meta_bytes: i.meta_bytes,
@@ -253,7 +259,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
             // Before the metadata layer exists (dry run), the path is its
             // own data path.
             let dp = if meta.is_dir() {
-                data_path(&meta, &f.key.path)
+                data_path(&meta, &f.key.path)?
             } else {
                 Some(f.key.path.clone())
             };
@@ -370,7 +376,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
             report.relocated_bytes += relocate_base(store, &mv.chain_id, &mut lim, &mut journal)?;
         }
     }
-    super::gc(store)?;
+    crate::store::gc_hot(store)?;
     journal.step("retired")?;
     journal.finish()?;
     report.pmem_used_after = store.pmem_used()?;
@@ -430,7 +436,7 @@ fn build_generation(
             res.charge(round4k(h.bytes))?;
             copied += copy_data(&base.join(rel), &dst, lim, mmap)?;
         }
-        crate::extract::syncfs(&staging)?;
+        crate::fsutil::syncfs(&staging)?;
         fault("after_copy");
         journal.step(&format!("copied:{chain}"))?;
         let dest = gen_dir(store, chain, n)?;
@@ -439,7 +445,7 @@ fn build_generation(
         }
         let _s = store.lock_store()?;
         fs::rename(&staging, &dest).ctx("publish hot generation", &dest)?;
-        crate::extract::fsync_dir(&root)?;
+        crate::fsutil::fsync_dir(&root)?;
         fault("mid_publish");
         let mut rec = cur.clone().unwrap_or(LayerPlacement {
             chain_id: chain.to_string(),
@@ -484,7 +490,7 @@ fn relocate_base(
     let staging = store.new_staging(TierKind::Disk, chain)?;
     let copied = (|| {
         let n = copy_tree(&src, &staging, lim)?;
-        crate::extract::syncfs(&staging)?;
+        crate::fsutil::syncfs(&staging)?;
         Ok(n)
     })();
     let copied = match copied {
@@ -503,12 +509,12 @@ fn relocate_base(
             fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
         }
         fs::rename(&staging, &dest).ctx("publish relocated layer", &dest)?;
-        crate::extract::fsync_dir(&store.disk.layers_dir())?;
+        crate::fsutil::fsync_dir(&store.disk.layers_dir())?;
         let bytes = m.charged_bytes;
         m.tier = TierKind::Disk;
         store.put_layer_meta(&m)?;
         fault("layer_switched");
-        super::recover::retire_pmem_copy(store, chain, bytes)?;
+        crate::store::retire_pmem_copy(store, chain, bytes)?;
     }
     journal.step(&format!("layer_switched:{chain}"))?;
     Ok(copied)

@@ -18,7 +18,7 @@
 //! subset of their base), so with each hot data layer right above its base
 //! a hot copy shadows exactly its own base file: the merged view is the
 //! same whatever the placement. Where the image's owner map
-//! ([`owners_path`]) shows that no hot data layer holds a path a layer
+//! (`crate::store::hot::owners_path`) shows that no hot data layer holds a path a layer
 //! above it owns, every hot data layer goes before every base instead, so
 //! that resolving a hot file never looks into a base on disk
 //! (`nvtier_policy::datalayers`).
@@ -32,115 +32,29 @@
 //! by GC (after every umount and every migration).
 //!
 //! # Crash safety
-//! Every state between two steps is consistent (see [`journal`]); start-up
+//! Every state between two steps is consistent (see
+//! [`crate::store::journal`]); start-up
 //! removes staging directories, unpublished generations and half-relocated
 //! layers, and finishes retirements.
 
 pub mod copy;
-pub mod journal;
 mod migrate;
-mod recover;
 
 pub use migrate::{migrate, LayerMove, MigrateOptions, MigrateReport};
-pub use recover::{gc, gc_locked, recover};
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
-use crate::store::{digest_hex, meta_read, ImageRecord, Store};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use crate::fsutil::walk::du;
+use crate::fsutil::write_atomic;
+use crate::store::hot::{
+    current_hot, gen_dir, layer_placement, meta_dir, meta_owners, meta_record, meta_record_path,
+    owners_path, write_json, HotEntry, MetaRecord, INODE_COST,
+};
+use crate::store::{digest_hex, ImageRecord, Store};
+use serde::Serialize;
+use std::path::PathBuf;
 
-/// One hot file copy in a layer's hot data layer.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct HotEntry {
-    /// The path in the merged view (as in the profile).
-    pub path: String,
-    /// Where the data sits in the layer (the stub's redirect; differs from
-    /// `path` for a hardlink alias).
-    pub data_path: String,
-    pub bytes: u64,
-}
-
-/// One generation of a layer's hot data layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HotGen {
-    pub created_ms: u64,
-    pub files: Vec<HotEntry>,
-}
-
-/// `STATE/hot/<chain>.json`: a layer's hot-file placement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerPlacement {
-    pub chain_id: String,
-    /// Generation new mounts use (0 = no hot files).
-    pub current: u64,
-    /// Generations whose directory exists (current and retained ones).
-    pub generations: BTreeMap<u64, HotGen>,
-}
-
-/// `STATE/meta/<manifest>.json`: an image's flattened metadata layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetaRecord {
-    pub manifest_digest: String,
-    pub inodes: u64,
-    /// Allocated bytes (`du`).
-    pub du_bytes: u64,
-    /// Charged to the pmem budget: `du_bytes` plus [`INODE_COST`] per inode
-    /// (an ext4-DAX inode; a tmpfs inode costs about as much memory).
-    pub charged_bytes: u64,
-    pub build_ms: u64,
-}
-
-/// A pmem layer directory relocated to disk whose old copy is still
-/// mounted: `STATE/retired/<name>.json` for `PMEM/retired/<name>/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetiredLayer {
-    pub chain_id: String,
-    pub path: PathBuf,
-    pub bytes: u64,
-    /// Container ids of the mounts that may use it.
-    pub users: Vec<String>,
-    pub retired_ms: u64,
-}
-
-/// How often an image was started (for the policy's heat ranking).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub starts: u32,
-    pub last_start_ms: u64,
-}
-
-/// What a tiered mount uses (kept in its mount record).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MountTiering {
-    /// Manifest hex of the metadata layer.
-    pub meta: String,
-    /// (chainID, generation) of every hot data layer in the mount.
-    pub hot: Vec<(String, u64)>,
-    /// All hot data layers before all bases (`nvtier_policy::datalayers`);
-    /// false: each hot data layer right above its base.
-    #[serde(default)]
-    pub hot_first: bool,
-}
-
-/// Bytes charged per metadata-layer inode.
-pub const INODE_COST: u64 = 256;
-
-/// pmem bytes held by tiering.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct PmemUse {
-    pub meta_bytes: u64,
-    pub hot_bytes: u64,
-    pub retired_bytes: u64,
-}
-
-impl PmemUse {
-    pub fn total(&self) -> u64 {
-        self.meta_bytes + self.hot_bytes + self.retired_bytes
-    }
-}
+/// The records are the store's; these paths stay for the CLI.
+pub use crate::store::hot::{pmem_use, MountTiering, PmemUse};
 
 /// Can this kernel mount data-only lower layers (`datadir+`, Linux 6.8)?
 /// `Err` says why not.
@@ -169,184 +83,6 @@ pub fn enabled(store: &Store) -> std::result::Result<(), String> {
         ));
     }
     kernel_support()
-}
-
-// ---- paths ----
-
-pub(crate) fn layer_record_path(store: &Store, chain: &str) -> Result<PathBuf> {
-    Ok(store
-        .state()
-        .join("hot")
-        .join(format!("{}.json", digest_hex(chain)?)))
-}
-pub(crate) fn hot_root(store: &Store, chain: &str) -> Result<PathBuf> {
-    Ok(store.pmem.root.join("hot").join(digest_hex(chain)?))
-}
-pub(crate) fn gen_dir(store: &Store, chain: &str, n: u64) -> Result<PathBuf> {
-    Ok(hot_root(store, chain)?.join(format!("g{n}")))
-}
-pub fn meta_dir(store: &Store, manifest: &str) -> Result<PathBuf> {
-    Ok(store.pmem.root.join("meta").join(digest_hex(manifest)?))
-}
-pub(crate) fn meta_record_path(store: &Store, manifest: &str) -> Result<PathBuf> {
-    Ok(store
-        .state()
-        .join("meta")
-        .join(format!("{}.json", digest_hex(manifest)?)))
-}
-/// Suffix of the owner map beside an image's metadata record.
-pub(crate) const OWNERS_SUFFIX: &str = ".owners";
-/// `STATE/meta/<manifest>.owners`: the data paths of the image's metadata
-/// layer not owned by its top layer, with their owner (see
-/// [`crate::flatten::MetaStats::owners`]). Written with the metadata layer;
-/// no file (an older store) means "unknown".
-pub(crate) fn owners_path(store: &Store, manifest: &str) -> Result<PathBuf> {
-    Ok(store
-        .state()
-        .join("meta")
-        .join(format!("{}{OWNERS_SUFFIX}", digest_hex(manifest)?)))
-}
-pub(crate) fn retired_records_dir(store: &Store) -> PathBuf {
-    store.state().join("retired")
-}
-pub(crate) fn retired_dir(store: &Store) -> PathBuf {
-    store.pmem.root.join("retired")
-}
-pub(crate) fn journal_dir(store: &Store) -> PathBuf {
-    store.state().join("journal")
-}
-fn usage_path(store: &Store, manifest: &str) -> Result<PathBuf> {
-    Ok(store
-        .state()
-        .join("usage")
-        .join(format!("{}.json", digest_hex(manifest)?)))
-}
-
-fn write_json<T: Serialize>(p: &Path, v: &T) -> Result<()> {
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).ctx("create", d)?;
-    }
-    let json = serde_json::to_vec_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
-    write_atomic(p, &json)
-}
-
-// ---- records ----
-
-pub fn layer_placement(store: &Store, chain: &str) -> Result<Option<LayerPlacement>> {
-    meta_read(&layer_record_path(store, chain)?)
-}
-
-pub(crate) fn put_layer_placement(store: &Store, p: &LayerPlacement) -> Result<()> {
-    write_json(&layer_record_path(store, &p.chain_id)?, p)
-}
-
-/// The current hot files of a layer (empty when it has none).
-pub fn current_hot(store: &Store, chain: &str) -> Result<Vec<HotEntry>> {
-    Ok(layer_placement(store, chain)?
-        .and_then(|p| p.generations.get(&p.current).map(|g| g.files.clone()))
-        .unwrap_or_default())
-}
-
-pub fn meta_record(store: &Store, manifest: &str) -> Result<Option<MetaRecord>> {
-    meta_read(&meta_record_path(store, manifest)?)
-}
-
-/// The image's owner map, `None` when it has none (built by an nvtier
-/// that did not record one).
-pub fn meta_owners(store: &Store, manifest: &str) -> Result<Option<HashMap<String, usize>>> {
-    meta_read(&owners_path(store, manifest)?)
-}
-
-pub fn usage(store: &Store, manifest: &str) -> Result<Usage> {
-    Ok(meta_read(&usage_path(store, manifest)?)?.unwrap_or_default())
-}
-
-/// Count a start of the image (best effort; the policy's heat ranking).
-pub fn note_start(store: &Store, manifest: &str) {
-    let r = (|| {
-        let p = usage_path(store, manifest)?;
-        let mut u: Usage = meta_read(&p)?.unwrap_or_default();
-        u.starts = u.starts.saturating_add(1);
-        u.last_start_ms = crate::store::now_ms();
-        write_json(&p, &u)
-    })();
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot record image start");
-    }
-}
-
-pub(crate) fn retired(store: &Store) -> Result<Vec<(PathBuf, RetiredLayer)>> {
-    let dir = retired_records_dir(store);
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(out);
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".json") || name.starts_with('.') {
-            continue;
-        }
-        if let Some(r) = meta_read::<RetiredLayer>(&e.path())? {
-            out.push((e.path(), r));
-        }
-    }
-    Ok(out)
-}
-
-/// Allocated bytes under `dir`, each inode once, and the inode count.
-pub fn du(dir: &Path) -> (u64, u64) {
-    let mut seen = std::collections::HashSet::new();
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    if let Ok(m) = std::fs::symlink_metadata(dir) {
-        bytes += m.blocks() * 512;
-        inodes += 1;
-    }
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
-                continue;
-            };
-            if m.is_dir() {
-                stack.push(e.path());
-            }
-            if seen.insert((m.dev(), m.ino())) {
-                bytes += m.blocks() * 512;
-                inodes += 1;
-            }
-        }
-    }
-    (bytes, inodes)
-}
-
-/// pmem bytes held by metadata layers, hot data layers (all generations,
-/// hardlinked copies once) and retired layer copies.
-pub fn pmem_use(store: &Store) -> Result<PmemUse> {
-    let mut u = PmemUse::default();
-    let mdir = store.state().join("meta");
-    if mdir.is_dir() {
-        for m in crate::store::meta_read_all::<MetaRecord>(&mdir)? {
-            u.meta_bytes += m.charged_bytes;
-        }
-    }
-    let hot = store.pmem.root.join("hot");
-    if hot.is_dir() {
-        u.hot_bytes = du(&hot).0;
-        // The directories themselves.
-        u.hot_bytes = u.hot_bytes.saturating_sub(
-            std::fs::symlink_metadata(&hot)
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0),
-        );
-    }
-    for (_, r) in retired(store)? {
-        u.retired_bytes += r.bytes;
-    }
-    Ok(u)
 }
 
 /// The image's metadata layer, built on first use. The caller holds the
@@ -391,7 +127,7 @@ pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
         let charged = du_bytes + inodes * INODE_COST;
         let mut res = store.reserve();
         res.charge(charged)?;
-        crate::extract::syncfs(&staging)?;
+        crate::fsutil::syncfs(&staging)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).ctx("remove stale metadata layer", &dir)?;
         }

@@ -12,10 +12,10 @@
 //!   byte-wise name order, so the same directory always gives the same tar.
 
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{lgetxattr, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::extract::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::fsutil::xattr;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -28,43 +28,28 @@ pub fn is_whiteout(md: &fs::Metadata) -> bool {
 }
 
 /// Is this directory overlay-opaque?
-pub fn is_opaque(path: &Path) -> bool {
-    matches!(lgetxattr(path, OVERLAY_OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+pub fn is_opaque(path: &Path) -> Result<bool> {
+    Ok(xattr::get(path, OVERLAY_OPAQUE_XATTR)
+        .map_err(Error::Xattr)?
+        .is_some_and(|v| v == b"y"))
 }
 
-/// All xattrs of `path` (not following symlinks), overlayfs' own excluded.
-fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
-    let p = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: a null buffer of size 0 asks for the needed size.
-    let n = unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOTSUP) {
-            return Ok(Vec::new());
-        }
-        return Err(e);
-    }
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let mut buf = vec![0u8; n as usize + 256];
-    // SAFETY: buf is valid for writes of its length.
-    let n = unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
+/// All xattrs of `path` (not following symlinks), overlayfs' own excluded,
+/// sorted by name.
+fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
-    for name in buf.split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let name = String::from_utf8_lossy(name).into_owned();
-        if name.starts_with("trusted.overlay.") {
+    for (name, v) in xattr::get_all(path).map_err(Error::Xattr)? {
+        if xattr::is_overlay(&name) {
             continue;
         }
-        if let Some(v) = lgetxattr(path, &name)? {
-            out.push((name, v));
-        }
+        let name = name.into_string().map_err(|n| {
+            Error::Other(format!(
+                "{}: xattr name {n:?} is not UTF-8 and cannot go into a PAX header",
+                path.display()
+            ))
+        })?;
+        out.push((name, v));
     }
-    out.sort();
     Ok(out)
 }
 
@@ -103,7 +88,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn pax(&mut self, full: &Path, rel: &Path) -> Result<()> {
-        let xs = xattrs(full).ctx("read xattrs", full)?;
+        let xs = xattrs(full)?;
         if xs.is_empty() {
             return Ok(());
         }
@@ -141,7 +126,7 @@ impl<W: Write> TarWriter<W> {
                 self.b
                     .append_data(&mut h, &rel, io::empty())
                     .map_err(|e| self.io(e, &rel))?;
-                if is_opaque(&full) {
+                if is_opaque(&full)? {
                     let orel = rel.join(OPAQUE_MARKER);
                     let mut o = base_header(&md);
                     o.set_entry_type(tar::EntryType::Regular);
@@ -253,7 +238,7 @@ pub struct Change {
 /// What the merged view of `lowers` (top-most first) has at `rel`:
 /// `Some(metadata)` of the visible entry, or `None` when absent or hidden
 /// by a whiteout or an opaque directory.
-fn lookup_lower(lowers: &[PathBuf], rel: &Path) -> Option<fs::Metadata> {
+fn lookup_lower(lowers: &[PathBuf], rel: &Path) -> Result<Option<fs::Metadata>> {
     let comps: Vec<_> = rel.components().collect();
     for l in lowers {
         // A whiteout of `rel` or of an ancestor, or an opaque ancestor, in
@@ -263,26 +248,26 @@ fn lookup_lower(lowers: &[PathBuf], rel: &Path) -> Option<fs::Metadata> {
         for (i, c) in comps.iter().enumerate() {
             cur.push(c);
             match fs::symlink_metadata(&cur) {
-                Ok(md) if is_whiteout(&md) => return None,
-                Ok(md) if i + 1 == comps.len() => return Some(md),
+                Ok(md) if is_whiteout(&md) => return Ok(None),
+                Ok(md) if i + 1 == comps.len() => return Ok(Some(md)),
                 Ok(md) if md.is_dir() => {
-                    if is_opaque(&cur) {
+                    if is_opaque(&cur)? {
                         hidden = true;
                     }
                 }
-                Ok(_) => return None, // a non-directory ancestor hides the rest
+                Ok(_) => return Ok(None), // a non-directory ancestor hides the rest
                 Err(_) => break,
             }
         }
         if hidden {
-            return None;
+            return Ok(None);
         }
     }
-    None
+    Ok(None)
 }
 
 /// Names visible in the merged view of `lowers` in directory `rel`.
-fn lower_children(lowers: &[PathBuf], rel: &Path) -> BTreeSet<std::ffi::OsString> {
+fn lower_children(lowers: &[PathBuf], rel: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
     let mut seen = BTreeSet::new();
     let mut gone = BTreeSet::new();
     for l in lowers {
@@ -309,11 +294,11 @@ fn lower_children(lowers: &[PathBuf], rel: &Path) -> BTreeSet<std::ffi::OsString
                 }
             }
         }
-        if is_opaque(&d) {
+        if is_opaque(&d)? {
             break;
         }
     }
-    seen
+    Ok(seen)
 }
 
 fn abs(rel: &Path) -> String {
@@ -329,10 +314,10 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
         let dir = upper.join(&rel);
         let children = sorted_children(&dir).ctx("list", &dir)?;
         let here: BTreeSet<_> = children.iter().map(|(n, _)| n.clone()).collect();
-        if !rel.as_os_str().is_empty() && is_opaque(&dir) {
+        if !rel.as_os_str().is_empty() && is_opaque(&dir)? {
             // Everything the lower view had here and the layer does not
             // re-create is deleted.
-            for n in lower_children(lowers, &rel) {
+            for n in lower_children(lowers, &rel)? {
                 if !here.contains(&n) {
                     out.push(Change {
                         path: abs(&rel.join(&n)),
@@ -345,7 +330,7 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
             let r = rel.join(&name);
             let md = fs::symlink_metadata(&full).ctx("lstat", &full)?;
             if is_whiteout(&md) {
-                if lookup_lower(lowers, &r).is_some() {
+                if lookup_lower(lowers, &r)?.is_some() {
                     out.push(Change {
                         path: abs(&r),
                         kind: ChangeKind::Delete,
@@ -353,7 +338,7 @@ pub fn changes(upper: &Path, lowers: &[PathBuf]) -> Result<Vec<Change>> {
                 }
                 continue;
             }
-            let kind = if lookup_lower(lowers, &r).is_some() {
+            let kind = if lookup_lower(lowers, &r)?.is_some() {
                 ChangeKind::Modify
             } else {
                 ChangeKind::Add

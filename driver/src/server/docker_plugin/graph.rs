@@ -20,7 +20,8 @@
 
 use super::diff::{self, Change};
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{extract_layer, fsync_dir, write_atomic, Expect};
+use crate::extract::{extract_layer, Expect};
+use crate::fsutil::{fsync_dir, write_atomic};
 use crate::mount::{is_mounted, mount_overlay, OverlaySpec};
 use crate::store::{now_ms, LayerMeta, Store};
 use crate::tier::TierKind;

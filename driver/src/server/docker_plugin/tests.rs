@@ -1,7 +1,8 @@
 use super::diff::{changes, changes_size, write_layer_tar, Change, ChangeKind};
 use super::graph::{choose_tier, validate_id, validate_parent, Placement, BACK_TO_BACK};
 use super::*;
-use crate::extract::{extract_layer, lgetxattr, Expect};
+use crate::extract::{extract_layer, Expect};
+use crate::fsutil::xattr::get as lgetxattr;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -3,14 +3,14 @@
 //! A migration of image I writes `STATE/journal/<I>.json` before its first
 //! step and rewrites it after each one; the last write removes it. Every
 //! state the store can be in between two steps is consistent on its own
-//! (see the module docs of [`super`]), so recovery after `kill -9` reads the
+//! (see the tiering module docs), so recovery after `kill -9` reads the
 //! journal only to report what was interrupted, then sweeps what the
 //! interrupted step left: staging directories, an unpublished generation,
 //! a half-relocated layer.
 
+use super::now_ms;
 use crate::error::{Error, IoContext, Result};
-use crate::extract::write_atomic;
-use crate::store::now_ms;
+use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

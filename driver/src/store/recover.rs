@@ -1,13 +1,14 @@
 //! Start-up recovery after a killed migration, and garbage collection of
-//! generations, metadata layers and retired copies nobody uses.
+//! hot generations, metadata layers and retired copies nobody uses (the
+//! records of [`super::hot`]).
 
-use super::{
-    gen_dir, hot_root, journal, journal_dir, layer_record_path, meta_dir, meta_record_path,
-    owners_path, retired, retired_dir, retired_records_dir, write_json, LayerPlacement,
+use super::hot::{
+    gen_dir, hot_root, journal_dir, layer_record_path, meta_dir, meta_record_path, owners_path,
+    put_layer_placement, retired, retired_dir, retired_records_dir, write_json, LayerPlacement,
     RetiredLayer, OWNERS_SUFFIX,
 };
+use super::{digest_hex, journal, meta_read, meta_read_all, now_ms, SnapshotKind, Store};
 use crate::error::{IoContext, Result};
-use crate::store::{digest_hex, meta_read, now_ms, SnapshotKind, Store};
 use crate::tier::TierKind;
 use std::collections::HashSet;
 use std::fs;
@@ -150,7 +151,7 @@ pub fn recover(store: &Store) -> Result<()> {
             }
         }
     }
-    gc_locked(store)?;
+    gc_hot_locked(store)?;
     for (path, _) in journal::leftovers(&journal_dir(store)) {
         let _ = fs::remove_file(path);
     }
@@ -158,13 +159,13 @@ pub fn recover(store: &Store) -> Result<()> {
 }
 
 /// Collect unused generations, metadata layers and retired copies.
-pub fn gc(store: &Store) -> Result<()> {
+pub fn gc_hot(store: &Store) -> Result<()> {
     let _l = store.lock_store()?;
-    gc_locked(store)
+    gc_hot_locked(store)
 }
 
-/// [`gc`] with the store lock held.
-pub fn gc_locked(store: &Store) -> Result<()> {
+/// [`gc_hot`] with the store lock held.
+pub fn gc_hot_locked(store: &Store) -> Result<()> {
     let mounts = store.mounts()?;
     let containers: HashSet<&str> = mounts.iter().map(|m| m.container_id.as_str()).collect();
     let snaps = store.snapshots()?;
@@ -187,7 +188,7 @@ pub fn gc_locked(store: &Store) -> Result<()> {
     let dir = store.state().join("hot");
     if dir.is_dir() {
         let live: HashSet<String> = store.layers()?.into_iter().map(|l| l.chain_id).collect();
-        for mut p in crate::store::meta_read_all::<LayerPlacement>(&dir)? {
+        for mut p in meta_read_all::<LayerPlacement>(&dir)? {
             let layer_live = live.contains(&p.chain_id);
             let before = p.generations.len();
             let mut keep = std::collections::BTreeMap::new();
@@ -204,7 +205,7 @@ pub fn gc_locked(store: &Store) -> Result<()> {
                 let _ = fs::remove_file(layer_record_path(store, &p.chain_id)?);
                 remove_tree(&hot_root(store, &p.chain_id)?)?;
             } else if p.generations.len() != before {
-                super::put_layer_placement(store, &p)?;
+                put_layer_placement(store, &p)?;
             }
         }
     }

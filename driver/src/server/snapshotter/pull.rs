@@ -1,0 +1,138 @@
+//! Remote-snapshotter pull: nvtier pulls the whole image itself and
+//! attaches the committed snapshot of a layer.
+
+use super::*;
+
+/// One deduplicated pull: its outcome, shared by every waiting Prepare.
+pub(super) type PullCell = Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>;
+
+impl Inner {
+    /// Attach an existing nvtier layer (or committed snapshot) for `target`
+    /// on top of `parent`. Returns true when containerd can skip the layer.
+    pub(super) fn try_attach(
+        &self,
+        key: &str,
+        parent: &str,
+        target: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> SResult<bool> {
+        let mut snaps = self.lock();
+        if snaps.contains_key(key) {
+            return Err(SnapError::AlreadyExists(key.to_string()));
+        }
+        if snaps.values().any(|r| {
+            r.kind == SnapshotKind::Committed
+                && r.parent == parent
+                && r.labels.get(LABEL_REF).map(String::as_str) == Some(target)
+        }) {
+            return Ok(true);
+        }
+        let Some(layer) = self.store.layer(target)? else {
+            return Ok(false);
+        };
+        let parent_layer = if parent.is_empty() {
+            None
+        } else {
+            match snaps.get(parent) {
+                Some(p) if p.kind == SnapshotKind::Committed => p.layer.clone(),
+                Some(_) => {
+                    return Err(SnapError::FailedPrecondition(format!(
+                        "parent {parent:?} is not a committed snapshot"
+                    )))
+                }
+                None => return Err(SnapError::NotFound(parent.to_string())),
+            }
+        };
+        if parent_layer != layer.parent {
+            return Ok(false);
+        }
+        // Name it by the chainID; containerd's own names are
+        // `<namespace>/<n>/<name>`, so a bare chainID never collides with
+        // them. Another parent (another namespace) gets a suffix.
+        let mut name = target.to_string();
+        while snaps.contains_key(&name) {
+            name = format!("{target}@{}", new_id());
+        }
+        let now = now_ms();
+        let mut l = labels.clone();
+        l.retain(|k, _| k == LABEL_REF || !k.starts_with("containerd.io/snapshot/"));
+        l.insert(LABEL_REF.into(), target.into());
+        let r = SnapshotRecord {
+            key: name.clone(),
+            id: self.unique_id(&snaps),
+            kind: SnapshotKind::Committed,
+            parent: parent.to_string(),
+            labels: l,
+            created_ms: now,
+            updated_ms: now,
+            tier: layer.tier,
+            layer: Some(target.to_string()),
+            tiering: None,
+        };
+        {
+            // The record must exist before GC can run again.
+            let _gc = self.store.lock_pull()?;
+            if self.store.layer(target)?.is_none() {
+                return Ok(false);
+            }
+            self.save(&r)?;
+        }
+        self.ensure_link(&r)?;
+        tracing::info!(key, name = %name, layer = target, tier = %layer.tier, "layer provided by nvtier; containerd skips it");
+        snaps.insert(name, r);
+        Ok(true)
+    }
+}
+
+impl NvSnapshotter {
+    /// Pull `image` once, however many Prepares ask for it concurrently.
+    pub(super) async fn pull_once(&self, image: &str) -> std::result::Result<(), String> {
+        let cell = {
+            let mut m = self.inner.pulls.lock().await;
+            m.entry(image.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::OnceCell::new()))
+                .clone()
+        };
+        let store = self.inner.store.clone();
+        let r = cell
+            .get_or_init(|| async move {
+                let opts = PullOptions {
+                    placement: store.cfg.placement,
+                    progress: false,
+                    auth: oci_client::secrets::RegistryAuth::Anonymous,
+                };
+                tracing::info!(image, "pulling for containerd (remote snapshot)");
+                match pull(&store, image, &opts).await {
+                    Ok(rep) => {
+                        tracing::info!(image, ldl = ?rep.ldl_index, pmem = rep.pmem_bytes, disk = rep.disk_bytes, ms = rep.stored_done_ms, "pulled");
+                        // The last report per image, for `nvtier`/tests:
+                        // STATE/pulls/<sha256(image)>.json.
+                        let dir = store.state().join("pulls");
+                        let path = dir.join(format!(
+                            "{}.json",
+                            hex::encode(sha2::Sha256::digest(image.as_bytes()))
+                        ));
+                        let saved = std::fs::create_dir_all(&dir)
+                            .ctx("create", &dir)
+                            .and_then(|()| {
+                                let j = serde_json::to_vec_pretty(&rep)
+                                    .map_err(|e| Error::Other(e.to_string()))?;
+                                write_atomic(&path, &j)
+                            });
+                        if let Err(e) = saved {
+                            tracing::warn!(error = %e, "saving the pull report");
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .clone();
+        let mut m = self.inner.pulls.lock().await;
+        if m.get(image).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            m.remove(image);
+        }
+        r
+    }
+}

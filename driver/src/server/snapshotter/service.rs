@@ -1,0 +1,203 @@
+//! The gRPC service: `NvSnapshotter` and its `Snapshotter` implementation.
+
+use super::*;
+
+impl NvSnapshotter {
+    /// Load the snapshot records and re-create their links.
+    pub fn open(store: Store) -> Result<NvSnapshotter> {
+        for t in [&store.pmem, &store.disk] {
+            let d = t.root.join("snapshots");
+            fs::create_dir_all(&d).ctx("create", &d)?;
+        }
+        let mut snaps = BTreeMap::new();
+        for r in store.snapshots()? {
+            snaps.insert(r.key.clone(), r);
+        }
+        let ingest_dir = store
+            .cfg
+            .containerd_root
+            .join("io.containerd.content.v1.content/ingest");
+        let inner = Arc::new(Inner {
+            store,
+            snaps: Mutex::new(snaps),
+            pulls: tokio::sync::Mutex::new(HashMap::new()),
+            ingest_dir,
+            disk_scan: std::sync::atomic::AtomicBool::new(true),
+        });
+        let recs: Vec<SnapshotRecord> = inner.lock().values().cloned().collect();
+        for r in &recs {
+            if r.kind == SnapshotKind::Committed {
+                if let Err(e) = inner.ensure_link(r) {
+                    tracing::warn!(key = %r.key, error = %e, "snapshot link");
+                }
+            }
+        }
+        // Orphans of a crash are removed now, while the node starts, so
+        // that no later Cleanup has to read the disk tier.
+        if let Err(e) = inner.cleanup() {
+            tracing::warn!(error = %e, "removing orphaned snapshot directories at start");
+        }
+        tracing::info!(snapshots = recs.len(), "snapshotter state loaded");
+        Ok(NvSnapshotter { inner })
+    }
+
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> SResult<T> + Send + 'static,
+    ) -> SResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| SnapError::Store(Error::Other(format!("snapshotter task: {e}"))))?
+    }
+
+    pub(super) async fn prepare_or_view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+        kind: SnapshotKind,
+    ) -> SResult<Vec<Mount>> {
+        validate_key("key", &key)?;
+        if !parent.is_empty() {
+            validate_key("parent", &parent)?;
+        }
+        validate_labels(labels.iter())?;
+        let labels: BTreeMap<String, String> = labels.into_iter().collect();
+        let target = unpack_chain(&key, &labels);
+        // A container's writable layer goes to `upper_tier`; an unpack's
+        // tier is decided below.
+        let mut tier = if target.is_none() {
+            self.inner.store.cfg.upper_tier
+        } else {
+            TierKind::Disk
+        };
+        if let (Some(target), SnapshotKind::Active) = (target, kind) {
+            let labelled = labels.contains_key(LABEL_REF);
+            let (k, p, t, l) = (key.clone(), parent.clone(), target.clone(), labels.clone());
+            // Only a labelled Prepare may be answered with AlreadyExists:
+            // that is containerd's remote-snapshot protocol.
+            if labelled && self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
+                return Err(SnapError::AlreadyExists(key));
+            }
+            if let Some(image) = labels.get(LABEL_CRI_IMAGE_REF).filter(|_| labelled) {
+                match self.pull_once(image).await {
+                    Ok(()) => {
+                        let (k, p, t, l) =
+                            (key.clone(), parent.clone(), target.clone(), labels.clone());
+                        if self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
+                            return Err(SnapError::AlreadyExists(key));
+                        }
+                        tracing::warn!(image = %image, layer = %target, "pulled image does not provide this layer; containerd unpacks it");
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %image, error = %e, "nvtier pull failed; containerd fetches and unpacks the layer itself");
+                    }
+                }
+            }
+            tier = self.blocking(|i| Ok(i.unpack_tier()?)).await?;
+        }
+        self.blocking(move |i| i.create(&key, &parent, labels, kind, tier))
+            .await
+    }
+
+    /// The grpc service.
+    pub fn service(
+        &self,
+    ) -> containerd_snapshots::api::snapshots::v1::snapshots_server::SnapshotsServer<
+        impl containerd_snapshots::api::snapshots::v1::snapshots_server::Snapshots,
+    > {
+        containerd_snapshots::server(Arc::new(self.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl Snapshotter for NvSnapshotter {
+    type Error = SnapError;
+
+    async fn stat(&self, key: String) -> SResult<Info> {
+        validate_key("key", &key)?;
+        self.inner
+            .lock()
+            .get(&key)
+            .map(info_of)
+            .ok_or(SnapError::NotFound(key))
+    }
+
+    async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> SResult<Info> {
+        self.blocking(move |i| i.update(info, fieldpaths)).await
+    }
+
+    async fn usage(&self, key: String) -> SResult<Usage> {
+        validate_key("key", &key)?;
+        self.blocking(move |i| i.usage(&key)).await
+    }
+
+    async fn mounts(&self, key: String) -> SResult<Vec<Mount>> {
+        validate_key("key", &key)?;
+        self.blocking(move |i| {
+            let snaps = i.lock();
+            let r = snaps
+                .get(&key)
+                .ok_or_else(|| SnapError::NotFound(key.clone()))?;
+            i.mounts_of(&snaps, r)
+        })
+        .await
+    }
+
+    async fn prepare(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> SResult<Vec<Mount>> {
+        self.prepare_or_view(key, parent, labels, SnapshotKind::Active)
+            .await
+    }
+
+    async fn view(
+        &self,
+        key: String,
+        parent: String,
+        labels: HashMap<String, String>,
+    ) -> SResult<Vec<Mount>> {
+        self.prepare_or_view(key, parent, labels, SnapshotKind::View)
+            .await
+    }
+
+    async fn commit(
+        &self,
+        name: String,
+        key: String,
+        labels: HashMap<String, String>,
+    ) -> SResult<()> {
+        validate_key("name", &name)?;
+        validate_key("key", &key)?;
+        validate_labels(labels.iter())?;
+        let labels = labels.into_iter().collect();
+        self.blocking(move |i| i.commit(&name, &key, labels)).await
+    }
+
+    async fn remove(&self, key: String) -> SResult<()> {
+        validate_key("key", &key)?;
+        self.blocking(move |i| i.remove(&key)).await
+    }
+
+    async fn clear(&self) -> SResult<()> {
+        self.blocking(|i| Ok(i.cleanup()?)).await
+    }
+
+    type InfoStream = futures_util::stream::Iter<std::vec::IntoIter<SResult<Info>>>;
+
+    async fn list(&self, _snapshotter: String, filters: Vec<String>) -> SResult<Self::InfoStream> {
+        let infos: Vec<SResult<Info>> = self
+            .inner
+            .lock()
+            .values()
+            .map(info_of)
+            .filter(|i| filter_matches(&filters, i))
+            .map(Ok)
+            .collect();
+        Ok(futures_util::stream::iter(infos))
+    }
+}

@@ -1,0 +1,126 @@
+use super::*;
+
+#[test]
+fn keys() {
+    assert!(validate_key("key", "default/3/sha256:abc").is_ok());
+    assert!(
+        validate_key("key", "../../../etc/passwd").is_ok(),
+        "never a path"
+    );
+    assert!(validate_key("key", "").is_err());
+    assert!(validate_key("key", &"x".repeat(MAX_KEY_BYTES + 1)).is_err());
+    assert!(validate_key("key", "a\0b").is_err());
+    assert!(validate_key("key", "a\nb").is_err());
+    let mut l = HashMap::new();
+    l.insert("k".to_string(), "v".repeat(MAX_LABEL_BYTES));
+    assert!(validate_labels(l.iter()).is_err());
+    let mut l = HashMap::new();
+    l.insert(String::new(), "v".into());
+    assert!(validate_labels(l.iter()).is_err());
+}
+
+#[test]
+fn unpack_keys() {
+    let c = format!("sha256:{}", "a".repeat(64));
+    let none = BTreeMap::new();
+    assert_eq!(
+        unpack_chain(&format!("default/5/extract-12-ab {c}"), &none),
+        Some(c.clone())
+    );
+    assert_eq!(
+        unpack_chain(&format!("extract-12-ab {c}"), &none),
+        Some(c.clone())
+    );
+    assert_eq!(unpack_chain("default/5/mycontainer", &none), None);
+    assert_eq!(
+        unpack_chain("default/5/extract-1 sha256:../../x", &none),
+        None
+    );
+    let mut l = BTreeMap::new();
+    l.insert(LABEL_REF.to_string(), c.clone());
+    assert_eq!(unpack_chain("default/7/whatever", &l), Some(c));
+    l.insert(LABEL_REF.to_string(), "sha256:nothex".into());
+    assert_eq!(unpack_chain("default/7/whatever", &l), None);
+}
+
+#[test]
+fn mount_specs() {
+    let l = |s: &str| PathBuf::from(s);
+    let (u, w) = (l("/d/s/1/fs"), l("/d/s/1/work"));
+    let m = build_mounts(SnapshotKind::Active, &[], &u, &w);
+    assert_eq!(m[0].r#type, "bind");
+    assert_eq!(m[0].source, "/d/s/1/fs");
+    assert_eq!(m[0].options, vec!["rw", "rbind"]);
+    let m = build_mounts(SnapshotKind::Active, &[l("/s/l/b"), l("/s/l/a")], &u, &w);
+    assert_eq!(m[0].r#type, "overlay");
+    assert_eq!(
+        m[0].options,
+        vec![
+            "workdir=/d/s/1/work",
+            "upperdir=/d/s/1/fs",
+            "lowerdir=/s/l/b:/s/l/a"
+        ]
+    );
+    let m = build_mounts(SnapshotKind::View, &[l("/s/l/a")], &u, &w);
+    assert_eq!(
+        (m[0].r#type.as_str(), m[0].source.as_str()),
+        ("bind", "/s/l/a")
+    );
+    assert_eq!(m[0].options, vec!["ro", "rbind"]);
+    let m = build_mounts(SnapshotKind::View, &[l("/s/l/b"), l("/s/l/a")], &u, &w);
+    assert_eq!(m[0].options, vec!["ro", "lowerdir=/s/l/b:/s/l/a"]);
+    let m = build_mounts(SnapshotKind::View, &[], &u, &w);
+    assert_eq!(m[0].options, vec!["ro", "rbind"]);
+}
+
+#[test]
+fn short_links_keep_many_layers_under_a_page() {
+    // STATE = /var/lib/nvtier: each lower is "/var/lib/nvtier/l/<10>" (28 bytes + ':').
+    let lowers: Vec<PathBuf> = (0..128)
+        .map(|_| PathBuf::from(format!("/var/lib/nvtier/l/{}", new_id())))
+        .collect();
+    let m = build_mounts(
+        SnapshotKind::Active,
+        &lowers,
+        Path::new("/u"),
+        Path::new("/w"),
+    );
+    let total: usize = m[0].options.iter().map(|o| o.len() + 1).sum();
+    assert!(total < 4096, "{total}");
+}
+
+#[test]
+fn filters() {
+    let mut i = Info {
+        kind: Kind::Committed,
+        name: "sha256:aa".into(),
+        parent: "p".into(),
+        ..Default::default()
+    };
+    i.labels.insert(LABEL_REF.into(), "sha256:aa".into());
+    let f = |s: &str| vec![s.to_string()];
+    assert!(filter_matches(&[], &i));
+    assert!(filter_matches(
+        &f(r#"labels."containerd.io/snapshot.ref"==sha256:aa,parent=="p""#),
+        &i
+    ));
+    assert!(!filter_matches(
+        &f(r#"labels."containerd.io/snapshot.ref"==sha256:aa,parent=="q""#),
+        &i
+    ));
+    assert!(filter_matches(&f("kind==committed"), &i));
+    assert!(!filter_matches(&f("kind==active"), &i));
+    assert!(filter_matches(&f("name!=x"), &i));
+    assert!(filter_matches(
+        &f(r#"labels."containerd.io/snapshot.ref""#),
+        &i
+    ));
+    assert!(!filter_matches(&f("labels.nope"), &i));
+    assert!(filter_matches(
+        &[
+            String::from("kind==active"),
+            String::from("kind==committed")
+        ],
+        &i
+    ));
+}
