@@ -317,10 +317,13 @@ int on_page_cache_add(struct trace_event_raw_mm_filemap_op_page_cache *ctx)
 SEC("tp_btf/mm_filemap_add_to_page_cache")
 int BPF_PROG(btf_page_cache_add, struct folio *folio)
 {
-	struct inode *host = BPF_CORE_READ(folio, mapping, host);
+	struct address_space *mapping = folio->mapping;
+	if (!mapping)
+		return 0;
+	struct inode *host = mapping->host;
 	if (!host)
 		return 0;
-	return on_page_cache(BPF_CORE_READ(host, i_ino), BPF_CORE_READ(host, i_sb, s_dev));
+	return on_page_cache(host->i_ino, host->i_sb->s_dev);
 }
 
 static __always_inline void emit_path(s32 dfd, const char *upath, u64 cg, u32 kind, bool kernel)
@@ -396,16 +399,21 @@ int enter_newfstat(struct sys_enter_args *ctx)
 
 static __always_inline bool compat_task(void)
 {
-	struct task_struct *t = (struct task_struct *)bpf_get_current_task_btf();
+	struct task_struct *t = bpf_get_current_task_btf();
 	if (!bpf_core_field_exists(t->thread_info.status))
 		return false;
-	return BPF_CORE_READ(t, thread_info.status) & TS_COMPAT_BIT;
+	return t->thread_info.status & TS_COMPAT_BIT;
 }
+
+/* tp_btf arguments are trusted kernel pointers: the registers are read
+ * directly (CO-RE relocated), without a probe-read helper per field. These
+ * programs run for every syscall on the host, so the untraced path is one
+ * register read and a compare. */
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(btf_sys_exit, struct pt_regs *regs, long ret)
 {
-	long nr = BPF_CORE_READ(regs, orig_ax);
+	long nr = regs->orig_ax;
 	if (nr != NR_OPENAT && nr != NR_OPEN && nr != NR_OPENAT2)
 		return 0;
 	if (compat_task())
@@ -430,15 +438,15 @@ int BPF_PROG(btf_sys_enter, struct pt_regs *regs, long id)
 	if (compat_task())
 		return 0;
 	/* x86_64 syscall arguments: di, si, dx, r10, r8, r9. */
-	u64 a0 = BPF_CORE_READ(regs, di);
-	u64 a1 = BPF_CORE_READ(regs, si);
+	u64 a0 = regs->di;
+	u64 a1 = regs->si;
 	switch (id) {
 	case NR_MMAP:
-		return on_mmap((s64)BPF_CORE_READ(regs, r8), BPF_CORE_READ(regs, r10));
+		return on_mmap((s64)regs->r8, regs->r10);
 	case NR_NEWFSTATAT:
-		return stat_at((s32)a0, (const char *)a1, BPF_CORE_READ(regs, r10));
+		return stat_at((s32)a0, (const char *)a1, regs->r10);
 	case NR_STATX:
-		return stat_at((s32)a0, (const char *)a1, BPF_CORE_READ(regs, dx));
+		return stat_at((s32)a0, (const char *)a1, regs->dx);
 	case NR_STAT:
 	case NR_LSTAT:
 		return stat_at(-100, (const char *)a0, 0);

@@ -240,6 +240,41 @@ fn ebpf_profile_is_exact_and_complete() {
     let rep: Value = serde_json::from_slice(&out.stdout).expect("trace --json");
     let mut noise = noise;
     let _ = noise.wait();
+    // The per-syscall tracepoints (with tracefs) see the same files.
+    let tp = bed.nvtier_with_tracefs(
+        &["trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD],
+        &[("NVTIER_BPF_ATTACH", "tracepoint")],
+    );
+    assert!(tp.status.success(), "{}", String::from_utf8_lossy(&tp.stderr));
+    let tp: Value = serde_json::from_slice(&tp.stdout).expect("trace --json");
+    assert!(
+        tp["tracer_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("per-syscall tracepoints")),
+        "{tp}"
+    );
+    let run_files = |v: &Value| -> BTreeMap<String, (String, BTreeSet<String>)> {
+        v["profile"]["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .map(|f| {
+                (
+                    f["path"].as_str().expect("path").to_string(),
+                    (
+                        f["layer_chain_id"].as_str().expect("layer").to_string(),
+                        f["kinds"]
+                            .as_array()
+                            .expect("kinds")
+                            .iter()
+                            .map(|k| k.as_str().expect("kind").to_string())
+                            .collect(),
+                    ),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(run_files(&rep), run_files(&tp), "btf vs tracepoint attach");
     assert_eq!(rep["tracer"], "ebpf", "{rep}");
     assert!(
         rep["tracer_reason"]

@@ -67,10 +67,12 @@ struct ModeSummary {
     mode: Mode,
     traced_ns_per_iter_median: f64,
     untraced_ns_per_iter_median: f64,
-    /// (traced − none) / 2 events per iteration.
+    /// Median over rounds of (traced − none in the same round) / 2 events
+    /// per iteration: pairing within a round cancels the machine's drift.
     ns_per_traced_event: Option<f64>,
-    /// (untraced − none) / 2 syscalls per iteration (close is a third,
-    /// unfiltered syscall: it counts as part of the iteration's cost).
+    /// Median over rounds of (untraced − none in the same round) / 2
+    /// syscalls per iteration (close is a third, filtered-out syscall: it
+    /// counts as part of the iteration's cost).
     ns_per_untraced_syscall: Option<f64>,
     events_per_round_median: f64,
     lost_total: u64,
@@ -239,8 +241,20 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
         let mut v: Vec<f64> = samples.iter().filter(|s| s.mode == m).map(f).collect();
         median(&mut v)
     };
-    let base_t = med(Mode::None, &|s| s.traced_ns_per_iter);
-    let base_u = med(Mode::None, &|s| s.untraced_ns_per_iter);
+    // Per round: this mode's figure minus the baseline's of the same round.
+    let paired = |m: Mode, f: &dyn Fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.mode == m)
+            .filter_map(|s| {
+                samples
+                    .iter()
+                    .find(|b| b.mode == Mode::None && b.round == s.round)
+                    .map(|b| (f(s) - f(b)) / 2.0)
+            })
+            .collect();
+        median(&mut v)
+    };
     let summary: Vec<ModeSummary> = modes
         .iter()
         .map(|&m| {
@@ -250,8 +264,10 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
                 mode: m,
                 traced_ns_per_iter_median: t,
                 untraced_ns_per_iter_median: u,
-                ns_per_traced_event: (m != Mode::None).then(|| (t - base_t) / 2.0),
-                ns_per_untraced_syscall: (m != Mode::None).then(|| (u - base_u) / 2.0),
+                ns_per_traced_event: (m != Mode::None)
+                    .then(|| paired(m, &|s| s.traced_ns_per_iter)),
+                ns_per_untraced_syscall: (m != Mode::None)
+                    .then(|| paired(m, &|s| s.untraced_ns_per_iter)),
                 events_per_round_median: med(m, &|s| s.events as f64),
                 lost_total: samples.iter().filter(|s| s.mode == m).map(|s| s.lost).sum(),
             }
@@ -279,7 +295,9 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
 fn markdown(r: &Results) -> String {
     let mut s = format!(
         "# eBPF attach cost\n\n{} · {} ({} CPUs, {} GiB) · Linux {} · {} rounds × {} iterations \
-         (openat + close + newfstatat), modes interleaved in rotating order; medians.\n\n\
+         (openat + close + newfstatat), modes interleaved in rotating order; medians; \
+         the per-event and per-syscall costs are medians of differences to the baseline \
+         within each round.\n\n\
          | attach | traced process ns/iter | untraced process ns/iter | ns per traced event | ns per untraced syscall | events/round | lost |\n\
          |---|--:|--:|--:|--:|--:|--:|\n",
         r.date,

@@ -157,7 +157,17 @@ impl Bed {
     /// debugfs is mounted, as on a fresh host (the host's mounts are not
     /// touched). Fails the test if one is still visible in there.
     pub fn nvtier_without_tracefs(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        const SCRIPT: &str = r#"
+        self.nvtier_in_mount_ns(false, args, env)
+    }
+
+    /// Run nvtier in a private mount namespace with tracefs mounted at
+    /// /sys/kernel/tracing (the host's mounts are not touched).
+    pub fn nvtier_with_tracefs(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.nvtier_in_mount_ns(true, args, env)
+    }
+
+    fn nvtier_in_mount_ns(&self, tracefs: bool, args: &[&str], env: &[(&str, &str)]) -> Output {
+        const HIDE: &str = r#"
 for m in $(awk '$3 == "tracefs" || $3 == "debugfs" { print $2 }' /proc/self/mounts | sort -r); do
     umount -l "$m" || exit 96
 done
@@ -171,20 +181,21 @@ if [ -e /sys/kernel/tracing/events ]; then
 fi
 exec "$@"
 "#;
+        const SHOW: &str = r#"
+if [ ! -e /sys/kernel/tracing/events ]; then
+    mount -t tracefs tracefs /sys/kernel/tracing || exit 96
+fi
+[ -e /sys/kernel/tracing/events/syscalls ] || exit 97
+exec "$@"
+"#;
         let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            SCRIPT,
-            "sh",
-        ])
-        .arg(env!("CARGO_BIN_EXE_nvtier"))
-        .args(args)
-        .env("NVTIER_CONFIG", &self.config)
-        .env("NVTIER_LOG", "info");
+        c.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(if tracefs { SHOW } else { HIDE })
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_nvtier"))
+            .args(args)
+            .env("NVTIER_CONFIG", &self.config)
+            .env("NVTIER_LOG", "info");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -192,7 +203,7 @@ exec "$@"
         let code = o.status.code();
         assert!(
             !matches!(code, Some(96..=98)),
-            "could not hide tracefs: {}",
+            "could not set up tracefs={tracefs} in the test namespace: {}",
             String::from_utf8_lossy(&o.stderr)
         );
         o
