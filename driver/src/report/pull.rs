@@ -48,3 +48,76 @@ impl fmt::Display for PullReport {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::pull::{LayerReport, PullReport};
+    use crate::tier::TierKind;
+    use nvtier_policy::{DiskReason, Placement};
+
+    fn layer(index: usize, tier: TierKind) -> LayerReport {
+        LayerReport {
+            index,
+            digest: format!("sha256:{index}123456789abcdef"),
+            diff_id: "sha256:d".into(),
+            chain_id: "sha256:c".into(),
+            size: 1 << 20,
+            download_start_ms: Some(10.0),
+            download_end_ms: Some(900.4),
+            store_start_ms: Some(900.6),
+            store_end_ms: Some(1500.0),
+            tier,
+            reused: false,
+            stored_bytes: 1 << 20,
+            disk_reason: None,
+            class: None,
+            pmem_reason: None,
+        }
+    }
+
+    #[test]
+    fn text() {
+        let rep = PullReport {
+            image: "10.77.3.2:5000/demo:latest".into(),
+            manifest_digest: "sha256:m".into(),
+            config_digest: "sha256:c".into(),
+            placement: Placement::Lass,
+            layers: vec![
+                LayerReport {
+                    disk_reason: Some(DiskReason::BelowLdl),
+                    ..layer(0, TierKind::Disk)
+                },
+                layer(1, TierKind::Pmem),
+                LayerReport {
+                    reused: true,
+                    download_start_ms: None,
+                    download_end_ms: None,
+                    store_start_ms: None,
+                    store_end_ms: None,
+                    ..layer(2, TierKind::Pmem)
+                },
+            ],
+            ldl_index: Some(1),
+            download_done_ms: 900.4,
+            stored_done_ms: 1500.0,
+            pmem_bytes: 2 << 20,
+            disk_bytes: 1 << 20,
+        };
+        let text = rep.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "10.77.3.2:5000/demo:latest  sha256:m",
+                "  #  blob                size   dl start     dl end   st start     st end  tier   note",
+                "  0  0123456789ab     1.0 MiB       10ms      900ms      901ms     1500ms  disk   \
+                 below the last-downloading layer",
+                "  1  1123456789ab     1.0 MiB       10ms      900ms      901ms     1500ms  pmem   LDL",
+                "  2  2123456789ab     1.0 MiB          -          -          -          -  pmem   \
+                 already present",
+                "downloads done 900 ms, stored 1500 ms (600 ms after the last byte); \
+                 pmem 2.0 MiB, disk 1.0 MiB",
+            ]
+        );
+    }
+}
