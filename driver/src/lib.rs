@@ -13,6 +13,8 @@
 //! - [`run`]: the cold-start probe.
 //! - [`server`]: `nvtier serve`: the containerd proxy snapshotter and the legacy
 //!   Docker graph driver plugin.
+//! - [`report`]: typed reports of the store's state (status, images, layers,
+//!   pull) with their text rendering, for the CLI.
 //!
 //! # Layers
 //! Each module uses only modules of the layers below its own (within a
@@ -24,8 +26,8 @@
 //! 3. [`tiering`], [`pull`]: the engines that fill the store.
 //! 4. [`mount`], [`run`].
 //! 5. [`trace`].
-//! 6. [`server`].
-//! 7. The CLI (`bin/nvtier.rs`).
+//! 6. [`server`], [`report`].
+//! 7. The CLI (`bin/nvtier/`).
 
 pub mod config;
 pub mod error;
@@ -34,6 +36,7 @@ pub mod flatten;
 pub mod fsutil;
 pub mod mount;
 pub mod pull;
+pub mod report;
 pub mod run;
 pub mod server;
 pub mod store;

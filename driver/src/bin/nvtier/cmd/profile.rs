@@ -1,0 +1,102 @@
+//! `nvtier profile show|export|import`.
+
+use crate::output::{human, print_json, resolve_image, short};
+use anyhow::{Context, Result};
+use nvtier::store::Store;
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum ProfileCmd {
+    /// Show an image's hot profile, in first-access order.
+    Show {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a portable profile (keyed by layer diffID + path) to FILE or stdout.
+    Export {
+        image: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Import a profile exported on another node.
+    Import {
+        file: PathBuf,
+        /// Attach it to this image instead of the one named in the file.
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(store: &Store, c: ProfileCmd) -> Result<()> {
+    match c {
+        ProfileCmd::Show { image, json } => show(store, &image, json),
+        ProfileCmd::Export { image, output } => export(store, &image, output),
+        ProfileCmd::Import { file, image, json } => import(store, file, image, json),
+    }
+}
+
+fn show(store: &Store, image: &str, json: bool) -> Result<()> {
+    let name = resolve_image(store, image)?;
+    let p = nvtier::trace::load_profile(store, &name)?.with_context(|| {
+        format!("no profile for {name}: run `nvtier trace {image} -- CMD` first")
+    })?;
+    if json {
+        return print_json(&p);
+    }
+    println!(
+        "{} — {} runs, tracer {}, {} files",
+        p.image,
+        p.runs,
+        p.tracer,
+        p.files.len()
+    );
+    for f in &p.files {
+        let kinds: Vec<String> = f
+            .kinds
+            .iter()
+            .map(|k| {
+                serde_json::to_value(k)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!(
+            "{:>9.1} ms  {:<12}  {:>10}  {:>4}x  {:<16}  {}",
+            f.first_access_ms,
+            short(&f.layer_chain_id),
+            f.bytes.map(human).unwrap_or_else(|| "-".into()),
+            f.count,
+            kinds.join(","),
+            f.path
+        );
+    }
+    Ok(())
+}
+
+fn export(store: &Store, image: &str, output: Option<PathBuf>) -> Result<()> {
+    let name = resolve_image(store, image)?;
+    let p = nvtier::trace::load_profile(store, &name)?
+        .with_context(|| format!("no profile for {name}"))?;
+    let text = p.to_json()?;
+    match output {
+        Some(f) => std::fs::write(&f, text).with_context(|| format!("write {}", f.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+fn import(store: &Store, file: PathBuf, image: Option<String>, json: bool) -> Result<()> {
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+    let target = image.map(|i| resolve_image(store, &i)).transpose()?;
+    let p = nvtier::trace::import(store, &text, target.as_deref())?;
+    if json {
+        return print_json(&p);
+    }
+    println!("imported {} files for {}", p.files.len(), p.image);
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! `nvtier status`: tiers, DAX state, budget, counts and the tracer.
+
+use super::human;
+use crate::config::{Config, DiskLayerSync};
+use crate::error::Result;
+use crate::store::Store;
+use crate::tier::{detect_dax, DaxState, TierKind};
+use nvtier_policy::Placement;
+use serde::Serialize;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Free and total bytes of a tier's filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FsSpace {
+    pub free: u64,
+    pub total: u64,
+}
+
+impl FsSpace {
+    fn of((free, total): (u64, u64)) -> FsSpace {
+        FsSpace { free, total }
+    }
+}
+
+/// The state of the store (`nvtier status [--json]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The configuration file.
+    pub config: PathBuf,
+    pub dax: DaxState,
+    pub disk_dir: PathBuf,
+    pub disk_fs: Option<FsSpace>,
+    pub disk_layer_sync: DiskLayerSync,
+    pub disk_layers: usize,
+    /// Bytes charged to the disk tier by disk-tier layers.
+    pub disk_used_bytes: u64,
+    pub images: usize,
+    /// Tiered mounts whose hot data layers are interleaved with the bases:
+    /// those may read the disk tier for a lower layer's hot file.
+    pub interleaved_mounts: usize,
+    pub layers: usize,
+    pub max_concurrent_downloads: usize,
+    pub mounts: usize,
+    pub placement: Placement,
+    pub pmem_budget_bytes: u64,
+    pub pmem_dir: PathBuf,
+    pub pmem_fs: Option<FsSpace>,
+    pub pmem_hot_bytes: u64,
+    pub pmem_layer_bytes: u64,
+    pub pmem_layers: usize,
+    pub pmem_meta_bytes: u64,
+    pub pmem_retired_bytes: u64,
+    pub pmem_used_bytes: u64,
+    pub snapshots: usize,
+    pub snapshotter_socket: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Tiered mounts: nvtier's own and containerd's active snapshots.
+    pub tiered_mounts: usize,
+    /// `file-granular` or `whole-layer`.
+    pub tiering: String,
+    /// Why tiering is whole-layer (`None` when it is file-granular).
+    pub tiering_reason: Option<String>,
+    /// The tracer a trace started now would use.
+    pub tracer: String,
+    pub tracer_reason: String,
+    pub unsynced_blob_bytes: u64,
+    pub unsynced_layers: usize,
+    /// Where the blobs of layers awaiting write-back are kept.
+    #[serde(skip)]
+    pub unsynced_dir: PathBuf,
+}
+
+impl Status {
+    /// Read the store's state, probe DAX and the tracer.
+    pub fn gather(cfg: &Config, store: &Store) -> Result<Status> {
+        let dax = detect_dax(&cfg.pmem_dir);
+        let tier_use = crate::tiering::pmem_use(store)?;
+        let tiering = crate::tiering::enabled(store);
+        let layers = store.layers()?;
+        let pmem_used_bytes = store.pmem_used()?;
+        let mounts = store.mounts()?;
+        let snapshots = store.snapshots()?;
+        let tierings: Vec<&crate::tiering::MountTiering> = mounts
+            .iter()
+            .filter_map(|m| m.tiering.as_ref())
+            .chain(snapshots.iter().filter_map(|s| s.tiering.as_ref()))
+            .collect();
+        let interleaved_mounts = tierings
+            .iter()
+            .filter(|t| !t.hot_first && !t.hot.is_empty())
+            .count();
+        let unsynced = store.unsynced()?;
+        let on = |tier: TierKind| layers.iter().filter(move |l| l.tier == tier);
+        let tracer = crate::trace::probe_tracer();
+        Ok(Status {
+            config: cfg.file.clone(),
+            dax,
+            disk_dir: cfg.disk_dir.clone(),
+            disk_fs: store.disk.fs_space().map(FsSpace::of),
+            disk_layer_sync: cfg.disk_layer_sync,
+            disk_layers: on(TierKind::Disk).count(),
+            disk_used_bytes: on(TierKind::Disk).map(|l| l.charged_bytes).sum(),
+            images: store.images()?.len(),
+            interleaved_mounts,
+            layers: layers.len(),
+            max_concurrent_downloads: cfg.max_concurrent_downloads,
+            mounts: mounts.len(),
+            placement: cfg.placement,
+            pmem_budget_bytes: cfg.pmem_budget,
+            pmem_dir: cfg.pmem_dir.clone(),
+            pmem_fs: store.pmem.fs_space().map(FsSpace::of),
+            pmem_hot_bytes: tier_use.hot_bytes,
+            pmem_layer_bytes: store.pmem_layer_bytes()?,
+            pmem_layers: on(TierKind::Pmem).count(),
+            pmem_meta_bytes: tier_use.meta_bytes,
+            pmem_retired_bytes: tier_use.retired_bytes,
+            pmem_used_bytes,
+            snapshots: snapshots.len(),
+            snapshotter_socket: cfg.snapshotter_socket.clone(),
+            state_dir: cfg.state_dir.clone(),
+            tiered_mounts: tierings.len(),
+            tiering: match tiering {
+                Ok(()) => "file-granular",
+                Err(_) => "whole-layer",
+            }
+            .to_string(),
+            tiering_reason: tiering.err(),
+            tracer: tracer.tracer,
+            tracer_reason: tracer.reason,
+            unsynced_blob_bytes: unsynced.iter().map(|(_, u)| u.blob_bytes).sum(),
+            unsynced_layers: unsynced.len(),
+            unsynced_dir: store.unsynced_dir(),
+        })
+    }
+}
+
+/// The text of `nvtier status`, one line each ending in a newline.
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "config     {}", self.config.display())?;
+        writeln!(
+            f,
+            "pmem tier  {} (DAX: {})",
+            self.pmem_dir.display(),
+            self.dax
+        )?;
+        writeln!(f, "disk tier  {}", self.disk_dir.display())?;
+        writeln!(
+            f,
+            "budget     {} of {} pmem used ({:.1}%)",
+            human(self.pmem_used_bytes),
+            human(self.pmem_budget_bytes),
+            if self.pmem_budget_bytes > 0 {
+                self.pmem_used_bytes as f64 * 100.0 / self.pmem_budget_bytes as f64
+            } else {
+                0.0
+            }
+        )?;
+        writeln!(
+            f,
+            "  of which  layers {}, metadata layers {}, hot copies {}, retired (still mounted) {}",
+            human(self.pmem_layer_bytes),
+            human(self.pmem_meta_bytes),
+            human(self.pmem_hot_bytes),
+            human(self.pmem_retired_bytes)
+        )?;
+        writeln!(f, "disk used  {}", human(self.disk_used_bytes))?;
+        writeln!(f, "tracer     {} ({})", self.tracer, self.tracer_reason)?;
+        if self.unsynced_layers > 0 {
+            writeln!(
+                f,
+                "  write-back pending for {} layer(s); {} of blobs kept in {} until it is done",
+                self.unsynced_layers,
+                human(self.unsynced_blob_bytes),
+                self.unsynced_dir.display()
+            )?;
+        }
+        match &self.tiering_reason {
+            None => {
+                writeln!(
+                    f,
+                    "tiering    file-granular (metadata layers + hot data layers)"
+                )?;
+                writeln!(
+                    f,
+                    "  mounts    {} tiered, {} with hot data layers interleaved \
+                     (a lower layer's hot file is shadowed above; those may read the disk tier)",
+                    self.tiered_mounts, self.interleaved_mounts
+                )?;
+            }
+            Some(why) => writeln!(f, "tiering    whole-layer: {why}")?,
+        }
+        writeln!(
+            f,
+            "store      {} images, {} layers ({} pmem, {} disk), {} mounts; placement {}",
+            self.images,
+            self.layers,
+            self.pmem_layers,
+            self.disk_layers,
+            self.mounts,
+            self.placement
+        )?;
+        writeln!(
+            f,
+            "containerd {} snapshots; socket {}",
+            self.snapshots,
+            self.snapshotter_socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "disabled".into())
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status() -> Status {
+        Status {
+            config: "/etc/nvtier/config.toml".into(),
+            dax: DaxState::Emulated,
+            disk_dir: "/srv/disk".into(),
+            disk_fs: Some(FsSpace {
+                free: 1 << 30,
+                total: 2 << 30,
+            }),
+            disk_layer_sync: DiskLayerSync::Background,
+            disk_layers: 3,
+            disk_used_bytes: 3 << 20,
+            images: 2,
+            interleaved_mounts: 1,
+            layers: 5,
+            max_concurrent_downloads: 3,
+            mounts: 4,
+            placement: Placement::Lass,
+            pmem_budget_bytes: 4 << 20,
+            pmem_dir: "/mnt/pmem".into(),
+            pmem_fs: None,
+            pmem_hot_bytes: 512 << 10,
+            pmem_layer_bytes: 1 << 20,
+            pmem_layers: 2,
+            pmem_meta_bytes: 1024,
+            pmem_retired_bytes: 0,
+            pmem_used_bytes: 1 << 20,
+            snapshots: 6,
+            snapshotter_socket: Some("/run/nvtier/snapshotter.sock".into()),
+            state_dir: "/var/lib/nvtier".into(),
+            tiered_mounts: 2,
+            tiering: "file-granular".into(),
+            tiering_reason: None,
+            tracer: "fanotify".into(),
+            tracer_reason: "forced by NVTIER_TRACER".into(),
+            unsynced_blob_bytes: 0,
+            unsynced_layers: 0,
+            unsynced_dir: "/var/lib/nvtier/unsynced".into(),
+        }
+    }
+
+    #[test]
+    fn text_file_granular() {
+        let text = status().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "config     /etc/nvtier/config.toml",
+                "pmem tier  /mnt/pmem (DAX: emulated)",
+                "disk tier  /srv/disk",
+                "budget     1.0 MiB of 4.0 MiB pmem used (25.0%)",
+                "  of which  layers 1.0 MiB, metadata layers 1.0 KiB, hot copies 512.0 KiB, \
+                 retired (still mounted) 0 B",
+                "disk used  3.0 MiB",
+                "tracer     fanotify (forced by NVTIER_TRACER)",
+                "tiering    file-granular (metadata layers + hot data layers)",
+                "  mounts    2 tiered, 1 with hot data layers interleaved (a lower layer's hot \
+                 file is shadowed above; those may read the disk tier)",
+                "store      2 images, 5 layers (2 pmem, 3 disk), 4 mounts; placement lass",
+                "containerd 6 snapshots; socket /run/nvtier/snapshotter.sock",
+            ]
+        );
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn text_whole_layer_pending_write_back() {
+        let s = Status {
+            pmem_budget_bytes: 0,
+            tiering: "whole-layer".into(),
+            tiering_reason: Some("tiering = false in /etc/nvtier/config.toml".into()),
+            unsynced_layers: 2,
+            unsynced_blob_bytes: 3 << 20,
+            snapshotter_socket: None,
+            ..status()
+        };
+        let text = s.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 11);
+        assert_eq!(lines[3], "budget     1.0 MiB of 0 B pmem used (0.0%)");
+        assert_eq!(
+            lines[7],
+            "  write-back pending for 2 layer(s); 3.0 MiB of blobs kept in \
+             /var/lib/nvtier/unsynced until it is done"
+        );
+        assert_eq!(
+            lines[8],
+            "tiering    whole-layer: tiering = false in /etc/nvtier/config.toml"
+        );
+        assert_eq!(lines[10], "containerd 6 snapshots; socket disabled");
+    }
+
+    #[test]
+    fn json_keys_and_types() {
+        let v = serde_json::to_value(status()).expect("json");
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted);
+        assert_eq!(keys.len(), 32);
+        assert!(v.get("unsynced_dir").is_none());
+        assert_eq!(v["dax"], "emulated");
+        assert_eq!(v["placement"], "lass");
+        assert_eq!(v["disk_layer_sync"], "background");
+        assert_eq!(
+            v["disk_fs"],
+            serde_json::json!({"free": 1u64 << 30, "total": 2u64 << 30})
+        );
+        assert!(v["pmem_fs"].is_null());
+        assert!(v["tiering_reason"].is_null());
+        assert_eq!(v["snapshotter_socket"], "/run/nvtier/snapshotter.sock");
+    }
+}
