@@ -31,8 +31,6 @@ pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 pub use crate::fsutil::xattr::get as lgetxattr;
 
 use stream::{check_sha256, corrupt, Decoder, HashRead};
-#[cfg(test)]
-use writer::is_root;
 use writer::{set_times, Writer};
 
 /// Bytes a regular file of `size` bytes is charged against a tier budget:

@@ -2,7 +2,7 @@
 
 use super::*;
 
-pub(super) fn is_root() -> bool {
+fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
