@@ -44,4 +44,7 @@ pub mod tier;
 pub mod tiering;
 pub mod trace;
 
+#[cfg(test)]
+mod testutil;
+
 pub use error::{Error, Result};

@@ -199,7 +199,7 @@ mod tests {
                     continue;
                 }
                 let hot = |i: usize, j: usize| hot_bits & (1 << (i * PATHS.len() + j)) != 0;
-                let layers: Vec<DataLayer> = (0..N)
+                let layers: Vec<DataLayer<'_>> = (0..N)
                     .map(|i| {
                         let ps: Vec<&str> = (0..PATHS.len())
                             .filter(|&j| hot(i, j))

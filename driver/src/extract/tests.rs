@@ -1,4 +1,5 @@
 use super::*;
+use crate::testutil::require_root;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -96,6 +97,7 @@ fn hostile(tar: &[u8], needle: &str) {
 
 #[test]
 fn regular_files_dirs_modes_owners_mtimes() {
+    require_root("file owners");
     let mut t = T::new();
     t.dir("etc/")
         .file("etc/hello", b"hello\n")
@@ -104,9 +106,7 @@ fn regular_files_dirs_modes_owners_mtimes() {
     let m = fs::symlink_metadata(d.path().join("etc/hello")).expect("stat");
     assert_eq!(m.mode() & 0o7777, 0o640);
     assert_eq!(m.mtime(), 1_600_000_000);
-    if is_root() {
-        assert_eq!((m.uid(), m.gid()), (1234, 4321));
-    }
+    assert_eq!((m.uid(), m.gid()), (1234, 4321));
     let dm = fs::symlink_metadata(d.path().join("etc")).expect("stat dir");
     assert_eq!(dm.mode() & 0o7777, 0o750);
     assert_eq!(
@@ -183,10 +183,7 @@ fn zstd_and_plain() {
 
 #[test]
 fn whiteouts_and_opaque_dirs() {
-    if !is_root() {
-        eprintln!("whiteouts need root (mknod, trusted xattrs): run the suite as root");
-        return;
-    }
+    require_root("whiteouts: mknod and trusted xattrs");
     let mut t = T::new();
     t.dir("etc/")
         .file("etc/.wh.removed", b"")
@@ -249,10 +246,7 @@ fn symlinks_and_hardlinks() {
 
 #[test]
 fn xattrs_are_preserved_and_overlay_xattrs_dropped() {
-    if !is_root() {
-        eprintln!("trusted xattrs need root");
-        return;
-    }
+    require_root("trusted xattrs");
     let mut b = tar::Builder::new(Vec::new());
     b.append_pax_extensions([
         ("SCHILY.xattr.user.test", &b"v1"[..]),
@@ -285,9 +279,7 @@ fn xattrs_are_preserved_and_overlay_xattrs_dropped() {
 
 #[test]
 fn device_nodes_and_fifos() {
-    if !is_root() {
-        return;
-    }
+    require_root("device nodes");
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_path("dev/null").expect("path");

@@ -208,6 +208,7 @@ mod tests {
 
     #[test]
     fn symlinks_are_not_followed() {
+        crate::testutil::require_root("trusted xattrs");
         let d = tempdir_with_user_xattrs();
         let f = d.path().join("target");
         fs::write(&f, b"").expect("file");

@@ -19,6 +19,11 @@
 //!   `layers/` when complete.
 //! - `STATE/unsynced/`: kept blobs of disk-tier layers published before
 //!   their write-back finished (see `durable`).
+//! - `STATE/hot/`, `STATE/meta/`, `STATE/retired/`, `STATE/usage/`,
+//!   `STATE/journal/` and `PMEM/{hot,meta,retired}/`: hot-file tiering
+//!   records and data (see [`hot`], [`journal`]); recovered and collected
+//!   here (`recover`).
+//! - `STATE/profiles/`: the images' hot profiles (see [`profiles`]).
 //!
 //! Reference counts are derived, never stored: a layer is referenced by every
 //! image whose chain contains it, every mount that uses it and every Docker

@@ -192,7 +192,7 @@ pub fn mount_layers(
         }
         gens.push(g);
     }
-    let layers: Vec<nvtier_policy::datalayers::DataLayer> = gens
+    let layers: Vec<nvtier_policy::datalayers::DataLayer<'_>> = gens
         .iter()
         .map(|g| nvtier_policy::datalayers::DataLayer {
             has_hot: g.is_some(),

@@ -3,15 +3,12 @@ use super::graph::{choose_tier, validate_id, validate_parent, Placement, BACK_TO
 use super::*;
 use crate::extract::{extract_layer, Expect};
 use crate::fsutil::xattr::get as lgetxattr;
+use crate::testutil::require_root;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
 
 /// A tar with full header control.
 struct T {
@@ -179,10 +176,7 @@ fn tier_rule_is_back_to_back() {
 
 #[test]
 fn diff_converts_whiteouts_and_opaque_dirs_back_to_oci() {
-    if !is_root() {
-        eprintln!("whiteouts and trusted xattrs need root");
-        return;
-    }
+    require_root("whiteouts and trusted xattrs");
     let d = tempfile::tempdir().expect("tmp");
     let mut t = T::new();
     t.dir("etc")
@@ -226,10 +220,7 @@ fn diff_converts_whiteouts_and_opaque_dirs_back_to_oci() {
 
 #[test]
 fn apply_diff_of_diff_reproduces_the_layer_exactly() {
-    if !is_root() {
-        eprintln!("owners, whiteouts and trusted xattrs need root");
-        return;
-    }
+    require_root("owners, whiteouts and trusted xattrs");
     let long = format!("deep/{}/{}", "d".repeat(90), "f".repeat(80));
     let mut t = T::new();
     t.dir("bin")
@@ -301,10 +292,7 @@ fn apply_diff_of_diff_reproduces_the_layer_exactly() {
 
 #[test]
 fn changes_against_the_parent_chain() {
-    if !is_root() {
-        eprintln!("whiteouts and trusted xattrs need root");
-        return;
-    }
+    require_root("whiteouts and trusted xattrs");
     let d = tempfile::tempdir().expect("tmp");
     let (l1, l2, up) = (
         d.path().join("l1"),
@@ -386,10 +374,7 @@ fn temp_graph(budget: &str) -> (tempfile::TempDir, graph::Graph) {
 
 #[test]
 fn graph_lifecycle_without_mounts() {
-    if !is_root() {
-        eprintln!("extraction with owners needs root");
-        return;
-    }
+    require_root("extraction with owners");
     let (_d, g) = temp_graph("64M");
     let id = "a".repeat(64);
     g.create(&id, "", false).expect("create");
@@ -466,9 +451,7 @@ fn graph_lifecycle_without_mounts() {
 
 #[test]
 fn graph_budget_exhaustion_spools_and_stores_on_disk() {
-    if !is_root() {
-        return;
-    }
+    require_root("extraction with owners and overlay xattrs");
     let (d, g) = temp_graph("16K");
     let (p, c) = ("p".repeat(64), "q".repeat(64));
     g.create(&p, "", false).expect("create");

@@ -90,7 +90,7 @@ impl Inner {
         }
         // The order chosen when the snapshot was prepared (policy indices
         // count from the bottom).
-        let policy: Vec<nvtier_policy::datalayers::DataLayer> = layers
+        let policy: Vec<nvtier_policy::datalayers::DataLayer<'_>> = layers
             .iter()
             .rev()
             .map(|(h, _)| nvtier_policy::datalayers::DataLayer {

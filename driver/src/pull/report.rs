@@ -1,0 +1,53 @@
+//! What a pull is asked to do and what it reports.
+
+use super::*;
+
+/// Options of one pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    pub placement: Placement,
+    pub progress: bool,
+    pub auth: RegistryAuth,
+}
+
+/// Per-layer outcome, in chain order. Times are ms since the pull started.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub index: usize,
+    pub digest: String,
+    pub diff_id: String,
+    pub chain_id: String,
+    /// Compressed blob size from the manifest.
+    pub size: u64,
+    pub download_start_ms: Option<f64>,
+    pub download_end_ms: Option<f64>,
+    pub store_start_ms: Option<f64>,
+    pub store_end_ms: Option<f64>,
+    pub tier: TierKind,
+    pub reused: bool,
+    /// Bytes charged to the tier.
+    pub stored_bytes: u64,
+    /// Why the layer is on disk, when it is.
+    pub disk_reason: Option<DiskReason>,
+    /// Static classification from the image history (`None`: the command
+    /// says nothing certain).
+    pub class: Option<nvtier_policy::classify::LayerClass>,
+    /// Set when the static rule, not LASS, put the layer on pmem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pmem_reason: Option<String>,
+}
+
+/// The outcome of a pull (`nvtier pull --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    pub image: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub placement: Placement,
+    pub layers: Vec<LayerReport>,
+    pub ldl_index: Option<usize>,
+    pub download_done_ms: f64,
+    pub stored_done_ms: f64,
+    pub pmem_bytes: u64,
+    pub disk_bytes: u64,
+}

@@ -1,0 +1,13 @@
+//! Helpers for the unit tests.
+
+/// Fail the calling test unless it runs as root. Tests that create device
+/// nodes, whiteouts, `trusted.*` xattrs or files of other owners need root;
+/// the suite runs as root in CI, and such a test must never pass without
+/// having run.
+#[track_caller]
+pub(crate) fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({why}): run the unit tests as root, e.g. `sudo -E cargo test --workspace --lib`"
+    );
+}
