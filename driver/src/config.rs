@@ -26,7 +26,7 @@ pub struct Config {
     /// ingest area to see whether downloads are still running (LASS on the
     /// engine's own unpack path).
     pub containerd_root: PathBuf,
-    /// File-granular hot-file tiering (issue 4): when on and the kernel has
+    /// File-granular hot-file tiering: when on and the kernel has
     /// overlayfs data-only layers, migrated images mount as a flattened
     /// metadata layer plus data layers. Off = whole-layer placement only.
     pub tiering: bool,

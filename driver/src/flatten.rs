@@ -1,5 +1,5 @@
-//! The flattened metadata layer of an image (groundwork for hot-file
-//! tiering, issue 4).
+//! The flattened metadata layer of an image (the directory tree that
+//! hot-file tiering mounts on pmem).
 //!
 //! Path lookups walk every lower layer's directories, and on a disk tier each
 //! cold directory block costs a seek. So the whole directory tree of an image

@@ -1,4 +1,4 @@
-//! Hot-file tiering end to end (issue 4): real eBPF profiles, real overlay
+//! Hot-file tiering end to end: real eBPF profiles, real overlay
 //! mounts with a metadata layer over data-only layers, real migrations,
 //! real `kill -9`.
 

@@ -242,10 +242,16 @@ fn ebpf_profile_is_exact_and_complete() {
     let _ = noise.wait();
     // The per-syscall tracepoints (with tracefs) see the same files.
     let tp = bed.nvtier_with_tracefs(
-        &["trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD],
+        &[
+            "trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD,
+        ],
         &[("NVTIER_BPF_ATTACH", "tracepoint")],
     );
-    assert!(tp.status.success(), "{}", String::from_utf8_lossy(&tp.stderr));
+    assert!(
+        tp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tp.stderr)
+    );
     let tp: Value = serde_json::from_slice(&tp.stdout).expect("trace --json");
     assert!(
         tp["tracer_reason"]

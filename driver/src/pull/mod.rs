@@ -178,7 +178,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         });
     }
 
-    // Static classification (issue 4): engine and application layers go to
+    // Static classification: engine and application layers go to
     // pmem on top of LASS's choice, top-most first, while the free budget
     // (estimated from blob sizes) holds them.
     let classes: Vec<Option<nvtier_policy::classify::LayerClass>> = {

@@ -1,4 +1,4 @@
-//! File-granular hot-file tiering (N-Docker's HBCSA, issue 4).
+//! File-granular hot-file tiering (N-Docker's HBCSA).
 //!
 //! # Layout
 //! A tiered image mounts as
