@@ -184,10 +184,10 @@ fn start_tracer(
 fn ebpf_reason(mode: AttachMode) -> String {
     match mode {
         AttachMode::Btf => {
-            "eBPF loaded (raw syscall tracepoints with BTF types; needs no tracefs)".into()
+            "eBPF loaded: raw syscall tracepoints with BTF types, no tracefs needed".into()
         }
         AttachMode::Tracepoint => {
-            "eBPF loaded (per-syscall tracepoints through tracefs, set by NVTIER_BPF_ATTACH)".into()
+            "eBPF loaded: per-syscall tracepoints through tracefs, set by NVTIER_BPF_ATTACH".into()
         }
     }
 }
