@@ -13,13 +13,9 @@
 //!   directory and deletes it on error, so nothing is left behind.
 
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::xattr;
-use sha2::{Digest, Sha256};
-use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 pub const WHITEOUT_PREFIX: &str = ".wh.";

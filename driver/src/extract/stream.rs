@@ -1,7 +1,10 @@
 //! The layer blob stream: decompression (gzip, zstd or plain) and the
 //! digests of the compressed and uncompressed bytes.
 
-use super::*;
+use crate::error::{Error, Result};
+use sha2::{Digest, Sha256};
+use std::io;
+use std::io::{BufReader, Read};
 
 pub(super) struct HashRead<R> {
     inner: R,

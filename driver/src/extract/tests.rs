@@ -1,7 +1,10 @@
 use super::*;
 use crate::testutil::require_root;
+use sha2::{Digest, Sha256};
+use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
 
 /// A tar under construction, with raw-header control for hostile cases.
 struct T {

@@ -1,6 +1,18 @@
 //! Tar entries into the layer directory, in overlay format.
 
-use super::*;
+use super::{
+    charged_bytes, corrupt, safe_rel_path, ExtractStats, OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR,
+    WHITEOUT_PREFIX,
+};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil::xattr;
+use std::ffi::OsStr;
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::{fs, io};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

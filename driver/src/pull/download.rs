@@ -1,6 +1,16 @@
 //! Blob downloads into `STATE/downloads/`, digest-checked.
 
-use super::*;
+use super::{ms, registry_err};
+use crate::error::{Error, IoContext, Result};
+use futures_util::StreamExt;
+use indicatif::ProgressBar;
+use oci_client::manifest::OciDescriptor;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::io::AsyncWriteExt;
 
 pub(super) struct Downloaded {
     pub(super) path: PathBuf,

@@ -1,6 +1,13 @@
 //! Storing one downloaded layer on the tier the policy picked.
 
-use super::*;
+use crate::error::{Error, Result};
+use crate::extract::{extract_file, Expect};
+use crate::store::{now_ms, LayerMeta, Store};
+use crate::tier::TierKind;
+use nvtier_policy::{Decision, DiskReason};
+use oci_client::manifest::OciDescriptor;
+use std::path::Path;
+use std::time::Instant;
 
 /// Store one downloaded layer (blocking; run on a blocking thread).
 #[allow(clippy::too_many_arguments)]

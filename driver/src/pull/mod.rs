@@ -6,23 +6,17 @@
 //! stored. At that moment the driver records whether every download of the
 //! image has finished, and `nvtier_policy::decide` picks the tier.
 
-use crate::error::{Error, IoContext, Result};
-use crate::extract::{extract_file, Expect};
-use crate::store::{chain_ids, digest_hex, now_ms, ImageRecord, LayerMeta, Store};
+use crate::error::{Error, Result};
+use crate::store::{chain_ids, digest_hex, now_ms, ImageRecord, Store};
 use crate::tier::TierKind;
-use futures_util::StreamExt;
+use download::download;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use layer::store_layer;
 use nvtier_policy::{decide, Decision, DiskReason, Placement, StoreMoment};
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference, RegistryOperation};
-use serde::Serialize;
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use oci_client::RegistryOperation;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, Semaphore};
 
 mod download;
@@ -30,8 +24,6 @@ mod layer;
 mod registry;
 mod report;
 
-use download::download;
-use layer::store_layer;
 pub use registry::normalize;
 use registry::{client_for, parse_ref, registry_err};
 pub use report::{LayerReport, PullOptions, PullReport};

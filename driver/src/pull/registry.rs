@@ -1,6 +1,9 @@
 //! Image references and the registry client.
 
-use super::*;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::{Client, Reference};
 
 /// Normalise a reference the way the store names images.
 pub fn normalize(reference: &str) -> Result<String> {

@@ -1,6 +1,9 @@
 //! What a pull is asked to do and what it reports.
 
-use super::*;
+use crate::tier::TierKind;
+use nvtier_policy::{DiskReason, Placement};
+use oci_client::secrets::RegistryAuth;
+use serde::Serialize;
 
 /// Options of one pull.
 #[derive(Debug, Clone)]

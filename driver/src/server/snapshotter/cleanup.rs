@@ -1,6 +1,8 @@
 //! Cleanup: snapshot directories without a record.
 
-use super::*;
+use super::Inner;
+use crate::error::{IoContext, Result};
+use std::fs;
 
 impl Inner {
     /// Remove snapshot directories and links no record owns.

@@ -1,6 +1,6 @@
 //! Snapshotter errors and their gRPC status codes.
 
-use super::*;
+use crate::error::Error;
 
 /// Errors of the snapshotter, mapped to gRPC codes.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! containerd's snapshot list filters.
 
-use super::*;
+use containerd_snapshots::{Info, Kind};
 
 /// `name==v`, `labels."k"==v`, `parent!=v`, `kind==committed`, bare field
 /// (exists); clauses separated by `,` are ANDed, filters are ORed.

@@ -32,23 +32,12 @@
 //! spec with many layers stays below the one-page limit of mount(2) options
 //! (containerd performs the mount itself, with the legacy API).
 
-use crate::error::{Error, IoContext, Result};
-use crate::extract::charged_bytes;
-use crate::fsutil::{fsync_dir, write_atomic};
-use crate::pull::{pull, PullOptions};
-use crate::store::hot::MountTiering;
-use crate::store::{digest_hex, now_ms, LayerMeta, SnapshotKind, SnapshotRecord, Store};
-use crate::tier::TierKind;
-use containerd_snapshots::api::types::Mount;
-use containerd_snapshots::{Info, Kind, Snapshotter, Usage};
-use nvtier_policy::unpack::{decide_unpack, UnpackMoment, INGEST_FRESH_MS};
-use sha2::Digest;
+use crate::store::{SnapshotRecord, Store};
+use errors::SResult;
+use pull::PullCell;
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod cleanup;
 mod errors;
@@ -63,11 +52,9 @@ mod tiered;
 mod unpack;
 mod validate;
 
-use errors::SResult;
 pub use errors::SnapError;
 pub use filters::filter_matches;
 pub use mounts::build_mounts;
-use pull::PullCell;
 use records::{info_of, new_id, tree_charge};
 pub use tiered::build_tiered_mount;
 pub use unpack::unpack_chain;

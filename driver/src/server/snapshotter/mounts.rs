@@ -1,6 +1,10 @@
 //! Mount specs of snapshots: overlays over the parent chain, binds.
 
-use super::*;
+use super::{Inner, SResult, SnapError};
+use crate::store::{SnapshotKind, SnapshotRecord};
+use containerd_snapshots::api::types::Mount;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// The mounts of a snapshot. `lowers` are the parent chain's directories,
 /// top-most (the direct parent) first.

@@ -1,7 +1,14 @@
 //! Remote-snapshotter pull: nvtier pulls the whole image itself and
 //! attaches the committed snapshot of a layer.
 
-use super::*;
+use super::{new_id, Inner, NvSnapshotter, SResult, SnapError, LABEL_REF};
+use crate::error::{Error, IoContext};
+use crate::fsutil::write_atomic;
+use crate::pull::{pull, PullOptions};
+use crate::store::{now_ms, SnapshotKind, SnapshotRecord};
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One deduplicated pull: its outcome, shared by every waiting Prepare.
 pub(super) type PullCell = Arc<tokio::sync::OnceCell<std::result::Result<(), String>>>;

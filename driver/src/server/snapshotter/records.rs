@@ -1,7 +1,19 @@
 //! Snapshot records and their directories and links: create, update,
 //! usage and remove.
 
-use super::*;
+use super::{validate_key, validate_labels, Inner, SResult, SnapError};
+use crate::error::{Error, IoContext, Result};
+use crate::extract::charged_bytes;
+use crate::fsutil::{fsync_dir, write_atomic};
+use crate::store::{now_ms, SnapshotKind, SnapshotRecord};
+use crate::tier::TierKind;
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::{Info, Kind, Usage};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub(super) fn time_of(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)

@@ -1,6 +1,17 @@
 //! The gRPC service: `NvSnapshotter` and its `Snapshotter` implementation.
 
-use super::*;
+use super::{
+    filter_matches, info_of, unpack_chain, validate_key, validate_labels, Inner, NvSnapshotter,
+    SResult, SnapError, LABEL_CRI_IMAGE_REF, LABEL_REF,
+};
+use crate::error::{Error, IoContext, Result};
+use crate::store::{SnapshotKind, SnapshotRecord, Store};
+use crate::tier::TierKind;
+use containerd_snapshots::api::types::Mount;
+use containerd_snapshots::{Info, Snapshotter, Usage};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::sync::{Arc, Mutex};
 
 impl NvSnapshotter {
     /// Load the snapshot records and re-create their links.

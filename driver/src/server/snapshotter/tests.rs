@@ -1,4 +1,7 @@
 use super::*;
+use crate::store::SnapshotKind;
+use containerd_snapshots::{Info, Kind};
+use std::path::Path;
 
 #[test]
 fn keys() {

@@ -1,7 +1,13 @@
 //! Tiered mounts of active snapshots: the image's metadata layer and hot
 //! data layers instead of the plain parent chain.
 
-use super::*;
+use super::Inner;
+use crate::error::{Error, Result};
+use crate::store::hot::MountTiering;
+use crate::store::{SnapshotKind, SnapshotRecord};
+use containerd_snapshots::api::types::Mount;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// The mount of an active snapshot of a tiered image: the committed
 /// snapshots above the image (`above`, e.g. dockerd's init layer) and the

@@ -1,7 +1,14 @@
 //! Unpacked image layers: the tier a layer is unpacked to (LASS on the
 //! engine's unpack path), and its publication as a store layer at Commit.
 
-use super::*;
+use super::{tree_charge, Inner, SResult, SnapError, LABEL_REF};
+use crate::error::{Error, IoContext, Result};
+use crate::store::{digest_hex, now_ms, LayerMeta, SnapshotKind, SnapshotRecord};
+use crate::tier::TierKind;
+use nvtier_policy::unpack::{decide_unpack, UnpackMoment, INGEST_FRESH_MS};
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::SystemTime;
 
 /// The chainID an unpack snapshot is for: the `containerd.io/snapshot.ref`
 /// label (set by containerd's pull-time unpacker), or containerd's unpack key

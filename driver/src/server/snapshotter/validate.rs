@@ -1,6 +1,6 @@
 //! Validation of keys and labels from containerd.
 
-use super::*;
+use super::{SResult, SnapError};
 
 /// Longest key/name accepted (containerd's own keys are < 200 bytes).
 pub const MAX_KEY_BYTES: usize = 4096;

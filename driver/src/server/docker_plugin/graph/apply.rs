@@ -1,6 +1,18 @@
 //! `ApplyDiff`: a layer tar into an nvtier store layer.
 
-use super::*;
+use super::{
+    choose_tier, other, validate_id, validate_parent, Applying, Graph, GraphLayer, Placement,
+};
+use crate::error::{Error, IoContext, Result};
+use crate::extract::{extract_layer, Expect};
+use crate::fsutil::fsync_dir;
+use crate::store::{now_ms, LayerMeta};
+use crate::tier::TierKind;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+use std::{fs, io};
 
 impl Graph {
     /// Checks done before an `ApplyDiff` reads its body.

@@ -1,6 +1,9 @@
 //! A layer's changes against its parent chain.
 
-use super::*;
+use super::diff::Change;
+use super::{diff, other, validate_id, validate_parent, Graph};
+use crate::error::Result;
+use std::path::PathBuf;
 
 impl Graph {
     /// The layer's own directory and its parents' (for Diff/Changes);

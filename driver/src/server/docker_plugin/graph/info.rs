@@ -1,6 +1,8 @@
 //! `GetMetadata` and `Status`.
 
-use super::*;
+use super::Graph;
+use crate::error::Result;
+use crate::tier::TierKind;
 
 impl Graph {
     pub fn metadata(&self, id: &str) -> Result<Vec<(String, String)>> {

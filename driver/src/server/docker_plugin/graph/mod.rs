@@ -18,19 +18,15 @@
 //!   (refcounted in the record, so a plugin restart keeps the count); a
 //!   layer without parents is returned as its own directory, unmounted.
 
-use super::diff::{self, Change};
+use super::diff::{self};
 use crate::error::{Error, IoContext, Result};
-use crate::extract::{extract_layer, Expect};
-use crate::fsutil::{fsync_dir, write_atomic};
-use crate::mount::{is_mounted, mount_overlay, OverlaySpec};
-use crate::store::{now_ms, LayerMeta, Store};
-use crate::tier::TierKind;
+use crate::fsutil::write_atomic;
+use crate::mount::is_mounted;
+use crate::store::Store;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,13 @@
 //! Layer lifecycle: create, remove, and the refcounted overlay mounts of
 //! `Get`/`Put`.
 
-use super::*;
+use super::{other, validate_id, validate_parent, Graph, GraphLayer};
+use crate::error::{IoContext, Result};
+use crate::fsutil::fsync_dir;
+use crate::mount::{is_mounted, mount_overlay, OverlaySpec};
+use crate::store::now_ms;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 impl Graph {
     /// `Create` / `CreateReadWrite`.
