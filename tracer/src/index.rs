@@ -34,6 +34,10 @@ pub struct LayerIndex {
 
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
+/// Is `dir` an opaque overlay directory? A missing attribute (or a file
+/// system without xattrs) means no; any other failure is logged, and the
+/// directory is treated as not opaque (the lower layers are then searched
+/// too, which can only add names to the index, never lose one).
 fn is_opaque(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let (Ok(p), Ok(n)) = (
@@ -45,6 +49,13 @@ fn is_opaque(dir: &Path) -> bool {
     let mut v = [0u8; 4];
     // SAFETY: valid NUL-terminated strings and a buffer of the given size.
     let n = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot read {OPAQUE_XATTR}");
+        }
+        return false;
+    }
     n == 1 && v[0] == b'y'
 }
 
