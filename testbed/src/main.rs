@@ -218,6 +218,55 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// (testbed/nvbench.sh) Replace the meta line of a samples file by one
+    /// covering this run and, with --resume, the earlier runs in the file:
+    /// machine, settings, rates and images of every run, cells measured.
+    Meta {
+        #[arg(long, value_name = "FILE")]
+        samples: PathBuf,
+        /// The run's corpus images (`corpus/build.sh --list --json`).
+        #[arg(long, value_name = "FILE")]
+        images: PathBuf,
+        /// JSON lines {name, manifest}: each image's OCI manifest.
+        #[arg(long, value_name = "FILE")]
+        manifests: PathBuf,
+        #[arg(long)]
+        reps: usize,
+        #[arg(long)]
+        quick: bool,
+        /// Comma-separated link rates of this run.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<String>,
+        /// The engine versions.
+        #[arg(long)]
+        engine: String,
+        /// HDD read IOPS rule.
+        #[arg(long)]
+        iops: String,
+        /// HDD read bandwidth rule (B/s).
+        #[arg(long)]
+        bps: String,
+        /// Seconds this run took.
+        #[arg(long)]
+        run_seconds: i64,
+    },
+    /// (testbed/nvbench.sh) The registry's last byte in [T0, T1] from the
+    /// network counter samples ("TIME_NS BYTES" lines): prints "TIME_NS
+    /// BYTES" (bytes since the first sample), or "0 0".
+    LastByte {
+        #[arg(long, value_name = "FILE")]
+        netstat: PathBuf,
+        #[arg(long, value_name = "NS")]
+        t0: u64,
+        #[arg(long, value_name = "NS")]
+        t1: u64,
+    },
+    /// (testbed/nvbench.sh --check) Fail unless every check, deploy and
+    /// cold start sample is ok and there is no error sample.
+    CheckSamples {
+        #[arg(long, value_name = "FILE")]
+        samples: PathBuf,
+    },
 }
 
 const REPORT_ABOUT: &str = "\
@@ -371,6 +420,31 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::ReportCorpus { samples, json } => {
             reports::corpus::run(reports::corpus::Args { samples, json })
         }
+        Cmd::Meta {
+            samples,
+            images,
+            manifests,
+            reps,
+            quick,
+            rates,
+            engine,
+            iops,
+            bps,
+            run_seconds,
+        } => reports::nvbench_run::meta(reports::nvbench_run::MetaArgs {
+            samples,
+            images,
+            manifests,
+            reps,
+            quick,
+            rates,
+            engine,
+            iops,
+            bps,
+            run_seconds,
+        }),
+        Cmd::LastByte { netstat, t0, t1 } => reports::nvbench_run::last_byte_cmd(&netstat, t0, t1),
+        Cmd::CheckSamples { samples } => reports::nvbench_run::check_samples(&samples),
         Cmd::AttachCost { .. } | Cmd::AttachCostWorker { .. } => Ok(()),
     }
 }

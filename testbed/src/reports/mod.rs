@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod docker;
 pub mod docker_plugin;
 pub mod flat;
+pub mod nvbench_run;
 pub mod tiering;
 pub mod trace;
 
