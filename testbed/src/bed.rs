@@ -438,7 +438,7 @@ pub fn assert_same_tree(expected: &BTreeMap<String, String>, actual: &BTreeMap<S
 /// testbed's [`crate::pull_report::PullReport`].
 pub fn check_pull_report(report: &Value) {
     if let Err(e) = crate::pull_report::PullReport::deserialize(report) {
-        panic!("`nvtier pull --json` no longer has the shape the testbed reads: {e}\n{report}");
+        panic!("`nvtier pull --json` does not have the shape the testbed reads: {e}\n{report}");
     }
 }
 

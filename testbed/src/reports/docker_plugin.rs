@@ -36,7 +36,7 @@ pub fn summary(rows: &[Value]) -> Vec<String> {
         let s = r["pull_ns"].as_f64().unwrap_or(f64::NAN) / 1e9;
         out.push(format!("{d:<10} rep {}  pull {s:.2} s", r["rep"]));
         if let Some(layers) = r["layers"].as_array() {
-            // Keys in this order, as the script printed them.
+            // Keys in the order tier, mib, store_ms.
             let l: Vec<String> = layers
                 .iter()
                 .map(|x| {

@@ -177,7 +177,7 @@ pub fn utc_date(t: i64) -> String {
 
 /// JSON text laid out with one space of indentation per level, `, ` and
 /// `: ` separators, empty containers as `[]`/`{}` (the layout of the
-/// existing results files), no trailing newline. Strings, numbers and key
+/// results files in testbed/results), no trailing newline. Strings, numbers and key
 /// order are copied as they are.
 pub fn indent1(json: &str) -> String {
     indent(json, 1)

@@ -116,7 +116,7 @@ fn compute(
                 s.to_string(),
                 median_value(&of(s, "disk_read_ios")).unwrap_or(Value::Null),
             ));
-            // The last usage row of (image, system) wins, as in a dict.
+            // The last usage row of (image, system) wins.
             if let Some((l, u)) = usage
                 .iter()
                 .rev()
