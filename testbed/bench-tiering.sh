@@ -165,7 +165,7 @@ for img in "${NAMES[@]}"; do
     # is now in the profile, and the next migrate promotes it.
     nv hot "$img" trace --json --misses "${REF[$img]}" "${targs[@]}" >"$B/misses-$img.json"
     nv hot "$img" migrate --json "${REF[$img]}" |
-        jq -c --arg i "$img" --argjson m "$(jq '{misses: (.misses | length), miss_bytes}' "$B/misses-$img.json")" \
+        jq -c --arg i "$img" --argjson m "$(jq -c '{misses, miss_bytes}' "$B/misses-$img.json")" \
             '{image: $i, step: "migrate-after-misses", misses: $m, r: .}' >>"$MIG"
 done
 
@@ -183,11 +183,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
             read -r b1 i1 < <(disk_reads)
             jq -c --arg s "$sys" --arg i "$img" --argjson rep "$rep" \
                 --argjson db $((b1 - b0)) --argjson di $((i1 - i0)) \
-                '{system: $s, image: $i, rep: $rep, ms: (.mount_ms + .elapsed_ms),
-                  mount_ms, elapsed_ms, tiered, disk_read_bytes: $db, disk_read_ios: $di}' \
+                '{system: $s, image: $i, rep: $rep, mount_ms, elapsed_ms, tiered,
+                  disk_read_bytes: $db, disk_read_ios: $di}' \
                 <<<"$out" >>"$RUNS"
-            printf '  rep %d %-8s %-5s %8.1f ms  disk reads %d B / %d IOs\n' "$rep" "$img" "$sys" \
-                "$(jq -r '.mount_ms + .elapsed_ms' <<<"$out")" $((b1 - b0)) $((i1 - i0)) >&2
+            printf '  rep %d %-8s %-5s mount %s ms + run %s ms  disk reads %d B / %d IOs\n' "$rep" "$img" "$sys" \
+                "$(jq -r .mount_ms <<<"$out")" "$(jq -r .elapsed_ms <<<"$out")" $((b1 - b0)) $((i1 - i0)) >&2
         done
     done
 done
@@ -198,10 +198,10 @@ USAGE=$B/usage.jsonl
 for sys in "${SYSTEMS[@]}"; do
     for img in "${NAMES[@]}"; do
         st=$(NVTIER_CONFIG=$(cfg "$sys" "$img") "$NVTIER" status --json)
-        image_bytes=$(NVTIER_CONFIG=$(cfg "$sys" "$img") "$NVTIER" layers --json "${REF[$img]}" | jq '[.[].file_bytes] | add')
+        file_bytes=$(NVTIER_CONFIG=$(cfg "$sys" "$img") "$NVTIER" layers --json "${REF[$img]}" | jq -c '[.[].file_bytes]')
         du_bytes=$(du -sB1 "$PMEM_DIR/$sys-$img" | cut -f1)
-        jq -c --arg s "$sys" --arg i "$img" --argjson ib "$image_bytes" --argjson du "$du_bytes" \
-            '{system: $s, image: $i, image_bytes: $ib, pmem_used: .pmem_used_bytes,
+        jq -c --arg s "$sys" --arg i "$img" --argjson fb "$file_bytes" --argjson du "$du_bytes" \
+            '{system: $s, image: $i, layer_file_bytes: $fb, pmem_used: .pmem_used_bytes,
               pmem_meta: .pmem_meta_bytes, pmem_hot: .pmem_hot_bytes, pmem_layers: .pmem_layer_bytes,
               du_pmem: $du}' <<<"$st" >>"$USAGE"
     done

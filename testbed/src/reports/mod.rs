@@ -290,6 +290,44 @@ pub fn parse_exact(text: &str) -> Result<Value> {
     Ok(v)
 }
 
+/// The members of a JSON object as (key, raw value text), in order.
+pub fn members_raw(text: &str) -> Result<Vec<(String, String)>> {
+    let mut p = Parser {
+        s: text.as_bytes(),
+        text,
+        i: 0,
+    };
+    let mut out = Vec::new();
+    p.eat(b'{')?;
+    p.ws();
+    if p.s.get(p.i) == Some(&b'}') {
+        return Ok(out);
+    }
+    loop {
+        let k = p.string()?;
+        p.eat(b':')?;
+        p.ws();
+        let start = p.i;
+        p.value()?;
+        out.push((k, text[start..p.i].to_string()));
+        p.ws();
+        match p.s.get(p.i) {
+            Some(b',') => p.i += 1,
+            Some(b'}') => return Ok(out),
+            _ => anyhow::bail!("expected ',' or '}}' at column {}", p.i + 1),
+        }
+    }
+}
+
+/// A JSON object's text from (key, raw value text) members.
+pub fn object_raw(members: &[(String, String)]) -> String {
+    let m: Vec<String> = members
+        .iter()
+        .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+        .collect();
+    format!("{{{}}}", m.join(","))
+}
+
 struct Parser<'a> {
     s: &'a [u8],
     text: &'a str,
@@ -492,6 +530,21 @@ mod tests {
         assert!(parse_exact("{\"a\": 1,}").is_err());
         assert!(parse_exact("[1] 2").is_err());
         assert!(parse_exact("{\"a\": 01x}").is_err());
+    }
+
+    #[test]
+    fn raw_members() {
+        let m = members_raw(r#"{"a": 1.50, "b": {"c": [1, 2]}, "d": "x"}"#).unwrap();
+        assert_eq!(
+            m,
+            vec![
+                ("a".to_string(), "1.50".to_string()),
+                ("b".to_string(), r#"{"c": [1, 2]}"#.to_string()),
+                ("d".to_string(), r#""x""#.to_string()),
+            ]
+        );
+        assert_eq!(object_raw(&m[..2]), r#"{"a":1.50,"b":{"c": [1, 2]}}"#);
+        assert!(members_raw("[1]").is_err());
     }
 
     #[test]

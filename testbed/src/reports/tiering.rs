@@ -3,7 +3,8 @@
 //! tiering.md.
 
 use super::{
-    distinct, host, lines, median, median_value, read_jsonl_raw, utc_date, Ordered, Splice,
+    distinct, host, lines, median, median_value, members_raw, object_raw, read_jsonl_raw, utc_date,
+    Ordered, Splice,
 };
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -14,12 +15,15 @@ use std::path::PathBuf;
 pub const SYSTEMS: [&str; 4] = ["disk", "pmem", "lass", "hot"];
 
 pub struct Args {
-    /// JSON lines: {system, image, rep, ms, mount_ms, elapsed_ms, tiered,
-    /// disk_read_bytes, disk_read_ios}.
+    /// JSON lines: {system, image, rep, mount_ms, elapsed_ms, tiered,
+    /// disk_read_bytes, disk_read_ios}; a run's time is mount_ms +
+    /// elapsed_ms (or ms, if recorded).
     pub runs: PathBuf,
-    /// JSON lines: {system, image, image_bytes, pmem_used, ...}.
+    /// JSON lines: {system, image, layer_file_bytes: [..] (or image_bytes),
+    /// pmem_used, pmem_meta, pmem_hot, pmem_layers, du_pmem}.
     pub usage: PathBuf,
-    /// JSON lines: {image, step, r: `nvtier migrate --json`, ...}.
+    /// JSON lines: {image, step, r: `nvtier migrate --json`} and, after a
+    /// miss-mode run, misses: {misses: [..] (or their count), miss_bytes}.
     pub migrate: PathBuf,
     pub reps: usize,
     pub rate: String,
@@ -67,6 +71,84 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// A run's time: ms if recorded, else mount_ms + elapsed_ms.
+pub fn run_ms(r: &Value) -> Value {
+    match r.get("ms") {
+        Some(ms) if !ms.is_null() => ms.clone(),
+        _ => Value::from(f(&r["mount_ms"]) + f(&r["elapsed_ms"])),
+    }
+}
+
+const USAGE_KEYS: [&str; 8] = [
+    "system",
+    "image",
+    "image_bytes",
+    "pmem_used",
+    "pmem_meta",
+    "pmem_hot",
+    "pmem_layers",
+    "du_pmem",
+];
+
+/// A usage row as it goes into the results: image_bytes (the sum of
+/// layer_file_bytes unless recorded) after system and image; the recorded
+/// numbers as recorded.
+pub fn usage_row(line: &str, v: &Value) -> Result<(String, Value)> {
+    let mut members = members_raw(line)?;
+    let mut v = v.clone();
+    if v.get("image_bytes").is_none() {
+        let sum: u64 = v["layer_file_bytes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        v["image_bytes"] = Value::from(sum);
+        members.push(("image_bytes".into(), sum.to_string()));
+    }
+    members.retain(|(k, _)| k != "layer_file_bytes");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("layer_file_bytes");
+    }
+    let rank = |k: &str| {
+        USAGE_KEYS
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or(USAGE_KEYS.len())
+    };
+    members.sort_by_key(|(k, _)| rank(k));
+    Ok((object_raw(&members), v))
+}
+
+/// A migrate row as it goes into the results: a recorded list of misses
+/// becomes its count.
+pub fn migrate_row(line: &str) -> Result<String> {
+    let mut members = members_raw(line)?;
+    for (k, raw) in members.iter_mut() {
+        if k != "misses" {
+            continue;
+        }
+        let m = members_raw(raw)?;
+        let count = m
+            .iter()
+            .find(|(k, _)| k == "misses")
+            .map(|(_, r)| super::parse_exact(r))
+            .transpose()?;
+        if let Some(Value::Array(a)) = count {
+            let m: Vec<(String, String)> = m
+                .into_iter()
+                .map(|(k, r)| {
+                    if k == "misses" {
+                        (k, a.len().to_string())
+                    } else {
+                        (k, r)
+                    }
+                })
+                .collect();
+            *raw = object_raw(&m);
+        }
+    }
+    Ok(object_raw(&members))
+}
+
 /// The results and the Markdown table lines.
 /// Usage and migration rows are (recorded line, value) pairs: they go into
 /// the results as recorded, through `splice`.
@@ -96,7 +178,11 @@ fn compute(
         let mut usage_raw = Ordered::default();
         let mut med = [0.0f64; 4];
         for (i, s) in SYSTEMS.iter().enumerate() {
-            let ms: Vec<f64> = of(s, "ms").iter().map(f).collect();
+            let ms: Vec<f64> = runs
+                .iter()
+                .filter(|r| r["image"] == img && r["system"] == *s)
+                .map(|r| f(&run_ms(r)))
+                .collect();
             let m = median(&ms).with_context(|| format!("no runs of {img} on {s}"))?;
             med[i] = m;
             tot[i] += m;
@@ -122,8 +208,9 @@ fn compute(
                 .rev()
                 .find(|(_, u)| u["image"] == img && u["system"] == *s)
             {
-                usage_of.0.push((s.to_string(), u.clone()));
-                usage_raw.0.push((s.to_string(), splice.put(l)));
+                let (raw, u) = usage_row(l, u)?;
+                usage_of.0.push((s.to_string(), u));
+                usage_raw.0.push((s.to_string(), splice.put(&raw)));
             }
         }
         let u = |s: &str| -> Result<&Value> {
@@ -168,11 +255,14 @@ fn compute(
                 speedup_vs_disk: med[0] / med[3],
                 ratio_to_pmem: med[3] / med[1],
                 hot_pmem_pct: hot_pct,
-                migrate: splice.put_all(
-                    mig.iter()
+                migrate: {
+                    let rows = mig
+                        .iter()
                         .filter(|(_, m)| m["image"] == img)
-                        .map(|(l, _)| l.as_str()),
-                ),
+                        .map(|(l, _)| migrate_row(l))
+                        .collect::<Result<Vec<_>>>()?;
+                    splice.put_all(rows.iter().map(String::as_str))
+                },
             },
         ));
     }
@@ -251,6 +341,33 @@ pub fn run(a: Args) -> Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn recorded_rows() {
+        let l = r#"{"system":"hot","image":"a","layer_file_bytes":[10,32],"pmem_used":5,"pmem_meta":1,"pmem_hot":4,"pmem_layers":0,"du_pmem":4}"#;
+        let (raw, v) = usage_row(l, &super::super::parse_exact(l).unwrap()).unwrap();
+        assert_eq!(
+            raw,
+            r#"{"system":"hot","image":"a","image_bytes":42,"pmem_used":5,"pmem_meta":1,"pmem_hot":4,"pmem_layers":0,"du_pmem":4}"#
+        );
+        assert_eq!(v["image_bytes"], json!(42));
+        assert!(v.get("layer_file_bytes").is_none());
+        let m = r#"{"image":"a","step":"migrate-after-misses","misses":{"misses":[{"path":"/x"},{"path":"/y"}],"miss_bytes":7},"r":{"copied_bytes":1.50}}"#;
+        assert_eq!(
+            migrate_row(m).unwrap(),
+            r#"{"image":"a","step":"migrate-after-misses","misses":{"misses":2,"miss_bytes":7},"r":{"copied_bytes":1.50}}"#
+        );
+        let done = r#"{"image":"a","step":"migrate","misses":{"misses":2,"miss_bytes":7},"r":{}}"#;
+        assert_eq!(migrate_row(done).unwrap(), done);
+        assert_eq!(
+            run_ms(&json!({"mount_ms": 1.5, "elapsed_ms": 2.25})),
+            json!(3.75)
+        );
+        assert_eq!(
+            run_ms(&json!({"ms": 9, "mount_ms": 1.5, "elapsed_ms": 2.25})),
+            json!(9)
+        );
+    }
 
     #[test]
     fn table_and_json() {
