@@ -199,8 +199,7 @@ while read -r img; do
         continue
     fi
     mf=$OUT/blobs/sha256/${manifest#sha256:}
-    layers=$(jq '.layers | length' "$mf")
-    gz=$(jq '[.layers[].size] | add' "$mf")
+    sizes=$(jq -c '[.layers[].size]' "$mf")
     b=$work/$name
     umoci unpack --image "$OUT:$name" "$b" >/dev/null
     unpacked=$(du -sb "$b/rootfs" | cut -f1)
@@ -219,15 +218,15 @@ while read -r img; do
         warn "$name: FAILED: $err"
         failed+=("$name")
         jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" --arg e "$err" \
-            --argjson l "$layers" --argjson g "$gz" --argjson u "$unpacked" \
-            '{name: $n, category: $c, ready: $r, layers: $l, compressed_bytes: $g, unpacked_bytes: $u, ok: false, error: $e}' >>"$SAMPLES"
+            --argjson s "$sizes" --argjson u "$unpacked" \
+            '{name: $n, category: $c, ready: $r, layer_sizes: $s, unpacked_bytes: $u, ok: false, error: $e}' >>"$SAMPLES"
         continue
     fi
     jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" \
-        --argjson l "$layers" --argjson g "$gz" --argjson u "$unpacked" \
-        '{name: $n, category: $c, ready: $r, layers: $l, compressed_bytes: $g, unpacked_bytes: $u, ok: true,
+        --argjson s "$sizes" --argjson u "$unpacked" \
+        '{name: $n, category: $c, ready: $r, layer_sizes: $s, unpacked_bytes: $u, ok: true,
           runs_ms: ($ARGS.positional | map(tonumber))}' --args -- "${times[@]}" >>"$SAMPLES"
-    info "$name: ready in ${times[*]} ms ($RUNS warm runs), $layers layers, $unpacked bytes unpacked"
+    info "$name: ready in ${times[*]} ms ($RUNS warm runs), $unpacked bytes unpacked"
 done < <(jq -c '.[]' <<<"$images")
 
 if ((JSON)); then

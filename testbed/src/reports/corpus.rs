@@ -1,15 +1,15 @@
 //! `nvbench report-corpus`: readiness times of the corpus images
 //! (testbed/corpus/check.sh), as a table or a JSON array.
 
-use super::{indent, read_jsonl_raw};
+use super::{indent, members_raw, object_raw, read_jsonl_raw};
 use anyhow::Result;
 use serde_json::Value;
 use std::path::PathBuf;
 
 pub struct Args {
-    /// JSON lines, one per image: {name, category, ready, layers,
-    /// compressed_bytes, unpacked_bytes, ok, error} and, when ok, runs_ms:
-    /// the warm runs' times.
+    /// JSON lines, one per image: {name, category, ready, layer_sizes (the
+    /// manifest's layer sizes), unpacked_bytes, ok, error} and, when ok,
+    /// runs_ms: the warm runs' times.
     pub samples: PathBuf,
     /// Print the JSON array instead of the table.
     pub json: bool,
@@ -26,12 +26,28 @@ const KEYS: [&str; 7] = [
     "ok",
 ];
 
-/// One image's result as compact JSON text: a recorded line with runs_ms
-/// becomes ready_ms {median (upper middle), min, runs (sorted)}; other
-/// lines are kept as recorded.
-pub fn result(line: &str, v: &Value) -> String {
+/// One image's result as compact JSON text: layer_sizes becomes layers
+/// (their count) and compressed_bytes (their sum); runs_ms becomes
+/// ready_ms {median (upper middle), min, runs (sorted)}. Other members are
+/// kept as recorded.
+pub fn result(line: &str, v: &Value) -> Result<String> {
+    let members: Vec<(String, String)> = members_raw(line)?
+        .into_iter()
+        .flat_map(|(k, raw)| {
+            if k == "layer_sizes" {
+                let sizes = v["layer_sizes"].as_array().cloned().unwrap_or_default();
+                let sum: u64 = sizes.iter().filter_map(Value::as_u64).sum();
+                vec![
+                    ("layers".to_string(), sizes.len().to_string()),
+                    ("compressed_bytes".to_string(), sum.to_string()),
+                ]
+            } else {
+                vec![(k, raw)]
+            }
+        })
+        .collect();
     let Some(runs) = v["runs_ms"].as_array() else {
-        return line.trim().to_string();
+        return Ok(object_raw(&members));
     };
     let mut runs: Vec<Value> = runs.clone();
     runs.sort_by(|a, b| {
@@ -41,8 +57,8 @@ pub fn result(line: &str, v: &Value) -> String {
     });
     let mut fields: Vec<String> = KEYS
         .iter()
-        .filter(|k| v.get(**k).is_some())
-        .map(|k| format!("{}:{}", Value::from(*k), v[*k]))
+        .filter_map(|k| members.iter().find(|(m, _)| m == k))
+        .map(|(k, raw)| format!("{}:{raw}", Value::from(k.as_str())))
         .collect();
     if let (Some(first), Some(mid)) = (runs.first(), runs.get(runs.len() / 2)) {
         fields.push(format!(
@@ -50,7 +66,7 @@ pub fn result(line: &str, v: &Value) -> String {
             Value::Array(runs.clone())
         ));
     }
-    format!("{{{}}}", fields.join(","))
+    Ok(format!("{{{}}}", fields.join(",")))
 }
 
 /// Bytes as MB with one decimal, rounded half away from zero; "-" if none.
@@ -131,7 +147,10 @@ pub fn table(results: &[Value]) -> Vec<String> {
 
 pub fn run(a: Args) -> Result<()> {
     let rows = read_jsonl_raw(&a.samples)?;
-    let texts: Vec<String> = rows.iter().map(|(l, v)| result(l, v)).collect();
+    let texts: Vec<String> = rows
+        .iter()
+        .map(|(l, v)| result(l, v))
+        .collect::<Result<_>>()?;
     if a.json {
         println!("{}", indent(&format!("[{}]", texts.join(",")), 2));
     } else {
@@ -152,15 +171,20 @@ mod tests {
 
     #[test]
     fn results_and_table() {
-        let ok = r#"{"name":"redis","category":"database","ready":"port:6379","layers":3,"compressed_bytes":41250000,"unpacked_bytes":120049999,"ok":true,"runs_ms":[40,31,35,90]}"#;
+        let ok = r#"{"name":"redis","category":"database","ready":"port:6379","layer_sizes":[41000000,200000,50000],"unpacked_bytes":120049999,"ok":true,"runs_ms":[40,31,35,90]}"#;
         let bad =
             r#"{"name":"x","category":"other","ready":"exit","ok":false,"error":"not built"}"#;
-        let r = result(ok, &super::super::parse_exact(ok).unwrap());
+        let r = result(ok, &super::super::parse_exact(ok).unwrap()).unwrap();
         assert_eq!(
             r,
             r#"{"name":"redis","category":"database","ready":"port:6379","layers":3,"compressed_bytes":41250000,"unpacked_bytes":120049999,"ok":true,"ready_ms":{"median":40,"min":31,"runs":[31,35,40,90]}}"#
         );
-        assert_eq!(result(bad, &Value::Null), bad);
+        assert_eq!(result(bad, &Value::Null).unwrap(), bad);
+        let failed = r#"{"name":"y","ready":"exit","layer_sizes":[1,2],"unpacked_bytes":5,"ok":false,"error":"boom"}"#;
+        assert_eq!(
+            result(failed, &super::super::parse_exact(failed).unwrap()).unwrap(),
+            r#"{"name":"y","ready":"exit","layers":2,"compressed_bytes":3,"unpacked_bytes":5,"ok":false,"error":"boom"}"#
+        );
         let vals: Vec<Value> = [r.as_str(), bad]
             .iter()
             .map(|t| super::super::parse_exact(t).unwrap())
