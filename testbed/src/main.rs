@@ -108,17 +108,20 @@ enum Cmd {
         /// `nvtier run --json` of the same loop, untraced.
         #[arg(long, value_name = "FILE")]
         storm_base: PathBuf,
+        /// Repetitions per case (for the header).
         #[arg(long)]
         reps: usize,
         /// Unix time the benchmark started (for the run time in the header).
         #[arg(long, value_name = "SECONDS")]
         started: i64,
+        /// Results JSON.
         #[arg(
             long,
             value_name = "FILE",
             default_value = "testbed/results/trace.json"
         )]
         out_json: PathBuf,
+        /// Markdown report.
         #[arg(long, value_name = "FILE", default_value = "testbed/results/trace.md")]
         out_md: PathBuf,
     },
@@ -129,6 +132,7 @@ enum Cmd {
         /// control_unthrottled_container, coldstart.
         #[arg(long, value_name = "FILE")]
         samples: PathBuf,
+        /// Repetitions per case (for the header).
         #[arg(long)]
         reps: usize,
         /// Unix time the benchmark started.
@@ -143,12 +147,14 @@ enum Cmd {
         /// The HDD read bandwidth rule (blkio.throttle.read_bps_device line).
         #[arg(long)]
         bps_rule: String,
+        /// Results JSON.
         #[arg(
             long,
             value_name = "FILE",
             default_value = "testbed/results/coldstart.json"
         )]
         out_json: PathBuf,
+        /// Markdown report.
         #[arg(
             long,
             value_name = "FILE",
@@ -168,10 +174,13 @@ enum Cmd {
         /// JSON lines: {image, step, r} of the migrations.
         #[arg(long, value_name = "FILE")]
         migrate: PathBuf,
+        /// Repetitions per case (for the header).
         #[arg(long)]
         reps: usize,
+        /// Registry link rate (for the header).
         #[arg(long)]
         rate: String,
+        /// Directory for tiering.json and tiering.md.
         #[arg(long, value_name = "DIR", default_value = "testbed/results")]
         out_dir: PathBuf,
     },
@@ -182,8 +191,10 @@ enum Cmd {
         /// {kind: pmem, placement, pmem_layer_bytes | meta_bytes}.
         #[arg(long, value_name = "FILE")]
         samples: PathBuf,
+        /// Repetitions per case (for the header).
         #[arg(long)]
         reps: usize,
+        /// Markdown report.
         #[arg(long, value_name = "FILE", default_value = "testbed/results/flat.md")]
         out_md: PathBuf,
     },
@@ -230,6 +241,7 @@ enum Cmd {
         /// JSON lines {name, manifest}: each image's OCI manifest.
         #[arg(long, value_name = "FILE")]
         manifests: PathBuf,
+        /// Repetitions per case (for the header).
         #[arg(long)]
         reps: usize,
         #[arg(long)]
