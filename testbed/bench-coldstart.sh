@@ -49,7 +49,7 @@ done
 [[ $QUIET =~ ^[0-9]+$ ]] || die "--quiet must be a number of seconds"
 validate_name "$NAME"
 need_root
-need_cmd containerd ctr runc jq python3 findmnt du
+need_cmd containerd ctr runc jq findmnt du
 
 T_START=$(date +%s)
 B=/var/tmp/nvtier-bench/$NAME
@@ -61,9 +61,10 @@ declare -A CTD_ROOT=()
 declare -A PIDS=()
 
 # --- build ------------------------------------------------------------------
-info "building nvtier (release)"
-cargo build --release --locked -p nvtier-driver
+info "building nvtier and nvbench (release)"
+cargo build --release --locked -p nvtier-driver -p nvtier-testbed
 [[ -x $NVTIER ]] || die "no $NVTIER after the build"
+NVBENCH=$ROOT/target/release/nvbench
 
 # --- wait until the machine is quiet -----------------------------------------
 busy() {
@@ -371,138 +372,7 @@ done
 
 # --- results ---------------------------------------------------------------------------------
 mkdir -p testbed/results
-python3 - "$SAMPLES" "$REPS" "$T_START" "$RATE" "$IOPS_RULE" "$(cat "$BLKIO_CGROUP/blkio.throttle.read_bps_device")" <<'PY'
-import datetime, json, os, platform, statistics, sys, time
-path, reps, t0, rate, iops_rule, bps_rule = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-rows = [json.loads(l) for l in open(path) if l.strip()]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-mem = int(next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0"))
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-run_s = int(time.time()) - t0
-systems = [("docker", "Docker", "overlayfs; containerd root on HDD"),
-           ("nvm", "NVM-Docker", "overlayfs; containerd root on pmem"),
-           ("nvtier", "nvtier", "`nvtier serve` (lass); containerd root and nvtier state on HDD")]
-label = {s: l for s, l, _ in systems}
-out = {"date": date, "machine": {"cpu": cpu, "nproc": os.cpu_count(), "mem_total_kib": mem, "kernel": platform.release()},
-       "reps": reps, "rate": rate, "hdd_throttle": {"read_iops": iops_rule, "read_bps": bps_rule},
-       "run_seconds": run_s, "samples": rows}
-json.dump(out, open("testbed/results/coldstart.json", "w"), indent=1)
-
-def sel(kind, s=None):
-    return [r for r in rows if r["kind"] == kind and (s is None or r["system"] == s)]
-def medk(rs, k):
-    return statistics.median([r[k] for r in rs]) if rs else None
-def mib(b):
-    return f"{b / 1048576:.1f} MiB" if b is not None else "–"
-def kib(b):
-    return f"{b / 1024:.0f} KiB" if b is not None else "–"
-cold = {s: [r for r in sel("coldstart", s) if r["ok"]] for s, _, _ in systems}
-med = {s: medk(cold[s], "ms") for s in cold}
-pmem = {s: next((r["bytes"] for r in sel("pmem", s) if r["when"] == "after_pull"), None) for s in cold}
-pull = {s: next(iter(sel("pull", s)), None) for s in cold}
-md = ["# Cold start through containerd + runc\n",
-      f"**{date}** · {cpu} ({os.cpu_count()} CPUs, {mem // 1024 // 1024} GiB, Linux {platform.release()}) · "
-      f"{reps} reps per system, interleaved (order rotated each rep) · run took {run_s / 60:.1f} min including set-up\n",
-      "Engine: Debian bookworm containerd 1.6.20 + runc 1.1.5, one private containerd per system, driven by `ctr`. "
-      "Image: Debian bookworm minbase + python3 + `/app/main.py` importing a dozen stdlib packages (as in `bench-trace.sh`; "
-      f"3 layers), pulled once per system with `ctr images pull` from the testbed registry at {rate}. Each cold start: "
-      "`sync; echo 3 > /proc/sys/vm/drop_caches`, then the wall time of "
-      "`ctr run --rm --cgroup … --snapshotter S REF cN python3 /app/main.py` (must print `ready`; includes snapshot "
-      "prepare, mount, runc, the task and the removal). HDD = ext4 on the throttled loop device (per-cgroup read rules "
-      f"`{iops_rule}` IOPS and `{bps_rule}` B/s); containerd, its shims and `nvtier serve` run in the testbed's blkio cgroup, "
-      "and every container in its own child blkio cgroup that is given the same rules before `ctr run`.\n",
-      "| system | set-up | cold start ms, median (min–max) | speed-up vs Docker | ratio to NVM-Docker | pmem bytes | HDD read per cold start (median) | `ctr pull` ms (+ `sync` after) |",
-      "|---|---|--:|--:|--:|--:|--:|--:|"]
-for s, l, desc in systems:
-    v = [r["ms"] for r in cold[s]]
-    p = pull[s]
-    pt = f"{p['ms']} (+{p['sync_after_ms']})" if p else "–"
-    pm = f"{pmem[s]:,} ({mib(pmem[s])})" if pmem[s] else "0"
-    if not v:
-        md.append(f"| {l} | {desc} | no successful run | – | – | {pm} | – | {pt} |")
-        continue
-    sp = f"{med['docker'] / med[s]:.2f}×" if med.get("docker") else "–"
-    ra = f"{med[s] / med['nvm']:.2f}×" if med.get("nvm") else "–"
-    md.append(f"| {l} | {desc} | {med[s]:.0f} ({min(v):.0f}–{max(v):.0f}) | {sp} | {ra} | {pm} | {kib(medk(cold[s], 'hdd_read_bytes'))} | {pt} |")
-md.append("")
-md.append("pmem bytes: NVM-Docker = `du -sb` of its containerd root on the tmpfs (content store + snapshots + metadata); "
-          "nvtier = `nvtier status --json` `pmem_used_bytes` (its layers); Docker uses none. HDD read = sectors read on the loop "
-          "device (`/sys/block/loopN/stat`) during the cold start, by anyone.\n")
-md.append("HDD I/O per cold start, medians. Device columns: loop device counters (requests after merging). Per-cgroup columns: "
-          "`blkio.throttle.io_serviced`/`io_service_bytes` reads of the loop device, which count bios as the throttle sees them "
-          "(before merging, so they can exceed the device's count). *containerd* = the testbed's own cgroup (containerd, shim, runc "
-          "before it joins the container's cgroup); *nvtier serve* = its own child cgroup; the container's reads are in a third "
-          "cgroup (removed with the container; see the throttle check below).\n")
-md.append("| system | device read IOs | device read | containerd's reads | nvtier serve's reads | device write IOs | written |")
-md.append("|---|--:|--:|--:|--:|--:|--:|")
-for s, l, _ in systems:
-    c = cold[s]
-    if c:
-        sv = f"{kib(medk(c, 'serve_read_bytes'))} ({medk(c, 'serve_read_ios'):.0f} bios)" if s == "nvtier" else "–"
-        md.append(f"| {l} | {medk(c, 'hdd_read_ios'):.0f} | {kib(medk(c, 'hdd_read_bytes'))} | {kib(medk(c, 'containerd_read_bytes'))} "
-                  f"({medk(c, 'containerd_read_ios'):.0f} bios) | {sv} | {medk(c, 'hdd_write_ios'):.0f} | {kib(medk(c, 'hdd_write_bytes'))} |")
-md.append("")
-notes = []
-fails = [r for r in sel("coldstart") if not r["ok"]]
-if fails:
-    notes.append(f"{len(fails)} cold start(s) failed and are left out: " + ", ".join(f"{label[r['system']]} rep {r['rep']} (exit {r['exit']})" for r in fails))
-for r in sel("verify"):
-    notes.append(f"Throttle check, {label[r['system']]} (one untimed cold start; the container stays 3 s after python3 exits and the "
-                 f"host reads its cgroup): the container was in blkio cgroup `{r['container_cgroup']}`, whose read rule was "
-                 f"`{r['container_read_iops_rule']}` IOPS and which counted {r['container_cgroup_loop_read_ios']} reads "
-                 f"({mib(r['container_cgroup_loop_read_bytes'])}) on the loop device, of {r['hdd_read_ios']} device reads "
-                 f"({mib(r['hdd_read_bytes'])}) in that run (bios vs merged requests); containerd's cgroup counted {r['containerd_read_ios']}"
-                 + (f" and nvtier serve's {r['serve_read_ios']}" if r["system"] == "nvtier" else "") + ".")
-d = [r for r in sel("verify") if r["system"] == "docker"]
-if d and d[0]["container_cgroup_loop_read_ios"] == 0:
-    notes.append("**The Docker container's reads were NOT counted in its throttled cgroup: the HDD emulation did not apply to the container.**")
-for r in sel("control_unthrottled_container"):
-    if med.get("docker"):
-        notes.append(f"Control: one Docker cold start with the container in a child cgroup of the testbed's cgroup without rules of "
-                     f"its own took {r['ms']} ms (HDD read {mib(r['hdd_read_bytes'])}) vs the median {med['docker']:.0f} ms with the "
-                     "rules: v1 rules are not inherited, so without the per-container rules the container would escape the HDD throttle.")
-nl = next((r for r in sel("pmem", "nvtier") if r["when"] == "after_pull"), None)
-if nl and "layers" in nl:
-    tiers = [x["tier"] for x in nl["layers"]]
-    notes.append(f"nvtier placement after `ctr images pull`: {tiers.count('pmem')} layer(s) on pmem, {tiers.count('disk')} on disk "
-                 f"({mib(sum(x['pmem_bytes'] for x in nl['layers']))} pmem, {mib(sum(x['disk_bytes'] for x in nl['layers']))} disk). "
-                 "`ctr` downloads every blob before it unpacks any layer, so nvtier's unpack rule (no download running when the unpack "
-                 "begins) puts every layer that fits the budget on pmem; the LDL split only shows with Docker/CRI pulls, where nvtier "
-                 "pulls itself. So nvtier's image data is on pmem just like NVM-Docker's; what remains on the HDD is containerd's "
-                 "root (bolt metadata, content store), nvtier's state dir (snapshot records, lowerdir links) and the container's "
-                 "upper/work dirs, the likely source of the gap to NVM-Docker (see the I/O table).")
-nv = next((r for r in sel("pmem", "nvm") if r["when"] == "after_pull"), None)
-if nv and "snapshots_bytes" in nv:
-    notes.append(f"NVM-Docker's pmem bytes include containerd's content store (the compressed blobs, {mib(nv['content_bytes'])}) besides "
-                 f"the unpacked snapshots ({mib(nv['snapshots_bytes'])}); nvtier keeps only the unpacked layers on pmem, and containerd's "
-                 "content store of the nvtier system is on the HDD.")
-for s, l, _ in systems:
-    v = [r["ms"] for r in cold[s]]
-    if v and max(v) > 1.5 * min(v):
-        notes.append(f"{l}: large spread (max/min = {max(v) / min(v):.2f}).")
-busy = sorted({r["rep"] for r in sel("coldstart") if r.get("other_heavy_job")})
-if busy:
-    notes.append(f"Another heavy job (cargo/rustc/run-tests/benchmark) was running at the end of some cold start(s) in rep(s) "
-                 f"{', '.join(map(str, busy))}: those samples may be slowed by CPU contention.")
-else:
-    notes.append("No other heavy job (cargo/rustc/run-tests/benchmark) was seen during the cold starts.")
-for s, l, _ in systems:
-    p = pull[s]
-    if p and p["sync_after_ms"] > p["ms"]:
-        notes.append(f"{l}: `ctr images pull` returned after {p['ms']} ms, but the `sync` right after it took another "
-                     f"{p['sync_after_ms']} ms ({p['hdd_write_ios']} write IOs on the HDD for pull + sync): the unpacked files "
-                     "were still dirty in the page cache and had to be written back to the emulated HDD.")
-        if abs(p["sync_after_ms"] - 60000) < 200:
-            notes.append(f"{l}: that `sync` took almost exactly 60 s ({p['sync_after_ms']} ms) at about "
-                         f"{p['hdd_write_ios'] * 1000 // (p['ms'] + p['sync_after_ms'])} write IOs/s, well under the 150 IOPS rule: "
-                         "it looks like a 60 s timer somewhere in writeback/journalling rather than the throttle; not investigated.")
-for r in [x for x in sel("pmem") if x["when"] == "after_runs"]:
-    b = pmem[r["system"]]
-    if b is not None and r["bytes"] != b:
-        notes.append(f"{label[r['system']]}: pmem bytes changed from {b:,} after the pull to {r['bytes']:,} after the runs.")
-md.append("Notes:\n")
-md += [f"- {n}" for n in notes]
-open("testbed/results/coldstart.md", "w").write("\n".join(md) + "\n")
-print("\n".join(md))
-PY
+"$NVBENCH" report-coldstart --samples "$SAMPLES" --reps "$REPS" --started "$T_START" --rate "$RATE" \
+    --iops-rule "$IOPS_RULE" --bps-rule "$(cat "$BLKIO_CGROUP/blkio.throttle.read_bps_device")" \
+    --out-json testbed/results/coldstart.json --out-md testbed/results/coldstart.md
 info "done in $(($(date +%s) - T_START)) s"

@@ -2,12 +2,13 @@
 # Docker pull time with the nvtier graph driver plugin vs Docker's built-in
 # overlay2, both on the emulated HDD (dockerd and the plugin run in the
 # testbed's blkio cgroup), the registry behind an emulated link.
-# Prints one line per pull and, for nvtier, the per-layer placement.
+# Prints one line per pull and, for nvtier, the per-layer placement, then the
+# median pull times (`nvbench report-docker-plugin`).
 #
 #   testbed/bench-docker-plugin.sh [--reps 3] [--rate 1gbit] [--layers busybox,8M,4M,30M,2M,1M]
 #
 # Needs root, dockerd (Debian docker.io; another one with NVTIER_TEST_DOCKERD),
-# and a release build of nvtier (built if missing). Tears everything down.
+# and release builds of nvtier and nvbench (built if missing). Tears everything down.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -27,9 +28,10 @@ while (($#)); do
 done
 need_root
 DOCKERD=${NVTIER_TEST_DOCKERD:-/usr/sbin/dockerd}
-need_cmd docker jq bc "$DOCKERD"
+need_cmd docker jq "$DOCKERD"
 NVTIER=$ROOT/target/release/nvtier
-[[ -x $NVTIER ]] || (cd "$ROOT" && cargo build --release -p nvtier-driver)
+NVBENCH=$ROOT/target/release/nvbench
+[[ -x $NVTIER && -x $NVBENCH ]] || (cd "$ROOT" && cargo build --release -p nvtier-driver -p nvtier-testbed)
 
 NAME=dkb$$
 NAME=${NAME:0:12}
@@ -80,14 +82,16 @@ run_case() {
     done
     for rep in $(seq "$REPS"); do
         bash "$TB/tiers.sh" drop-caches >/dev/null 2>&1 || sync
-        t0=$(date +%s.%N)
+        t0=$(date +%s%N)
         docker -H "unix://$api" pull -q "$REF" >/dev/null
-        t1=$(date +%s.%N)
-        printf '%-10s rep %s  pull %.2f s\n' "${drv%%-*}" "$rep" "$(bc <<<"$t1 - $t0")"
+        t1=$(date +%s%N)
+        layers=null
         if [[ $drv != overlay2 ]]; then
-            NVTIER_CONFIG=$BASE/config.toml "$NVTIER" layers --json |
-                jq -c '[.[] | {tier, mib: ((.file_bytes / 104857.6 | floor) / 10), store_ms}]'
+            layers=$(NVTIER_CONFIG=$BASE/config.toml "$NVTIER" layers --json)
         fi
+        jq -nc --arg d "${drv%%-*}" --argjson rep "$rep" --argjson ns "$((t1 - t0))" --argjson l "$layers" \
+            '{driver: $d, rep: $rep, pull_ns: $ns, layers: $l}' >>"$SAMPLES"
+        info "${drv%%-*} rep $rep: pulled"
         docker -H "unix://$api" rmi -f "$REF" >/dev/null
     done
     kill "$DPID"
@@ -105,5 +109,8 @@ done
 mkdir -p /etc/docker/plugins
 echo "unix://$BASE/plugin.sock" >"/etc/docker/plugins/nvtier-$NAME.spec"
 info "$(basename "$DOCKERD") $("$DOCKERD" --version), image $LAYERS, link $RATE, $REPS reps"
+SAMPLES=$BASE/samples.jsonl
+: >"$SAMPLES"
 run_case "nvtier-$NAME"
 run_case overlay2
+"$NVBENCH" report-docker-plugin --samples "$SAMPLES"

@@ -30,7 +30,7 @@ need_root
 N=bdock
 R=/run/nvtier-bench-docker
 bash testbed/install-deps.sh
-cargo build --release -p nvtier-driver
+cargo build --release -p nvtier-driver -p nvtier-testbed
 eval "$(bash testbed/engines.sh fetch)"
 NVTIER=$ROOT/target/release/nvtier
 export PATH=$ENGINES_BIN:$PATH
@@ -85,7 +85,8 @@ setsid bash testbed/tiers.sh exec "$N" -- containerd --config "$R/containerd.tom
 PIDS+=($!)
 for _ in $(seq 60); do [[ -S $R/ctd.sock && -S $R/nvtier.sock ]] && break; sleep 0.5; done
 
-declare -A RESULTS
+SAMPLES=$R/samples.jsonl
+: >"$SAMPLES"
 for drv in overlayfs nvtier; do
     printf '{"features": {"containerd-snapshotter": true}, "storage-driver": "%s"}\n' "$drv" >"$R/daemon.json"
     setsid bash testbed/tiers.sh exec "$N" -- dockerd --config-file "$R/daemon.json" \
@@ -110,8 +111,8 @@ for drv in overlayfs nvtier; do
         pull_ms=$(((e - s) / 1000000))
         durable_ms=$(((e2 - s) / 1000000))
         printf '%-9s rate=%s rep=%s pull_ms=%s pull+sync_ms=%s\n' "$drv" "$RATE" "$rep" "$pull_ms" "$durable_ms"
-        RESULTS[$drv]+="$pull_ms $durable_ms
-"
+        jq -nc --arg d "$drv" --argjson rep "$rep" --argjson p "$pull_ms" --argjson ps "$durable_ms" \
+            '{driver: $d, rep: $rep, pull_ms: $p, pull_sync_ms: $ps}' >>"$SAMPLES"
     done
     docker -H "unix://$R/docker.sock" run --rm --network none "$REGISTRY/bench/$tag:v1" true
     kill "$dpid" 2>/dev/null || true
@@ -119,11 +120,5 @@ for drv in overlayfs nvtier; do
     for _ in $(seq 40); do pgrep -f -- "--config-file $R/daemon.json" >/dev/null || break; sleep 0.5; done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-echo "medians over $REPS pulls (ms), image $LAYERS, link $RATE:"
-for drv in overlayfs nvtier; do
-    p=$(printf '%s' "${RESULTS[$drv]}" | awk 'NF {print $1}' | median)
-    d=$(printf '%s' "${RESULTS[$drv]}" | awk 'NF {print $2}' | median)
-    printf '  %-9s pull %s  pull+sync %s\n' "$drv" "$p" "$d"
-done
+target/release/nvbench report-docker --samples "$SAMPLES" --layers "$LAYERS" --rate "$RATE"
 "$NVTIER" --config "$R/nvtier.toml" layers

@@ -45,7 +45,7 @@ done
 [[ $REPS =~ ^[1-9][0-9]*$ ]] || die "--reps must be a positive integer"
 validate_name "$NAME"
 need_root
-need_cmd jq du python3
+need_cmd jq du
 
 NVTIER=$ROOT/target/release/nvtier
 B=/var/tmp/nvtier-bench/$NAME
@@ -54,7 +54,7 @@ RESULTS=$ROOT/testbed/results
 mkdir -p "$RESULTS"
 
 info "building nvtier (release)"
-cargo build --release --locked -p nvtier-driver
+cargo build --release --locked -p nvtier-driver -p nvtier-testbed
 [[ -x $NVTIER ]] || die "no $NVTIER after the build"
 
 info "building the corpus images ($IMAGES)"
@@ -165,7 +165,7 @@ for img in "${NAMES[@]}"; do
     # is now in the profile, and the next migrate promotes it.
     nv hot "$img" trace --json --misses "${REF[$img]}" "${targs[@]}" >"$B/misses-$img.json"
     nv hot "$img" migrate --json "${REF[$img]}" |
-        jq -c --arg i "$img" --argjson m "$(jq '{misses: (.misses | length), miss_bytes}' "$B/misses-$img.json")" \
+        jq -c --arg i "$img" --argjson m "$(jq -c '{misses, miss_bytes}' "$B/misses-$img.json")" \
             '{image: $i, step: "migrate-after-misses", misses: $m, r: .}' >>"$MIG"
 done
 
@@ -183,11 +183,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
             read -r b1 i1 < <(disk_reads)
             jq -c --arg s "$sys" --arg i "$img" --argjson rep "$rep" \
                 --argjson db $((b1 - b0)) --argjson di $((i1 - i0)) \
-                '{system: $s, image: $i, rep: $rep, ms: (.mount_ms + .elapsed_ms),
-                  mount_ms, elapsed_ms, tiered, disk_read_bytes: $db, disk_read_ios: $di}' \
+                '{system: $s, image: $i, rep: $rep, mount_ms, elapsed_ms, tiered,
+                  disk_read_bytes: $db, disk_read_ios: $di}' \
                 <<<"$out" >>"$RUNS"
-            printf '  rep %d %-8s %-5s %8.1f ms  disk reads %d B / %d IOs\n' "$rep" "$img" "$sys" \
-                "$(jq -r '.mount_ms + .elapsed_ms' <<<"$out")" $((b1 - b0)) $((i1 - i0)) >&2
+            printf '  rep %d %-8s %-5s mount %s ms + run %s ms  disk reads %d B / %d IOs\n' "$rep" "$img" "$sys" \
+                "$(jq -r .mount_ms <<<"$out")" "$(jq -r .elapsed_ms <<<"$out")" $((b1 - b0)) $((i1 - i0)) >&2
         done
     done
 done
@@ -198,59 +198,15 @@ USAGE=$B/usage.jsonl
 for sys in "${SYSTEMS[@]}"; do
     for img in "${NAMES[@]}"; do
         st=$(NVTIER_CONFIG=$(cfg "$sys" "$img") "$NVTIER" status --json)
-        image_bytes=$(NVTIER_CONFIG=$(cfg "$sys" "$img") "$NVTIER" layers --json "${REF[$img]}" | jq '[.[].file_bytes] | add')
+        file_bytes=$(NVTIER_CONFIG=$(cfg "$sys" "$img") "$NVTIER" layers --json "${REF[$img]}" | jq -c '[.[].file_bytes]')
         du_bytes=$(du -sB1 "$PMEM_DIR/$sys-$img" | cut -f1)
-        jq -c --arg s "$sys" --arg i "$img" --argjson ib "$image_bytes" --argjson du "$du_bytes" \
-            '{system: $s, image: $i, image_bytes: $ib, pmem_used: .pmem_used_bytes,
+        jq -c --arg s "$sys" --arg i "$img" --argjson fb "$file_bytes" --argjson du "$du_bytes" \
+            '{system: $s, image: $i, layer_file_bytes: $fb, pmem_used: .pmem_used_bytes,
               pmem_meta: .pmem_meta_bytes, pmem_hot: .pmem_hot_bytes, pmem_layers: .pmem_layer_bytes,
               du_pmem: $du}' <<<"$st" >>"$USAGE"
     done
 done
 
 # --- report --------------------------------------------------------------------
-python3 - "$RUNS" "$USAGE" "$MIG" "$PULLS" "$RESULTS" "$REPS" "$RATE" <<'PY'
-import json, statistics, sys, datetime, platform, os
-runs_f, usage_f, mig_f, pulls_f, out, reps, rate = sys.argv[1:]
-load = lambda f: [json.loads(l) for l in open(f) if l.strip()]
-runs, usage, mig, pulls = load(runs_f), load(usage_f), load(mig_f), load(pulls_f)
-systems = ["disk", "pmem", "lass", "hot"]
-images = list(dict.fromkeys(r["image"] for r in runs))
-def med(img, sys_, key="ms"):
-    v = [r[key] for r in runs if r["image"] == img and r["system"] == sys_]
-    return statistics.median(v), min(v), max(v)
-rows, res = [], {"date": datetime.date.today().isoformat(), "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.release()}",
-                 "reps": int(reps), "rate": rate, "images": {}}
-tot = {s: 0.0 for s in systems}
-for img in images:
-    u = {x["system"]: x for x in usage if x["image"] == img}
-    m = {s: med(img, s) for s in systems}
-    reads = {s: med(img, s, "disk_read_bytes")[0] for s in systems}
-    ios = {s: med(img, s, "disk_read_ios")[0] for s in systems}
-    for s in systems:
-        tot[s] += m[s][0]
-    hot_pct = 100.0 * u["hot"]["pmem_used"] / u["hot"]["image_bytes"]
-    res["images"][img] = {"cold_start_ms": {s: {"median": m[s][0], "min": m[s][1], "max": m[s][2]} for s in systems},
-                          "disk_read_bytes_median": reads, "disk_read_ios_median": ios, "usage": u,
-                          "speedup_vs_disk": m["disk"][0] / m["hot"][0], "ratio_to_pmem": m["hot"][0] / m["pmem"][0],
-                          "hot_pmem_pct": hot_pct,
-                          "migrate": [x for x in mig if x["image"] == img]}
-    rows.append(f"| {img} | {m['disk'][0]:.0f} | {m['pmem'][0]:.0f} | {m['lass'][0]:.0f} | {m['hot'][0]:.0f} "
-                f"| {m['disk'][0]/m['hot'][0]:.2f}× | {m['hot'][0]/m['pmem'][0]:.2f} "
-                f"| {100.0*u['lass']['pmem_used']/u['lass']['image_bytes']:.1f}% | {hot_pct:.1f}% "
-                f"| {reads['lass']/1024:.0f} KiB / {ios['lass']:.0f} | {reads['hot']/1024:.0f} KiB / {ios['hot']:.0f} |")
-ib = sum(res["images"][i]["usage"]["hot"]["image_bytes"] for i in images)
-hp = sum(res["images"][i]["usage"]["hot"]["pmem_used"] for i in images)
-res["overall"] = {"speedup_vs_disk": tot["disk"] / tot["hot"], "ratio_to_pmem": tot["hot"] / tot["pmem"], "hot_pmem_pct": 100.0 * hp / ib}
-json.dump(res, open(f"{out}/tiering.json", "w"), indent=1)
-md = [f"Cold start, caches dropped, {res['date']}, {res['machine']}; emulated HDD (loop device, blkio 150 IOPS / 150 MiB/s) and tmpfs pmem; "
-      f"{reps} reps, medians (ms, mount + command to exit/ready); registry at {rate}.", "",
-      "| image | all-disk | all-pmem | LASS | LASS+hot | disk/hot | hot/pmem | pmem % LASS | pmem % hot | disk reads LASS | disk reads hot |",
-      "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|", *rows,
-      f"| **sum** | {tot['disk']:.0f} | {tot['pmem']:.0f} | {tot['lass']:.0f} | {tot['hot']:.0f} | **{res['overall']['speedup_vs_disk']:.2f}×** "
-      f"| **{res['overall']['ratio_to_pmem']:.2f}** | | **{res['overall']['hot_pmem_pct']:.1f}%** | | |", "",
-      "Goals: ≥ 3× faster than all-disk, within 5% of all-pmem (ratio ≤ 1.05), pmem ≤ 12% of image bytes including metadata. "
-      "N-Docker: 2.96×, 2%, 11.78%. pmem % = `nvtier status` pmem_used_bytes / the image's file bytes; disk reads = median bytes / IOs "
-      "on the HDD's loop device during the cold start (blkio counters)."]
-open(f"{out}/tiering.md", "w").write("\n".join(md) + "\n")
-print("\n".join(md))
-PY
+"$ROOT/target/release/nvbench" report-tiering --runs "$RUNS" --usage "$USAGE" --migrate "$MIG" \
+    --reps "$REPS" --rate "$RATE" --out-dir "$RESULTS"

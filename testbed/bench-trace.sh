@@ -28,7 +28,7 @@ done
 
 t_start=$(date +%s)
 bash testbed/install-deps.sh
-cargo build --release --locked -p nvtier-driver
+cargo build --release --locked -p nvtier-driver -p nvtier-testbed
 NVTIER=$PWD/target/release/nvtier
 # shellcheck source-path=SCRIPTDIR source=bench-common.sh
 source testbed/bench-common.sh
@@ -59,50 +59,15 @@ for placement in $PLACEMENTS; do
 done
 
 # Highest open rate: a tight open/close loop inside the container, traced.
-storm=$(bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" trace --tracer ebpf --warm --json "$REF" -- \
+bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" trace --tracer ebpf --warm --json "$REF" -- \
     python3 -c 'import os
 for i in range(200000):
-    os.close(os.open("/etc/hostname", os.O_RDONLY))' 2>/dev/null)
-storm_base=$(bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" run --json "$REF" -- \
+    os.close(os.open("/etc/hostname", os.O_RDONLY))' 2>/dev/null >"$STATE/storm.json"
+bash testbed/tiers.sh exec "$NAME" -- "$NVTIER" run --json "$REF" -- \
     python3 -c 'import os
 for i in range(200000):
-    os.close(os.open("/etc/hostname", os.O_RDONLY))' 2>/dev/null)
+    os.close(os.open("/etc/hostname", os.O_RDONLY))' 2>/dev/null >"$STATE/storm-base.json"
 
-mkdir -p testbed/results
-python3 - "$RES" "$REPS" "$t_start" <<'PY' "$storm" "$storm_base"
-import json, sys, statistics, platform, os, subprocess, datetime
-res, reps, t0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-storm, storm_base = json.loads(sys.argv[4]), json.loads(sys.argv[5])
-rows = [json.loads(l) for l in open(res)]
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
-date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-opens = next((f["count"] for f in storm["profile"]["files"] if f["path"] == "/etc/hostname"), 0)
-out = {"date": date, "machine": {"cpu": cpu, "nproc": os.cpu_count(), "mem_kib": int(mem), "kernel": platform.release()},
-       "reps": reps, "samples": rows,
-       "storm": {"opens_requested": 200000, "opens_recorded": opens, "lost_events": storm["lost_events"],
-                 "traced_ms": storm["elapsed_ms"], "base_ms": storm_base["elapsed_ms"]}}
-json.dump(out, open("testbed/results/trace.json", "w"), indent=1)
-md = [f"# nvtier tracer benchmark\n",
-      f"**{date}** · {cpu} ({os.cpu_count()} CPUs, {int(mem)//1024//1024} GiB, Linux {platform.release()}) · {reps} reps per placement, alternating order · run took {(int(__import__('time').time())-t0)/60:.1f} min including build\n",
-      "Workload: Debian bookworm + python3, `python3 /app/main.py` importing json, email.parser, http.client, sqlite3, asyncio, decimal, argparse, logging, xml.dom.minidom, csv, unittest, urllib.request. Caches dropped before every run; the HDD tier throttled (150 IOPS, 150 MiB/s). Baseline = `nvtier run --drop-caches`; traced = `nvtier trace --tracer ebpf` (same probe, plus the eBPF tracer). Wall time of the command, medians (min–max).\n",
-      "| placement | baseline ms | traced ms | overhead | files in profile | hot share of image bytes | lost events |",
-      "|---|--:|--:|--:|--:|--:|--:|"]
-verdicts = []
-for p in dict.fromkeys(r["placement"] for r in rows):
-    b = [r["ms"] for r in rows if r["placement"] == p and r["what"] == "base"]
-    t = [r["ms"] for r in rows if r["placement"] == p and r["what"] == "traced"]
-    tr = [r for r in rows if r["placement"] == p and r["what"] == "traced"]
-    mb, mt = statistics.median(b), statistics.median(t)
-    ov = (mt / mb - 1) * 100
-    verdicts.append((p, ov))
-    md.append(f"| {p} | {mb:.1f} ({min(b):.1f}–{max(b):.1f}) | {mt:.1f} ({min(t):.1f}–{max(t):.1f}) | {ov:+.1f}% | {statistics.median([r['files'] for r in tr]):.0f} | {statistics.median([r['hot_share'] for r in tr])*100:.1f}% | {sum(r['lost'] for r in tr)} |")
-md.append("")
-md.append(f"Open storm: 200000 `open`+`close` of one file in a tight Python loop, traced: **{opens} opens recorded, {storm['lost_events']} events lost**; {storm['elapsed_ms']:.0f} ms traced vs {storm_base['elapsed_ms']:.0f} ms untraced ({200000/(storm['elapsed_ms']/1000):.0f} opens/s).")
-md.append("")
-for p, ov in verdicts:
-    md.append(f"- {p}: overhead {ov:+.1f}% — goal < 3%: **{'met' if ov < 3 else 'missed'}**")
-md.append(f"- zero lost events at the highest open rate: **{'met' if storm['lost_events'] == 0 and opens >= 200000 else 'missed'}**")
-open("testbed/results/trace.md", "w").write("\n".join(md) + "\n")
-print("\n".join(md))
-PY
+target/release/nvbench report-trace --samples "$RES" --storm "$STATE/storm.json" \
+    --storm-base "$STATE/storm-base.json" --reps "$REPS" --started "$t_start" \
+    --out-json testbed/results/trace.json --out-md testbed/results/trace.md

@@ -401,10 +401,7 @@ deploy() { # deploy SYSTEM IMAGE REP RATE
     [[ $sy == x ]] && sy=$(ms_between "$t1" "$t2")
     # The last byte: the first moment in [t0, t1] the counter came within
     # 4 KiB of its final value in that window (stray packets ignored).
-    read -r lb lbb < <(awk -v t0="$t0" -v t1="$t1" '
-        NR == 1 {base = $2} $1 >= t0 && $1 <= t1 {t[n] = $1; v[n] = $2; n++}
-        END {if (n == 0) {print 0, 0; exit}
-             f = v[n - 1]; for (i = 0; i < n; i++) if (v[i] >= f - 4096) {print t[i], f - base; exit}}' "$NETSTAT")
+    read -r lb lbb < <("$NVBENCH" last-byte --netstat "$NETSTAT" --t0 "$t0" --t1 "$t1")
     if ((lb > t0 && lb <= t1)); then sad=$(ms_between "$lb" "$t1"); fi
     local ok=false
     ((rc == 0)) && ok=true
@@ -611,41 +608,20 @@ for rate in "${RATE_LIST[@]}"; do
 done
 
 # --- results -----------------------------------------------------------------------------------------
-cpu=$(awk -F: '/^model name/ {sub(/^ /, "", $2); print $2; exit}' /proc/cpuinfo)
-mem=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)
-images_meta=$(jq -c '[.[] | {name, category, ready}]' <<<"$IMAGES_JSON")
+# Layer count and compressed bytes come from each image's OCI manifest.
+MANIFESTS=$B/manifests.jsonl
+: >"$MANIFESTS"
 for img in "${IMAGES[@]}"; do
-    # Layer count and compressed bytes from the OCI layout's manifest.
-    m=$(skopeo inspect --raw "oci:$OCI:$img")
-    images_meta=$(jq -c --arg n "$img" --argjson l "$(jq '.layers | length' <<<"$m")" \
-        --argjson c "$(jq '[.layers[].size] | add' <<<"$m")" \
-        --argjson u "$(jq -s --arg n "$img" '[.[] | select(.kind == "startup_read" and .image == $n) | .image_bytes] | first // null' "$SAMPLES")" \
-        'map(if .name == $n then . + {layers: $l, compressed_bytes: $c, unpacked_bytes: $u} else . end)' <<<"$images_meta")
+    skopeo inspect --raw "oci:$OCI:$img" | jq -c --arg n "$img" '{name: $n, manifest: .}' >>"$MANIFESTS"
 done
+printf '%s\n' "$IMAGES_JSON" >"$B/images.json"
 # A resumed run's meta covers every run into this file: images and rates
 # of earlier runs are kept, run times add up, `started` is the first run's.
-now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-jq -c 'select(.kind != "meta")' "$SAMPLES" >"$SAMPLES.tmp" && mv "$SAMPLES.tmp" "$SAMPLES"
-emit --arg date "$now" --arg cpu "$cpu" --argjson nproc "$(nproc)" --argjson mem "$mem" \
-    --arg kernel "$(uname -r)" --argjson reps "$REPS" --argjson quick "$( ((QUICK)) && echo true || echo false)" \
-    --argjson rates "$(printf '%s\n' "${RATE_LIST[@]}" | jq -R . | jq -cs .)" --arg engine "$ENGINE" \
-    --argjson iops "$IOPS_R" --argjson bps "$BPS_R" --argjson secs "$(($(date +%s) - T_START))" \
-    --argjson images "$images_meta" --argjson prev "$PREV_META" \
-    --argjson cdone "$(jq -s '[.[] | select(.kind == "cell")] | length' "$SAMPLES")" \
-    --argjson total "$(jq -n --argjson p "$PREV_META" --argjson r "$(printf '%s\n' "${RATE_LIST[@]}" | jq -R . | jq -cs .)" \
-        --argjson i "$images_meta" '((($p.rates // []) + $r) | unique | length) * ((($p.images // []) + $i) | unique_by(.name) | length)')" '
-    {kind: "meta", date: $date, started: ($prev.started // $prev.date // $date),
-     machine: {cpu: $cpu, nproc: $nproc, mem_total_kib: $mem, kernel: $kernel},
-     reps: $reps, quick: $quick, rates: ((($prev.rates // []) + $rates) | reduce .[] as $x ([]; if index([$x]) then . else . + [$x] end)),
-     engine: $engine, hdd: {read_iops: $iops, read_bps: $bps},
-     pmem: "tmpfs", run_seconds: (($prev.run_seconds // 0) + $secs), runs: (($prev.runs // 0) + 1),
-     cells_done: $cdone, cells_total: $total,
-     images: ((($prev.images // []) | map(select(.name as $n | $images | all(.name != $n)))) + $images),
-     systems: [
-      {id: "docker", label: "Docker", desc: "overlayfs snapshotter; containerd and dockerd roots on the HDD"},
-      {id: "nvm", label: "NVM-Docker", desc: "overlayfs snapshotter; containerd and dockerd roots on pmem"},
-      {id: "lass", label: "nvtier LASS", desc: "nvtier pulls (LASS); engine metadata and writable layers on pmem"},
-      {id: "hot", label: "nvtier LASS+hot", desc: "LASS + static placement, one profiling run, migrate: hot files on pmem, bases on disk"}]}'
+meta_args=()
+((QUICK)) && meta_args+=(--quick)
+"$NVBENCH" meta --samples "$SAMPLES" --images "$B/images.json" --manifests "$MANIFESTS" "${meta_args[@]}" \
+    --reps "$REPS" --rates "$(IFS=,; echo "${RATE_LIST[*]}")" \
+    --engine "$ENGINE" --iops "$IOPS_R" --bps "$BPS_R" --run-seconds "$(($(date +%s) - T_START))"
 if "$NVBENCH" report --help >/dev/null 2>&1; then
     "$NVBENCH" report --samples "$SAMPLES" --out-dir "$OUT"
 else
@@ -654,8 +630,6 @@ fi
 info "done in $(($(date +%s) - T_START)) s; results in $OUT"
 ((STOPPED)) && warn "stopped early (--max-minutes): run the same command with --resume to measure the remaining cells"
 if ((CHECK)); then
-    bad=$(jq -s '[.[] | select((.kind == "check" or .kind == "deploy" or .kind == "coldstart") and .ok == false)] | length' "$SAMPLES")
-    errs=$(jq -s '[.[] | select(.kind == "error")] | length' "$SAMPLES")
-    ((bad == 0 && errs == 0)) || die "--check: $bad failed samples/checks and $errs errors (see $SAMPLES)"
+    "$NVBENCH" check-samples --samples "$SAMPLES" >/dev/null || die "--check failed"
     info "--check: every check and sample ok"
 fi

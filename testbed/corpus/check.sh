@@ -59,6 +59,9 @@ done
 [[ $TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "bad --timeout '$TIMEOUT'"
 need_root
 need_cmd umoci unshare jq timeout
+ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
+NVBENCH=$ROOT/target/release/nvbench
+(cd "$ROOT" && cargo build --release --locked -p nvtier-testbed >&2)
 OUT=$(readlink -m "$OUT")
 [[ -f $OUT/index.json ]] || die "no OCI layout at $OUT (run build.sh first)"
 images=$(corpus_json "$QUICK" "$ONLY")
@@ -181,7 +184,9 @@ run_once() {
     fi
 }
 
-results=() failed=()
+SAMPLES=$work/results.jsonl
+: >"$SAMPLES"
+failed=()
 while read -r img; do
     name=$(jq -r .name <<<"$img")
     ready=$(jq -r .ready <<<"$img")
@@ -190,12 +195,11 @@ while read -r img; do
     if [[ -z $manifest ]]; then
         warn "$name: not in $OUT (run build.sh)"
         failed+=("$name")
-        results+=("$(jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" '{name: $n, category: $c, ready: $r, ok: false, error: "not built"}')")
+        jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" '{name: $n, category: $c, ready: $r, ok: false, error: "not built"}' >>"$SAMPLES"
         continue
     fi
     mf=$OUT/blobs/sha256/${manifest#sha256:}
-    layers=$(jq '.layers | length' "$mf")
-    gz=$(jq '[.layers[].size] | add' "$mf")
+    sizes=$(jq -c '[.layers[].size]' "$mf")
     b=$work/$name
     umoci unpack --image "$OUT:$name" "$b" >/dev/null
     unpacked=$(du -sb "$b/rootfs" | cut -f1)
@@ -213,28 +217,21 @@ while read -r img; do
     if [[ -n $err ]]; then
         warn "$name: FAILED: $err"
         failed+=("$name")
-        results+=("$(jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" --arg e "$err" \
-            --argjson l "$layers" --argjson g "$gz" --argjson u "$unpacked" \
-            '{name: $n, category: $c, ready: $r, layers: $l, compressed_bytes: $g, unpacked_bytes: $u, ok: false, error: $e}')")
+        jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" --arg e "$err" \
+            --argjson s "$sizes" --argjson u "$unpacked" \
+            '{name: $n, category: $c, ready: $r, layer_sizes: $s, unpacked_bytes: $u, ok: false, error: $e}' >>"$SAMPLES"
         continue
     fi
-    res=$(jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" \
-        --argjson l "$layers" --argjson g "$gz" --argjson u "$unpacked" \
-        '{name: $n, category: $c, ready: $r, layers: $l, compressed_bytes: $g, unpacked_bytes: $u, ok: true,
-          ready_ms: ($ARGS.positional | map(tonumber) | sort | {median: .[length / 2 | floor], min: .[0], runs: .})}' \
-        --args -- "${times[@]}")
-    results+=("$res")
-    info "$name: ready in $(jq -r '.ready_ms.median' <<<"$res") ms (median of $RUNS warm runs), $layers layers, $((unpacked / 1000000)) MB unpacked"
+    jq -cn --arg n "$name" --arg c "$category" --arg r "$ready" \
+        --argjson s "$sizes" --argjson u "$unpacked" \
+        '{name: $n, category: $c, ready: $r, layer_sizes: $s, unpacked_bytes: $u, ok: true,
+          runs_ms: ($ARGS.positional | map(tonumber))}' --args -- "${times[@]}" >>"$SAMPLES"
+    info "$name: ready in ${times[*]} ms ($RUNS warm runs), $unpacked bytes unpacked"
 done < <(jq -c '.[]' <<<"$images")
 
-all=$(printf '%s\n' "${results[@]}" | jq -s .)
 if ((JSON)); then
-    printf '%s\n' "$all"
+    "$NVBENCH" report-corpus --samples "$SAMPLES" --json
 else
-    jq -r '(["NAME", "CATEGORY", "READY", "LAYERS", "GZ_MB", "UNPACKED_MB", "READY_MS", "MIN_MS", "STATUS"] | @tsv),
-        (.[] | [.name, .category, .ready, (.layers // "-"), (if .compressed_bytes then (.compressed_bytes / 1e5 | round / 10) else "-" end),
-                (if .unpacked_bytes then (.unpacked_bytes / 1e5 | round / 10) else "-" end),
-                (.ready_ms.median // "-"), (.ready_ms.min // "-"), (if .ok then "ok" else "FAILED" end)] | @tsv)' <<<"$all" |
-        column -t -s $'\t'
+    "$NVBENCH" report-corpus --samples "$SAMPLES"
 fi
 ((${#failed[@]} == 0)) || die "failed: ${failed[*]}"

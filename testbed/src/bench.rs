@@ -47,34 +47,7 @@ pub fn image_set(quick: bool) -> Vec<ImageSpec> {
         .collect()
 }
 
-/// Per-layer part of `nvtier pull --json` (unknown fields are ignored).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LayerReport {
-    pub index: usize,
-    pub digest: String,
-    #[serde(default)]
-    pub chain_id: String,
-    pub size: u64,
-    pub download_start_ms: Option<f64>,
-    pub download_end_ms: Option<f64>,
-    pub store_start_ms: Option<f64>,
-    pub store_end_ms: Option<f64>,
-    pub tier: String,
-    pub reused: bool,
-    pub stored_bytes: u64,
-    pub disk_reason: Option<String>,
-}
-
-/// `nvtier pull --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PullReport {
-    pub layers: Vec<LayerReport>,
-    pub ldl_index: Option<usize>,
-    pub download_done_ms: f64,
-    pub stored_done_ms: f64,
-    pub pmem_bytes: u64,
-    pub disk_bytes: u64,
-}
+pub use nvtier_testbed::pull_report::{LayerReport, PullReport};
 
 /// One measured pull.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -316,10 +289,7 @@ fn drop_caches() -> Result<()> {
 }
 
 fn parse_pull_json(stdout: &str) -> Result<PullReport> {
-    let start = stdout
-        .find('{')
-        .context("`nvtier pull --json` printed no JSON object")?;
-    serde_json::from_str(&stdout[start..]).context("cannot parse `nvtier pull --json` output")
+    nvtier_testbed::pull_report::parse(stdout)
 }
 
 fn loadavg() -> String {

@@ -24,6 +24,83 @@ impl Env {
     }
 }
 
+/// The directory holding tiers.sh, registry.sh & co. (this crate's own).
+pub fn crate_scripts() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `bash SCRIPTS/NAME`.
+pub fn script(scripts: &Path, name: &str) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(scripts.join(name));
+    c
+}
+
+/// The `KEY=value` lines printed by `tiers.sh up` and `registry.sh up`
+/// (surrounding double quotes removed).
+pub fn parse_env(text: &str) -> BTreeMap<String, String> {
+    parse_kv(text)
+        .into_iter()
+        .map(|(k, v)| (k, v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+/// `tiers.sh up NAME --pmem-size P --hdd-size H`: its variables and stderr.
+pub fn tiers_up(
+    scripts: &Path,
+    name: &str,
+    pmem_size: &str,
+    hdd_size: &str,
+) -> Result<(BTreeMap<String, String>, String)> {
+    let out = run_ok(
+        script(scripts, "tiers.sh").args([
+            "up",
+            name,
+            "--pmem-size",
+            pmem_size,
+            "--hdd-size",
+            hdd_size,
+        ]),
+        Opts::new(300),
+    )?;
+    Ok((parse_env(&out.stdout), out.stderr))
+}
+
+/// `registry.sh up NAME --rate RATE`: its variables and stderr.
+pub fn registry_up(
+    scripts: &Path,
+    name: &str,
+    rate: &str,
+) -> Result<(BTreeMap<String, String>, String)> {
+    let out = run_ok(
+        script(scripts, "registry.sh").args(["up", name, "--rate", rate]),
+        Opts::new(120),
+    )?;
+    Ok((parse_env(&out.stdout), out.stderr))
+}
+
+/// The teardown commands of NAME, in order: `registry.sh down NAME` (if
+/// `registry`), then `tiers.sh down NAME` (if `tiers`).
+pub fn down_steps(
+    scripts: &Path,
+    name: &str,
+    registry: bool,
+    tiers: bool,
+) -> Vec<(&'static str, Command)> {
+    let mut steps = Vec::new();
+    if registry {
+        let mut c = script(scripts, "registry.sh");
+        c.args(["down", name]);
+        steps.push(("registry.sh down", c));
+    }
+    if tiers {
+        let mut c = script(scripts, "tiers.sh");
+        c.args(["down", name]);
+        steps.push(("tiers.sh down", c));
+    }
+    steps
+}
+
 /// A running testbed. Dropping it runs `registry.sh down` and `tiers.sh
 /// down` (each only if its `up` was attempted), printing but otherwise
 /// ignoring failures, and removes the bench state directory.
@@ -77,9 +154,7 @@ fn lock_name(work_root: &Path, name: &str) -> Result<File> {
 
 impl Testbed {
     fn script(&self, s: &str) -> Command {
-        let mut c = Command::new("bash");
-        c.arg(self.scripts.join(s));
-        c
+        script(&self.scripts, s)
     }
 
     /// Bring up tiers and registry for NAME. Leftovers of an earlier,
@@ -109,22 +184,15 @@ impl Testbed {
         }
         tb.tiers_started = true;
         eprintln!("nvbench: tiers.sh up {name} --pmem-size 2G --hdd-size 8G");
-        let out = run_ok(
-            tb.script("tiers.sh")
-                .args(["up", name, "--pmem-size", "2G", "--hdd-size", "8G"]),
-            Opts::new(300),
-        )?;
-        show_stderr(&out.stderr);
-        tb.env.vars.extend(parse_kv(&out.stdout));
+        let (vars, stderr) = tiers_up(scripts, name, "2G", "8G")?;
+        show_stderr(&stderr);
+        tb.env.vars.extend(vars);
         proc::check_stop()?;
         tb.registry_started = true;
         eprintln!("nvbench: registry.sh up {name} --rate {rate}");
-        let out = run_ok(
-            tb.script("registry.sh").args(["up", name, "--rate", rate]),
-            Opts::new(120),
-        )?;
-        show_stderr(&out.stderr);
-        tb.env.vars.extend(parse_kv(&out.stdout));
+        let (vars, stderr) = registry_up(scripts, name, rate)?;
+        show_stderr(&stderr);
+        tb.env.vars.extend(vars);
         for k in [
             "PMEM_DIR",
             "DISK_DIR",
@@ -151,17 +219,12 @@ impl Testbed {
             timeout: Duration::from_secs(180),
             interruptible: false,
         };
-        let mut steps: Vec<(&str, Command)> = Vec::new();
-        if self.registry_started {
-            let mut c = self.script("registry.sh");
-            c.args(["down", &self.name]);
-            steps.push(("registry.sh down", c));
-        }
-        if self.tiers_started {
-            let mut c = self.script("tiers.sh");
-            c.args(["down", &self.name]);
-            steps.push(("tiers.sh down", c));
-        }
+        let steps = down_steps(
+            &self.scripts,
+            &self.name,
+            self.registry_started,
+            self.tiers_started,
+        );
         for (what, mut c) in steps {
             eprintln!("nvbench: {what} {}", self.name);
             match run(&mut c, opts) {
@@ -212,5 +275,13 @@ mod tests {
         assert!(!valid_name("-x"));
         assert!(!valid_name("Bench"));
         assert!(!valid_name("abcdefghijklm"));
+    }
+
+    #[test]
+    fn env_lines() {
+        let e = parse_env("PMEM_DIR=/run/x/pmem\nnoise\nREGISTRY=\"10.0.0.2:5000\"\nlower=1\n");
+        assert_eq!(e["PMEM_DIR"], "/run/x/pmem");
+        assert_eq!(e["REGISTRY"], "10.0.0.2:5000");
+        assert_eq!(e.len(), 2);
     }
 }
