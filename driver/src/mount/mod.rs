@@ -4,6 +4,15 @@
 //! (`fsopen`/`fsconfig("lowerdir+")`/`fsmount`/`move_mount`, Linux 6.8+), so
 //! images with hundreds of layers mount regardless of the one-page limit on
 //! legacy mount options. Mounts are reference-counted per target directory.
+//!
+//! The system calls go through [`MountOps`] ([`LinuxMounts`] in production),
+//! so the bookkeeping around them is testable without root.
+
+mod ops;
+#[cfg(test)]
+mod tests;
+
+pub use ops::{LinuxMounts, MountOps};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::write_atomic;
@@ -20,7 +29,7 @@ const FSMOUNT_CLOEXEC: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
 
 /// What goes into one overlay mount.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OverlaySpec {
     /// Top-most first.
     pub lower: Vec<PathBuf>,
@@ -232,6 +241,17 @@ pub fn mount_image_opts(
     target: &Path,
     flat: bool,
 ) -> Result<MountRecord> {
+    mount_image_with(&LinuxMounts, store, image, target, flat)
+}
+
+/// [`mount_image_opts`] through `ops`.
+pub(crate) fn mount_image_with(
+    ops: &dyn MountOps,
+    store: &Store,
+    image: &str,
+    target: &Path,
+    flat: bool,
+) -> Result<MountRecord> {
     let target = std::fs::canonicalize(target).ctx("mount target", target)?;
     let _l = store.lock_store()?;
     let rec_path = store.mount_record_path(&target);
@@ -242,7 +262,7 @@ pub fn mount_image_opts(
                 msg: format!("already holds image {} (umount it first)", rec.image),
             });
         }
-        if is_mounted(&target) {
+        if ops.is_mounted(&target) {
             rec.refcount += 1;
             write_record(&rec_path, &rec)?;
             return Ok(rec);
@@ -269,7 +289,7 @@ pub fn mount_image_opts(
     for d in [&spec.upper, &spec.work].into_iter().flatten() {
         std::fs::create_dir_all(d).ctx("create", d)?;
     }
-    if let Err(e) = mount_overlay(&spec, &target) {
+    if let Err(e) = ops.mount_overlay(&spec, &target) {
         let _ = remove_container(store, &id);
         return Err(e);
     }
@@ -284,7 +304,7 @@ pub fn mount_image_opts(
     };
     crate::store::hot::note_start(store, &img.manifest_digest);
     if let Err(e) = write_record(&rec_path, &rec) {
-        let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        let _ = ops.umount(&target, true);
         let _ = remove_container(store, &rec.container_id);
         return Err(e);
     }
@@ -309,6 +329,11 @@ fn remove_container(store: &Store, id: &str) -> Result<()> {
 /// Drop one reference to the mount at `target`; unmount at zero. Returns
 /// the remaining count.
 pub fn umount_image(store: &Store, target: &Path) -> Result<u32> {
+    umount_image_with(&LinuxMounts, store, target)
+}
+
+/// [`umount_image`] through `ops`.
+pub(crate) fn umount_image_with(ops: &dyn MountOps, store: &Store, target: &Path) -> Result<u32> {
     let target = std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
     let remaining = {
         let _l = store.lock_store()?;
@@ -323,14 +348,13 @@ pub fn umount_image(store: &Store, target: &Path) -> Result<u32> {
             write_record(&rec_path, &rec)?;
             return Ok(rec.refcount);
         }
-        if is_mounted(&target) {
-            if let Err(e) = nix::mount::umount2(&target, nix::mount::MntFlags::empty()) {
-                if e == nix::errno::Errno::EBUSY {
+        if ops.is_mounted(&target) {
+            if let Err(e) = ops.umount(&target, false) {
+                if ops::is_errno(&e, libc::EBUSY) {
                     tracing::warn!(target = %target.display(), "busy; detaching lazily");
-                    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH)
-                        .ctx("umount", &target)?;
+                    ops.umount(&target, true)?;
                 } else {
-                    return Err(e).ctx("umount", &target);
+                    return Err(e);
                 }
             }
         }
