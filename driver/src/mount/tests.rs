@@ -336,3 +336,41 @@ fn umount_of_an_unknown_target_is_a_clear_error() {
     assert!(e.to_string().contains(&gone.display().to_string()), "{e}");
     assert!(ops.calls().is_empty());
 }
+
+#[test]
+fn linux_mounts_mount_and_detach_a_busy_overlay() {
+    crate::testutil::require_root("overlay mounts");
+    let b = Bed::new();
+    // Detach whatever a failed assertion leaves mounted.
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            while is_mounted(self.0) {
+                if LinuxMounts.umount(self.0, true).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _detach = Detach(&b.target);
+    std::fs::write(b.layer_dir(&b.chain[0]).join("f"), b"bottom").expect("write");
+    std::fs::write(b.layer_dir(&b.chain[2]).join("f"), b"top").expect("write");
+    let rec = mount_image(&b.store, IMAGE, &b.target).expect("mount");
+    assert!(is_mounted(&b.target));
+    assert_eq!(std::fs::read(b.target.join("f")).expect("read"), b"top");
+    assert_eq!(
+        mount_image(&b.store, IMAGE, &b.target)
+            .expect("again")
+            .refcount,
+        2
+    );
+    assert_eq!(umount_image(&b.store, &b.target).expect("umount"), 1);
+    assert!(is_mounted(&b.target));
+    // An open file keeps the mount busy: the umount detaches it lazily.
+    let busy = std::fs::File::open(b.target.join("f")).expect("open");
+    assert_eq!(umount_image(&b.store, &b.target).expect("umount"), 0);
+    assert!(!is_mounted(&b.target));
+    drop(busy);
+    assert_eq!(b.record(), None);
+    assert!(!b.store.containers_dir().join(rec.container_id).exists());
+}
