@@ -94,14 +94,7 @@ fn ctr_pull_run_restart_remove() {
     // 1. `ctr pull` fetches everything, then unpacks: no download runs when
     //    any unpack begins, so every layer goes to pmem.
     let t = std::time::Instant::now();
-    ctd.ctr_ok(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--snapshotter",
-        "nvtier",
-        &img,
-    ]);
+    ctd.pull_nvtier(&img);
     eprintln!("ctr pull of {img}: {:?}", t.elapsed());
     let layers = layers_json(&bed);
     assert_eq!(layers.len(), 4, "{layers:?}");
@@ -116,14 +109,7 @@ fn ctr_pull_run_restart_remove() {
     //    unpacked layers that are new go to disk.
     {
         let _busy = FakeIngest::start(&ctd.root);
-        ctd.ctr_ok(&[
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "nvtier",
-            &img2,
-        ]);
+        ctd.pull_nvtier(&img2);
     }
     let layers = layers_json(&bed);
     assert_eq!(layers.len(), 6, "base layer shared: {layers:?}");
@@ -235,20 +221,11 @@ fn ctr_pull_run_restart_remove() {
         snapshot_records(&bed).is_empty()
     });
     wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
-    let left: Vec<_> = [
+    let left = entries_under(&[
         bed.pmem.join("snapshots"),
         bed.disk.join("snapshots"),
         bed.state.join("l"),
-    ]
-    .iter()
-    .flat_map(|d| {
-        fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-    })
-    .collect();
+    ]);
     assert!(left.is_empty(), "leftovers: {left:?}");
     assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
     drop(ctd);
@@ -422,14 +399,7 @@ fn ctr_unpack_over_budget_goes_to_disk() {
     // Layer 2 (4 MiB) holds the whiteout of /etc/removeme and the opaque
     // /opt/dir.
     let img = bed.push("ctrb1", "busybox,1M,4M");
-    ctd.ctr_ok(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--snapshotter",
-        "nvtier",
-        &img,
-    ]);
+    ctd.pull_nvtier(&img);
     let layers = layers_json(&bed);
     assert_eq!(layers.len(), 3, "{layers:?}");
     let big = layers

@@ -303,6 +303,30 @@ impl Drop for Engine {
 
 /// `sha256sum` lines of every regular file under the given image dirs of
 /// the umoci reference rootfs, with absolute paths.
+/// `sh -c SCRIPT` in a new container NAME of `image` (no network), then
+/// the lines of `docker diff NAME`.
+fn run_and_diff(eng: &Engine, name: &str, image: &str, script: &str) -> BTreeSet<String> {
+    eng.docker_ok(&[
+        "run",
+        "--name",
+        name,
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    eng.docker_ok(&["diff", name])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn string_set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
 fn reference_sums(rootfs: &Path, dirs: &[&str]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (rel, desc) in listing(rootfs) {
@@ -427,23 +451,13 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     assert_eq!(out, "removeme-gone\nc\nlayer1.txt\n");
 
     // Changes in a container: add, change, delete (→ whiteout), new dir.
-    eng.docker_ok(&[
-        "run",
-        "--name",
+    let diff = run_and_diff(
+        &eng,
         "c1",
-        "--network",
-        "none",
         &r,
-        "sh",
-        "-c",
         "rm /data/layer1.txt && echo new > /data/new.txt && echo x >> /etc/passwd && mkdir /newdir && rm -r /opt/dir",
-    ]);
-    let diff: BTreeSet<String> = eng
-        .docker_ok(&["diff", "c1"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let want: BTreeSet<String> = [
+    );
+    let want = string_set(&[
         "C /data",
         "D /data/layer1.txt",
         "A /data/new.txt",
@@ -452,35 +466,19 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
         "A /newdir",
         "C /opt",
         "D /opt/dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     assert_eq!(diff, want, "docker diff");
 
     // A directory replaced in a container becomes overlay-opaque: Changes
     // lists the hidden lower entries as deleted, and Diff writes
     // `.wh..wh..opq`, which the committed image applies again.
-    eng.docker_ok(&[
-        "run",
-        "--name",
+    let diff = run_and_diff(
+        &eng,
         "c2",
-        "--network",
-        "none",
         &r,
-        "sh",
-        "-c",
         "rm -r /opt/dir && mkdir /opt/dir && echo n > /opt/dir/new",
-    ]);
-    let diff: BTreeSet<String> = eng
-        .docker_ok(&["diff", "c2"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let want: BTreeSet<String> = ["C /opt", "C /opt/dir", "D /opt/dir/c", "A /opt/dir/new"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    );
+    let want = string_set(&["C /opt", "C /opt/dir", "D /opt/dir/c", "A /opt/dir/new"]);
     assert_eq!(diff, want, "docker diff of a replaced directory");
     eng.docker_ok(&["commit", "c2", "nvtier-opaque:v1"]);
     let out = eng.docker_ok(&[

@@ -20,22 +20,16 @@ fn dynamic_image() -> String {
     if stamp.exists() {
         return tag;
     }
-    let out = Command::new("bash")
-        .arg(repo().join("testbed/build-image.sh"))
-        .args([
+    sh(
+        "build-image.sh",
+        &[
             "--out",
             oci.to_str().expect("utf8"),
             "--tag",
             base,
             "--layers",
             "busybox,1M,2M,1M",
-        ])
-        .output()
-        .expect("build-image");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let work = tempfile::tempdir().expect("tmp");
     let root = work.path().join("root");
@@ -48,17 +42,13 @@ fn dynamic_image() -> String {
         "#include <stdio.h>\nint main(void){puts(\"hello from a dynamic binary\");return 0;}\n",
     )
     .expect("write");
-    let cc = Command::new("gcc")
-        .arg("-O2")
-        .arg("-o")
-        .arg(root.join("usr/bin/hello"))
-        .arg(&src)
-        .output()
-        .expect("gcc");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
+    run_ok(
+        Command::new("gcc")
+            .arg("-O2")
+            .arg("-o")
+            .arg(root.join("usr/bin/hello"))
+            .arg(&src),
+        "gcc",
     );
     for (from, to) in [
         ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
@@ -71,38 +61,34 @@ fn dynamic_image() -> String {
         fs::copy(&real, root.join(to)).expect("copy lib");
     }
     let tar = work.path().join("layer.tar");
-    let t = Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@1700000000",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-C",
-        ])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .expect("tar");
-    assert!(t.status.success());
-    let add = Command::new("umoci")
-        .args(["raw", "add-layer", "--image"])
-        .arg(format!("{}:{base}", oci.display()))
-        .args([
-            "--tag",
-            &tag,
-            "--history.created_by",
-            "COPY hello /usr/bin/hello",
-        ])
-        .arg(&tar)
-        .output()
-        .expect("umoci");
-    assert!(
-        add.status.success(),
-        "{}",
-        String::from_utf8_lossy(&add.stderr)
+    run_ok(
+        Command::new("tar")
+            .args([
+                "--sort=name",
+                "--mtime=@1700000000",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-C",
+            ])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+        "tar",
+    );
+    run_ok(
+        Command::new("umoci")
+            .args(["raw", "add-layer", "--image"])
+            .arg(format!("{}:{base}", oci.display()))
+            .args([
+                "--tag",
+                &tag,
+                "--history.created_by",
+                "COPY hello /usr/bin/hello",
+            ])
+            .arg(&tar),
+        "umoci raw add-layer",
     );
     fs::create_dir_all(stamp.parent().expect("parent")).expect("mkdir");
     fs::write(&stamp, "dynamic").expect("stamp");
@@ -110,20 +96,7 @@ fn dynamic_image() -> String {
 }
 
 fn push_dynamic(bed: &Bed) -> String {
-    let tag = dynamic_image();
-    let reference = format!("{}/nvtier-test/{tag}:latest", bed.registry);
-    let out = Command::new("bash")
-        .arg(repo().join("testbed/push-image.sh"))
-        .arg(format!("{}:{tag}", oci_dir().display()))
-        .arg(&reference)
-        .output()
-        .expect("push");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    reference
+    bed.push_built(&dynamic_image())
 }
 
 /// path → (layer index, kinds) from a profile JSON.

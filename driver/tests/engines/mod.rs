@@ -15,6 +15,20 @@ pub fn run_dir(bed: &Bed) -> PathBuf {
     PathBuf::from(format!("/run/nvtier-eng/{}", bed.name))
 }
 
+/// The entries of `dirs` (a missing dir has none): what a test that freed
+/// everything expects to be empty.
+pub fn entries_under(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| {
+            fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect()
+}
+
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(secs) {
@@ -185,6 +199,19 @@ impl Containerd {
 
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         ok(self.ctr(args), &format!("ctr {args:?}"))
+    }
+
+    /// `ctr images pull` of `img` from the plain-HTTP test registry into
+    /// the nvtier snapshotter.
+    pub fn pull_nvtier(&self, img: &str) -> String {
+        self.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "nvtier",
+            img,
+        ])
     }
 }
 
