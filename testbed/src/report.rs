@@ -14,19 +14,11 @@ pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
-/// Median (mean of the middle two for an even count); None when empty.
+/// Median of the finite values (mean of the middle two for an even count);
+/// None when there are none.
 pub fn median(v: &[f64]) -> Option<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return None;
-    }
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    nvtier_testbed::reports::median(&finite)
 }
 
 /// Geometric mean of positive finite values; None if any is not.

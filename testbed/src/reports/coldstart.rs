@@ -2,7 +2,7 @@
 //! Docker, NVM-Docker and nvtier (testbed/bench-coldstart.sh) →
 //! coldstart.json and coldstart.md.
 
-use super::{host, lines, median, read_jsonl_raw, thousands, utc_timestamp, Splice};
+use super::{host, median, read_jsonl_raw, thousands, utc_timestamp, Splice};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -360,10 +360,7 @@ pub fn run(a: Args) -> Result<()> {
         ),
     ];
     md.extend(body(&rows));
-    let text = lines(&md);
-    super::write(&a.out_md, &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_md, &md)
 }
 
 #[cfg(test)]

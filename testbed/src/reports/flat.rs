@@ -1,7 +1,7 @@
 //! `nvbench report-flat`: cold start over the flattened metadata layer vs a
 //! plain overlay (testbed/bench-flat.sh) → flat.md.
 
-use super::{host, lines, max, median, min, read_jsonl, utc_timestamp};
+use super::{host, max, median, min, read_jsonl, utc_timestamp};
 use anyhow::Result;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -107,10 +107,7 @@ pub fn run(a: Args) -> Result<()> {
         "|---|--:|--:|--:|--:|--:|".into(),
     ];
     md.extend(rows(&samples));
-    let text = lines(&md);
-    super::write(&a.out_md, &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_md, &md)
 }
 
 #[cfg(test)]

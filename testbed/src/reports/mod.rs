@@ -477,6 +477,14 @@ pub fn lines(md: &[String]) -> String {
     md.join("\n") + "\n"
 }
 
+/// The Markdown lines joined ([`lines`]), written to `path` and printed.
+pub fn write_markdown(path: &Path, md: &[String]) -> Result<()> {
+    let text = lines(md);
+    write(path, &text)?;
+    print!("{text}");
+    Ok(())
+}
+
 /// Values of `key` in the rows (numbers only).
 pub fn nums(rows: &[&Value], key: &str) -> Vec<f64> {
     rows.iter().filter_map(|r| r[key].as_f64()).collect()

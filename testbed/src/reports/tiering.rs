@@ -3,7 +3,7 @@
 //! tiering.md.
 
 use super::{
-    distinct, host, lines, median, median_value, members_raw, object_raw, read_jsonl_raw, utc_date,
+    distinct, host, median, median_value, members_raw, object_raw, read_jsonl_raw, utc_date,
     Ordered, Splice,
 };
 use anyhow::{bail, Context, Result};
@@ -331,10 +331,7 @@ pub fn run(a: Args) -> Result<()> {
         &mut splice,
     )?;
     super::write(&a.out_dir.join("tiering.json"), &splice.render(&res)?)?;
-    let text = lines(&markdown(&res, rows));
-    super::write(&a.out_dir.join("tiering.md"), &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_dir.join("tiering.md"), &markdown(&res, rows))
 }
 
 #[cfg(test)]

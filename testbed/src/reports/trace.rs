@@ -1,7 +1,7 @@
 //! `nvbench report-trace`: overhead of the eBPF tracer on a cold start
 //! (testbed/bench-trace.sh) → trace.json and trace.md.
 
-use super::{host, lines, max, median, min, read_json, read_jsonl_raw, utc_timestamp, Splice};
+use super::{host, max, median, min, read_json, read_jsonl_raw, utc_timestamp, Splice};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -186,10 +186,7 @@ pub fn run(a: Args) -> Result<()> {
         storm: &storm,
         storm_base: &storm_base,
     })?);
-    let text = lines(&md);
-    super::write(&a.out_md, &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_md, &md)
 }
 
 #[cfg(test)]
