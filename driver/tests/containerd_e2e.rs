@@ -84,8 +84,7 @@ impl Drop for FakeIngest {
 fn ctr_pull_run_restart_remove() {
     let bed = Bed::up("ctr", "1gbit", "256M");
     let rd = make_run_dir(&bed);
-    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
-    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
     let mut nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, None);
     let img = bed.push("ctr1", "busybox,4M,2M,1M");
@@ -242,8 +241,7 @@ fn docker26_containerd_store() {
     let bin = PathBuf::from(&eng["ENGINES_BIN"]);
     let bed = Bed::up("dkr", "100mbit", "256M");
     let rd = make_run_dir(&bed);
-    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
-    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
     let nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, Some(&bin));
     let v = ctd.ctr_ok(&["version"]);
@@ -392,8 +390,7 @@ fn docker26_containerd_store() {
 fn ctr_unpack_over_budget_goes_to_disk() {
     let bed = Bed::up("ctrb", "1gbit", "3M");
     let rd = make_run_dir(&bed);
-    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
-    let sock = write_serve_config(&bed, "3M", &ctd_root);
+    let sock = write_serve_config(&bed, "3M", &containerd_root(&bed));
     let nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, None);
     // Layer 2 (4 MiB) holds the whiteout of /etc/removeme and the opaque

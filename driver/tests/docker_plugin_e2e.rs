@@ -212,6 +212,20 @@ impl Engine {
             .expect("run docker")
     }
 
+    /// `docker run --rm --network none IMAGE sh -c SCRIPT`: its stdout.
+    fn run_sh(&self, image: &str, script: &str) -> String {
+        self.docker_ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
     fn docker_ok(&self, args: &[&str]) -> String {
         let o = self.docker(args);
         assert!(
@@ -414,16 +428,7 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     let rootfs = reference_rootfs("dkimg");
     let want = reference_sums(&rootfs, &["data", "opt", "etc"]);
     let got: BTreeSet<String> = eng
-        .docker_ok(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &r,
-            "sh",
-            "-c",
-            "find /data /opt /etc -type f | sort | xargs sha256sum",
-        ])
+        .run_sh(&r, "find /data /opt /etc -type f | sort | xargs sha256sum")
         .lines()
         .filter(|l| {
             // Docker bind-mounts these over the image's.
@@ -438,16 +443,10 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
         .filter(|l| !l.ends_with("  /etc/hostname"))
         .collect();
     assert_eq!(got, want, "container rootfs differs from the image");
-    let out = eng.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let out = eng.run_sh(
         &r,
-        "sh",
-        "-c",
         "test -e /etc/removeme || echo removeme-gone; ls /opt/dir; readlink /data/link",
-    ]);
+    );
     assert_eq!(out, "removeme-gone\nc\nlayer1.txt\n");
 
     // Changes in a container: add, change, delete (→ whiteout), new dir.
@@ -529,16 +528,10 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
 
     // Commit: Diff of the container layer → a new image layer (ApplyDiff).
     eng.docker_ok(&["commit", "c1", "nvtier-committed:v1"]);
-    let out = eng.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let out = eng.run_sh(
         "nvtier-committed:v1",
-        "sh",
-        "-c",
         "cat /data/new.txt; test -e /data/layer1.txt || echo deleted; test -e /opt/dir || echo dir-deleted; tail -n1 /etc/passwd; cat /data/hard | head -c 20",
-    ]);
+    );
     assert_eq!(out, "new\ndeleted\ndir-deleted\nx\nnvtier testbed layer");
 
     // Save: the committed layer's tar holds the changes and the whiteouts.
@@ -930,16 +923,10 @@ fn docker_plugin_budget_exhaustion_falls_back_to_disk() {
         .filter(|l| l["file_bytes"].as_u64().expect("bytes") >= 2 << 20)
         .all(|l| l["tier"] == "disk");
     assert!(big_on_disk, "{layers:#}");
-    let out = eng.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let out = eng.run_sh(
         &r,
-        "sh",
-        "-c",
         "head -c 20 /data/layer1.bin | wc -c; cat /data/layer2.txt",
-    ]);
+    );
     assert!(out.starts_with("20\nnvtier testbed layer 2"), "{out}");
     assert!(eng.bed.leftovers().is_empty(), "{:?}", eng.bed.leftovers());
     let spool = eng.bed.state.join("graph/spool");

@@ -95,8 +95,14 @@ fn dynamic_image() -> String {
     tag
 }
 
-fn push_dynamic(bed: &Bed) -> String {
-    bed.push_built(&dynamic_image())
+/// A bed with the dynamic image pushed and pulled: (bed, reference, the
+/// chain IDs of its layers).
+fn bed_with_dynamic(tag: &str, rate: &str) -> (Bed, String, Vec<String>) {
+    let bed = Bed::up(tag, rate, "4G");
+    let r = bed.push_built(&dynamic_image());
+    bed.nvtier_ok(&["pull", &r]);
+    let layers = chain_ids(&bed, &r);
+    (bed, r, layers)
 }
 
 /// path → (layer index, kinds) from a profile JSON.
@@ -144,10 +150,7 @@ const WORKLOAD: &str = "cat /data/layer1.txt /data/layer2.txt /data/layer3.txt >
 
 #[test]
 fn ebpf_profile_is_exact_and_complete() {
-    let bed = Bed::up("trc", "100mbit", "4G");
-    let r = push_dynamic(&bed);
-    bed.nvtier_ok(&["pull", &r]);
-    let layers = chain_ids(&bed, &r);
+    let (bed, r, layers) = bed_with_dynamic("trc", "100mbit");
     assert_eq!(layers.len(), 5);
     // A process outside the container reads image files of the same layers
     // directly while the trace runs: none of it may appear.
@@ -378,10 +381,7 @@ fn ebpf_profile_is_exact_and_complete() {
 
 #[test]
 fn fallback_tracers_see_the_same_files() {
-    let bed = Bed::up("fan", "none", "4G");
-    let r = push_dynamic(&bed);
-    bed.nvtier_ok(&["pull", &r]);
-    let layers = chain_ids(&bed, &r);
+    let (bed, r, layers) = bed_with_dynamic("fan", "none");
     // Opens and execs only: stat-only lookups are invisible to the
     // fallbacks.
     let work = "cat /data/layer1.txt /data/layer3.txt >/dev/null; /usr/bin/hello";

@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The root directory of one test's containerd.
+pub fn containerd_root(bed: &Bed) -> PathBuf {
+    PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name))
+}
+
 /// Runtime directory of one test's engines (short: socket paths ≤ 107 bytes).
 pub fn run_dir(bed: &Bed) -> PathBuf {
     PathBuf::from(format!("/run/nvtier-eng/{}", bed.name))
@@ -151,7 +156,7 @@ impl Containerd {
     /// (None = the system's bookworm containerd 1.6).
     pub fn start(bed: &Bed, snap_sock: &Path, bin_dir: Option<&Path>) -> Containerd {
         let run = run_dir(bed);
-        let root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+        let root = containerd_root(bed);
         fs::create_dir_all(&root).expect("containerd root");
         let sock = run.join("ctd.sock");
         let cfg = run.join("containerd.toml");
