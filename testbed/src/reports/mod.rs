@@ -277,11 +277,7 @@ impl Splice {
 /// the last place off, which would change numbers copied from a sample
 /// into the results). Integers stay integers.
 pub fn parse_exact(text: &str) -> Result<Value> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut p = Parser::new(text);
     let v = p.value()?;
     p.ws();
     if p.i != p.s.len() {
@@ -292,31 +288,19 @@ pub fn parse_exact(text: &str) -> Result<Value> {
 
 /// The members of a JSON object as (key, raw value text), in order.
 pub fn members_raw(text: &str) -> Result<Vec<(String, String)>> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut p = Parser::new(text);
     let mut out = Vec::new();
     p.eat(b'{')?;
-    p.ws();
-    if p.s.get(p.i) == Some(&b'}') {
-        return Ok(out);
-    }
-    loop {
+    p.items(b'}', |p| {
         let k = p.string()?;
         p.eat(b':')?;
         p.ws();
         let start = p.i;
         p.value()?;
         out.push((k, text[start..p.i].to_string()));
-        p.ws();
-        match p.s.get(p.i) {
-            Some(b',') => p.i += 1,
-            Some(b'}') => return Ok(out),
-            _ => anyhow::bail!("expected ',' or '}}' at column {}", p.i + 1),
-        }
-    }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// A JSON object's text from (key, raw value text) members.
@@ -334,7 +318,15 @@ struct Parser<'a> {
     i: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Parser<'a> {
+        Parser {
+            s: text.as_bytes(),
+            text,
+            i: 0,
+        }
+    }
+
     fn ws(&mut self) {
         while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
             self.i += 1;
@@ -368,6 +360,32 @@ impl Parser<'_> {
         anyhow::bail!("unterminated string at column {}", start + 1)
     }
 
+    /// The comma-separated items of an object or array whose opening
+    /// bracket was just read, each parsed by `item`, through `close`.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        self.ws();
+        if self.s.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(&c) if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => anyhow::bail!(
+                    "expected ',' or '{}' at column {}",
+                    close as char,
+                    self.i + 1
+                ),
+            }
+        }
+    }
+
     fn value(&mut self) -> Result<Value> {
         self.ws();
         let Some(&c) = self.s.get(self.i) else {
@@ -377,46 +395,22 @@ impl Parser<'_> {
             b'{' => {
                 self.i += 1;
                 let mut m = serde_json::Map::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Value::Object(m));
-                }
-                loop {
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    m.insert(k, self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Value::Object(m));
-                        }
-                        _ => anyhow::bail!("expected ',' or '}}' at column {}", self.i + 1),
-                    }
-                }
+                self.items(b'}', |p| {
+                    let k = p.string()?;
+                    p.eat(b':')?;
+                    m.insert(k, p.value()?);
+                    Ok(())
+                })?;
+                Ok(Value::Object(m))
             }
             b'[' => {
                 self.i += 1;
                 let mut v = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Value::Array(v));
-                }
-                loop {
-                    v.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Value::Array(v));
-                        }
-                        _ => anyhow::bail!("expected ',' or ']' at column {}", self.i + 1),
-                    }
-                }
+                self.items(b']', |p| {
+                    v.push(p.value()?);
+                    Ok(())
+                })?;
+                Ok(Value::Array(v))
             }
             b'"' => Ok(Value::String(self.string()?)),
             _ => {
