@@ -337,6 +337,23 @@ fn run_and_diff(eng: &Engine, name: &str, image: &str, script: &str) -> BTreeSet
         .collect()
 }
 
+/// `docker save -o SAVED IMAGE`: the archive's files by path, and its
+/// manifest.json.
+fn docker_save(eng: &Engine, image: &str, saved: &Path) -> (BTreeMap<String, Vec<u8>>, Value) {
+    eng.docker_ok(&["save", "-o", saved.to_str().expect("utf8"), image]);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut ar = tar::Archive::new(fs::File::open(saved).expect("open saved"));
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let p = e.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("read");
+        files.insert(p, data);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    (files, manifest)
+}
+
 fn string_set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
@@ -491,22 +508,7 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     ]);
     assert_eq!(out, "new\n");
     let saved = eng.bed.state.parent().expect("base").join("opaque.tar");
-    eng.docker_ok(&[
-        "save",
-        "-o",
-        saved.to_str().expect("utf8"),
-        "nvtier-opaque:v1",
-    ]);
-    let mut outer = tar::Archive::new(fs::File::open(&saved).expect("open saved"));
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for e in outer.entries().expect("entries") {
-        let mut e = e.expect("entry");
-        let p = e.path().expect("path").to_string_lossy().into_owned();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).expect("read");
-        files.insert(p, data);
-    }
-    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    let (files, manifest) = docker_save(&eng, "nvtier-opaque:v1", &saved);
     let top = manifest[0]["Layers"]
         .as_array()
         .and_then(|l| l.last())
@@ -537,22 +539,7 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     // Save: the committed layer's tar holds the changes and the whiteouts.
     let base = eng.bed.state.parent().expect("base").to_path_buf();
     let saved = base.join("saved.tar");
-    eng.docker_ok(&[
-        "save",
-        "-o",
-        saved.to_str().expect("utf8"),
-        "nvtier-committed:v1",
-    ]);
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut ar = tar::Archive::new(fs::File::open(&saved).expect("open saved"));
-    for e in ar.entries().expect("entries") {
-        let mut e = e.expect("entry");
-        let p = e.path().expect("path").to_string_lossy().into_owned();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).expect("read");
-        files.insert(p, data);
-    }
-    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    let (files, manifest) = docker_save(&eng, "nvtier-committed:v1", &saved);
     let layer_paths: Vec<String> = manifest[0]["Layers"]
         .as_array()
         .expect("Layers")

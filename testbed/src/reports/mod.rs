@@ -20,14 +20,18 @@ use std::path::Path;
 /// Read a JSON-lines file (blank lines skipped); a bad line is an error
 /// naming FILE:LINE.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    map_jsonl(path, |l| Ok(serde_json::from_str(l)?))
+}
+
+/// The non-blank lines of a JSON-lines file, each through `parse`; an error
+/// names FILE:LINE.
+fn map_jsonl<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
-        })
+        .map(|(i, l)| parse(l).with_context(|| format!("{}:{}", path.display(), i + 1)))
         .collect()
 }
 
@@ -446,16 +450,7 @@ impl<'a> Parser<'a> {
 
 /// A JSON-lines file as (line, parsed value) pairs (blank lines skipped).
 pub fn read_jsonl_raw(path: &Path) -> Result<Vec<(String, Value)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let v = parse_exact(l).with_context(|| format!("{}:{}", path.display(), i + 1))?;
-            Ok((l.to_string(), v))
-        })
-        .collect()
+    map_jsonl(path, |l| Ok((l.to_string(), parse_exact(l)?)))
 }
 
 /// Write `text` to `path`, creating its directory.
