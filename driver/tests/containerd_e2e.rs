@@ -117,16 +117,16 @@ fn ctr_pull_run_restart_remove() {
 
     // 3. Run: the image content is visible (whiteouts applied), a write
     //    lands in the active snapshot's upper dir on the disk tier.
-    let out = ctd.ctr_ok(&[
-        "run",
-        "--snapshotter",
-        "nvtier",
+    let out = ctd.run_nvtier(
+        &[],
         &img,
         "c1",
-        "sh",
-        "-c",
-        "cat /data/layer1.txt; ls /etc; echo written-by-c1 > /root/w",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "cat /data/layer1.txt; ls /etc; echo written-by-c1 > /root/w",
+        ],
+    );
     assert!(out.contains("nvtier testbed layer 1"), "{out}");
     assert!(!out.contains("removeme"), "whiteout not applied: {out}");
     let rec = snapshot_records(&bed)
@@ -146,16 +146,7 @@ fn ctr_pull_run_restart_remove() {
     );
 
     // 4. Restart nvtier serve while a container runs on a snapshot.
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--snapshotter",
-        "nvtier",
-        &img,
-        "c2",
-        "sleep",
-        "600",
-    ]);
+    ctd.run_nvtier(&["-d"], &img, "c2", &["sleep", "600"]);
     let before = snapshot_records(&bed).len();
     let status = bed.nvtier_json(&["status"]);
     assert_eq!(
@@ -189,16 +180,7 @@ fn ctr_pull_run_restart_remove() {
     let snaps2 = ctd.ctr_ok(&["snapshots", "--snapshotter", "nvtier", "ls"]);
     assert!(snaps2.contains("c2") && snaps2.contains("c1"), "{snaps2}");
     // A new container after the restart works too.
-    let out = ctd.ctr_ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "nvtier",
-        &img,
-        "c3",
-        "cat",
-        "/data/layer3.txt",
-    ]);
+    let out = ctd.run_nvtier(&["--rm"], &img, "c3", &["cat", "/data/layer3.txt"]);
     assert!(out.contains("nvtier testbed layer 3"), "{out}");
 
     // 5. nvtier rm can never free what containerd uses: the layers are
@@ -415,17 +397,16 @@ fn ctr_unpack_over_budget_goes_to_disk() {
         "{}",
         nv.log_text()
     );
-    let out = ctd.ctr_ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "nvtier",
+    let out = ctd.run_nvtier(
+        &["--rm"],
         &img,
         "cb",
-        "sh",
-        "-c",
-        "ls /etc; echo --; ls /opt/dir; echo --; sha256sum /data/layer2.bin",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "ls /etc; echo --; ls /opt/dir; echo --; sha256sum /data/layer2.bin",
+        ],
+    );
     assert!(
         !out.contains("removeme"),
         "whiteout lost in the copy: {out}"

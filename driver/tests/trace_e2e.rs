@@ -95,6 +95,19 @@ fn dynamic_image() -> String {
     tag
 }
 
+/// A report (`status` or `trace`) of the eBPF tracer, attached without
+/// tracefs.
+#[track_caller]
+fn assert_ebpf_without_tracefs(v: &Value) {
+    assert_eq!(v["tracer"], "ebpf", "{v}");
+    assert!(
+        v["tracer_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no tracefs")),
+        "{v}"
+    );
+}
+
 /// A bed with the dynamic image pushed and pulled: (bed, reference, the
 /// chain IDs of its layers).
 fn bed_with_dynamic(tag: &str, rate: &str) -> (Bed, String, Vec<String>) {
@@ -195,13 +208,7 @@ fn ebpf_profile_is_exact_and_complete() {
         String::from_utf8_lossy(&st.stderr)
     );
     let st: Value = serde_json::from_slice(&st.stdout).expect("status --json");
-    assert_eq!(st["tracer"], "ebpf", "{st}");
-    assert!(
-        st["tracer_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("no tracefs")),
-        "{st}"
-    );
+    assert_ebpf_without_tracefs(&st);
     let out = bed.nvtier_without_tracefs(
         &[
             "trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD,
@@ -257,13 +264,7 @@ fn ebpf_profile_is_exact_and_complete() {
             .collect()
     };
     assert_eq!(run_files(&rep), run_files(&tp), "btf vs tracepoint attach");
-    assert_eq!(rep["tracer"], "ebpf", "{rep}");
-    assert!(
-        rep["tracer_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("no tracefs")),
-        "{rep}"
-    );
+    assert_ebpf_without_tracefs(&rep);
     assert_eq!(rep["exit_code"], 0, "{rep}");
     assert_eq!(rep["lost_events"], 0);
     // Miss mode: exactly the touched files of disk-tier layers.

@@ -206,6 +206,15 @@ impl Containerd {
         ok(self.ctr(args), &format!("ctr {args:?}"))
     }
 
+    /// `ctr run FLAGS --snapshotter nvtier IMG ID CMD...`: its output.
+    pub fn run_nvtier(&self, flags: &[&str], img: &str, id: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--snapshotter", "nvtier", img, id]);
+        args.extend_from_slice(cmd);
+        self.ctr_ok(&args)
+    }
+
     /// `ctr images pull` of `img` from the plain-HTTP test registry into
     /// the nvtier snapshotter.
     pub fn pull_nvtier(&self, img: &str) -> String {
