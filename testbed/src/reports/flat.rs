@@ -6,11 +6,17 @@ use anyhow::Result;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+#[derive(clap::Args)]
 pub struct Args {
-    /// JSON lines: {kind: "run", placement, mode: plain|flat, ms, exit} and
-    /// {kind: "pmem", placement, pmem_layer_bytes, meta_bytes}.
+    /// JSON lines: {kind: run, placement, mode, ms, exit} and
+    /// {kind: pmem, placement, pmem_layer_bytes | meta_bytes}.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
+    /// Repetitions per case (for the header).
+    #[arg(long)]
     pub reps: usize,
+    /// Markdown report.
+    #[arg(long, value_name = "FILE", default_value = "testbed/results/flat.md")]
     pub out_md: PathBuf,
 }
 
