@@ -28,20 +28,7 @@ enum Cmd {
     /// raw syscall tracepoints (btf, the default: no tracefs needed) or to
     /// per-syscall tracepoints (tracepoint: needs tracefs, mounted here in a
     /// private mount namespace). Interleaved rounds; medians. Root.
-    AttachCost {
-        /// Rounds (each runs every mode once, in rotating order).
-        #[arg(long, default_value_t = 9)]
-        rounds: usize,
-        /// Iterations of openat + close + newfstatat per worker run.
-        #[arg(long, default_value_t = 200_000)]
-        iters: u64,
-        /// Results JSON.
-        #[arg(long, default_value = "testbed/results/attach-cost.json")]
-        out: PathBuf,
-        /// Markdown report.
-        #[arg(long, default_value = "testbed/results/attach-cost.md")]
-        markdown: PathBuf,
-    },
+    AttachCost(attach_cost::AttachCostArgs),
     /// (internal) The syscall loop of attach-cost.
     #[command(hide = true)]
     AttachCostWorker {
@@ -53,49 +40,11 @@ enum Cmd {
     /// Deployment (pull) time with placement disk, pmem and lass: brings up
     /// a testbed, builds and pushes the images, pulls each cold inside the
     /// HDD throttle cgroup, writes JSON + Markdown results, tears down.
-    Pull {
-        /// Repetitions of every (image, placement) [default: 5, 3 with --quick]
-        #[arg(long)]
-        reps: Option<usize>,
-        /// Registry link rate (tbf), e.g. 1gbit, 100mbit, none.
-        #[arg(long, default_value = "1gbit")]
-        rate: String,
-        /// Only the images `mid` and `top`, 3 reps by default; results go to
-        /// pull-RATE-quick.{json,md} unless --out/--markdown say otherwise.
-        #[arg(long)]
-        quick: bool,
-        /// Results JSON [default: testbed/results/pull-RATE.json]
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Markdown report [default: testbed/results/pull-RATE.md]
-        #[arg(long)]
-        markdown: Option<PathBuf>,
-        /// nvtier binary [default: target/release/nvtier of the repository]
-        #[arg(long)]
-        nvtier: Option<PathBuf>,
-        /// Testbed NAME (1-12 of [a-z0-9-]).
-        #[arg(long, default_value = "bench")]
-        name: String,
-    },
+    Pull(bench::PullArgs),
     /// Report of a HelloBench-style run of testbed/nvbench.sh: reads its
     /// JSON-lines samples and writes results.json, nvbench.md and plots.
     #[command(long_about = REPORT_ABOUT)]
-    Report {
-        /// The JSON-lines samples file written by testbed/nvbench.sh.
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// Output directory (created, with DIR/plots): results.json,
-        /// nvbench.md, plots/<metric>-<rate>.{png,svg}.
-        #[arg(long, value_name = "DIR")]
-        out_dir: PathBuf,
-        /// TrueType font for the plots [default: DejaVuSans.ttf of
-        /// fonts-dejavu-core, or another found in /usr/share/fonts].
-        #[arg(long, value_name = "FILE")]
-        font: Option<PathBuf>,
-        /// Write results.json and nvbench.md only.
-        #[arg(long)]
-        no_plots: bool,
-    },
+    Report(nvbench::ReportArgs),
     /// Report of testbed/bench-trace.sh: tracer overhead per placement and
     /// the open storm → trace.json, trace.md.
     ReportTrace(reports::trace::Args),
@@ -177,17 +126,7 @@ fn main() {
     // attach-cost unshares its mount namespace, which needs a process
     // with one thread: before the signal handlers or anything else.
     let r = match cli.cmd {
-        Cmd::AttachCost {
-            rounds,
-            iters,
-            out,
-            markdown,
-        } => attach_cost::run(attach_cost::AttachCostArgs {
-            rounds,
-            iters,
-            out,
-            markdown,
-        }),
+        Cmd::AttachCost(a) => attach_cost::run(a),
         Cmd::AttachCostWorker { cgroup, iters } => attach_cost::worker(cgroup.as_deref(), iters),
         cmd => run(cmd),
     };
@@ -200,34 +139,8 @@ fn main() {
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     proc::install_signal_handlers();
     match cmd {
-        Cmd::Pull {
-            reps,
-            rate,
-            quick,
-            out,
-            markdown,
-            nvtier,
-            name,
-        } => bench::run_pull(bench::PullArgs {
-            reps: reps.unwrap_or(if quick { 3 } else { 5 }),
-            rate,
-            quick,
-            out,
-            markdown,
-            nvtier,
-            name,
-        }),
-        Cmd::Report {
-            samples,
-            out_dir,
-            font,
-            no_plots,
-        } => nvbench::run_report(nvbench::ReportArgs {
-            samples,
-            out_dir,
-            font,
-            no_plots,
-        }),
+        Cmd::Pull(a) => bench::run_pull(a),
+        Cmd::Report(a) => nvbench::run_report(a),
         Cmd::ReportTrace(a) => reports::trace::run(a),
         Cmd::ReportColdstart(a) => reports::coldstart::run(a),
         Cmd::ReportTiering(a) => reports::tiering::run(a),
@@ -242,6 +155,6 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Meta(a) => reports::nvbench_run::meta(a),
         Cmd::LastByte { netstat, t0, t1 } => reports::nvbench_run::last_byte_cmd(&netstat, t0, t1),
         Cmd::CheckSamples { samples } => reports::nvbench_run::check_samples(&samples),
-        Cmd::AttachCost { .. } | Cmd::AttachCostWorker { .. } => Ok(()),
+        Cmd::AttachCost(_) | Cmd::AttachCostWorker { .. } => Ok(()),
     }
 }
