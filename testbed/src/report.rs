@@ -221,6 +221,16 @@ fn range3(a: &Agg) -> String {
         _ => "n/a".into(),
     }
 }
+/// A row of the Overall table: the ratio's geomean and per-image range.
+fn ratio_row(o: &mut String, metric: &str, a: &Agg, goal: &str, result: &str) {
+    let _ = writeln!(
+        o,
+        "| {metric} | {} | {} | {goal} | {result} |",
+        f3(a.geomean),
+        range3(a)
+    );
+}
+
 fn met(m: Option<bool>) -> &'static str {
     match m {
         Some(true) => "**met**",
@@ -373,35 +383,39 @@ value is the **geometric mean of the per-image ratios** (range over images along
         "| metric | overall (geomean) | per-image range | goal | result |"
     );
     let _ = writeln!(o, "|---|--:|--:|---|---|");
-    let _ = writeln!(
-        o,
-        "| LASS deploy / all-pmem deploy | {} | {} | ≤ {GOAL_LASS_OVER_PMEM} | {} |",
-        f3(s.lass_over_pmem_deploy.geomean),
-        range3(&s.lass_over_pmem_deploy),
-        met(s.goal_lass_over_pmem_met)
+    ratio_row(
+        &mut o,
+        "LASS deploy / all-pmem deploy",
+        &s.lass_over_pmem_deploy,
+        &format!("≤ {GOAL_LASS_OVER_PMEM}"),
+        met(s.goal_lass_over_pmem_met),
     );
-    let _ = writeln!(
-        o,
-        "| all-disk deploy / LASS deploy | {} | {} | ≥ {GOAL_DISK_OVER_LASS} | {} |",
-        f3(s.disk_over_lass_deploy.geomean),
-        range3(&s.disk_over_lass_deploy),
-        met(s.goal_disk_over_lass_met)
+    ratio_row(
+        &mut o,
+        "all-disk deploy / LASS deploy",
+        &s.disk_over_lass_deploy,
+        &format!("≥ {GOAL_DISK_OVER_LASS}"),
+        met(s.goal_disk_over_lass_met),
     );
     let sad = |p: &str| s.store_after_download_ms.get(p).copied().flatten();
-    let _ = writeln!(
-        o,
-        "| store-after-download LASS / all-disk (median ms: lass {}, disk {}, pmem {}) | {} | {} | lower is better | – |",
-        f0(sad("lass")),
-        f0(sad("disk")),
-        f0(sad("pmem")),
-        f3(s.lass_over_disk_store_after_download.geomean),
-        range3(&s.lass_over_disk_store_after_download)
+    ratio_row(
+        &mut o,
+        &format!(
+            "store-after-download LASS / all-disk (median ms: lass {}, disk {}, pmem {})",
+            f0(sad("lass")),
+            f0(sad("disk")),
+            f0(sad("pmem"))
+        ),
+        &s.lass_over_disk_store_after_download,
+        "lower is better",
+        "–",
     );
-    let _ = writeln!(
-        o,
-        "| pmem bytes LASS / all-pmem | {} | {} | < 1 (pmem saved) | – |",
-        f3(s.lass_over_pmem_pmem_bytes.geomean),
-        range3(&s.lass_over_pmem_pmem_bytes)
+    ratio_row(
+        &mut o,
+        "pmem bytes LASS / all-pmem",
+        &s.lass_over_pmem_pmem_bytes,
+        "< 1 (pmem saved)",
+        "–",
     );
     let inv_ok = s.lass_samples > 0 && s.lass_pmem_equals_ldl_and_above == s.lass_samples;
     let _ = writeln!(
@@ -411,17 +425,19 @@ value is the **geometric mean of the per-image ratios** (range over images along
         s.lass_samples,
         met(Some(inv_ok))
     );
-    let _ = writeln!(
-        o,
-        "| (reference) nvtier-internal stored_done: LASS / all-pmem | {} | {} | – | – |",
-        f3(s.lass_over_pmem_stored_done.geomean),
-        range3(&s.lass_over_pmem_stored_done)
+    ratio_row(
+        &mut o,
+        "(reference) nvtier-internal stored_done: LASS / all-pmem",
+        &s.lass_over_pmem_stored_done,
+        "–",
+        "–",
     );
-    let _ = writeln!(
-        o,
-        "| (reference) nvtier-internal stored_done: all-disk / LASS | {} | {} | – | – |",
-        f3(s.disk_over_lass_stored_done.geomean),
-        range3(&s.disk_over_lass_stored_done)
+    ratio_row(
+        &mut o,
+        "(reference) nvtier-internal stored_done: all-disk / LASS",
+        &s.disk_over_lass_stored_done,
+        "–",
+        "–",
     );
 
     let verdict = |name: &str, v: Option<f64>, ok: Option<bool>, goal: &str| match ok {
