@@ -30,6 +30,20 @@ pub fn require_root() {
     );
 }
 
+/// The entries of `dirs` (a missing or unreadable dir has none): what a
+/// test that freed everything expects to be empty.
+pub fn entries_under(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| {
+            fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect()
+}
+
 /// The stdout of `cmd`; panics with its status and output when it fails.
 pub fn run_ok(cmd: &mut Command, what: &str) -> String {
     let out = cmd
@@ -261,32 +275,20 @@ exec "$@"
 
     /// Entries left in every place that must be empty after cleanup.
     pub fn leftovers(&self) -> Vec<PathBuf> {
-        let mut v = Vec::new();
-        for d in [
+        entries_under(&[
             self.pmem.join("staging"),
             self.disk.join("staging"),
             self.state.join("downloads"),
             self.state.join("reservations"),
-        ] {
-            if let Ok(rd) = fs::read_dir(&d) {
-                v.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        v
+        ])
     }
 
     pub fn stored_layers(&self) -> Vec<PathBuf> {
-        let mut v = Vec::new();
-        for d in [
+        entries_under(&[
             self.pmem.join("layers"),
             self.disk.join("layers"),
             self.state.join("layers"),
-        ] {
-            if let Ok(rd) = fs::read_dir(&d) {
-                v.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        v
+        ])
     }
 
     /// Blob files of the registry's filesystem storage, largest first.

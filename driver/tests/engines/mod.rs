@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use crate::common::{repo, Bed};
+pub use nvtier_testbed::bed::entries_under;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,20 +19,6 @@ pub fn containerd_root(bed: &Bed) -> PathBuf {
 /// Runtime directory of one test's engines (short: socket paths ≤ 107 bytes).
 pub fn run_dir(bed: &Bed) -> PathBuf {
     PathBuf::from(format!("/run/nvtier-eng/{}", bed.name))
-}
-
-/// The entries of `dirs` (a missing dir has none): what a test that freed
-/// everything expects to be empty.
-pub fn entries_under(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    dirs.iter()
-        .flat_map(|d| {
-            fs::read_dir(d)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-        })
-        .collect()
 }
 
 pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
