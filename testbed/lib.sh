@@ -40,6 +40,36 @@ validate_name() {
         die "invalid NAME '$name': use 1-12 chars of [a-z0-9-], starting with a letter or digit"
 }
 
+# The command line of a script whose commands act on one testbed NAME:
+# run_named_command CMD... -- COMMAND NAME [ARGS...] checks that COMMAND is
+# one of CMD... and NAME is valid, calls the script's set_paths NAME, then
+# cmd_COMMAND ARGS. -h/--help/help (as COMMAND, or as NAME) print the
+# script's usage.
+run_named_command() {
+    local -a cmds=()
+    local cmd c known=0
+    while [[ $1 != -- ]]; do
+        cmds+=("$1")
+        shift
+    done
+    shift
+    (($#)) || { usage >&2; exit 2; }
+    cmd=$1
+    shift
+    case $cmd in
+        -h | --help | help) usage; exit 0 ;;
+    esac
+    for c in "${cmds[@]}"; do
+        [[ $c == "$cmd" ]] && known=1
+    done
+    ((known)) || die "unknown command '$cmd' (see --help)"
+    [[ ${1-} == -h || ${1-} == --help ]] && { usage; exit 0; }
+    validate_name "${1-}"
+    set_paths "$1"
+    shift
+    "cmd_$cmd" "$@"
+}
+
 # parse_size 8M -> bytes. Suffixes K, M, G, T (powers of 1024, optional
 # trailing B / iB), or a plain number of bytes.
 parse_size() {

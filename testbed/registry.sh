@@ -369,25 +369,4 @@ cmd_rate() {
     save_state
 }
 
-main() {
-    (($#)) || { usage >&2; exit 2; }
-    local cmd=$1
-    shift
-    case $cmd in
-        -h | --help | help) usage; exit 0 ;;
-        up | down | env | rate) ;;
-        *) die "unknown command '$cmd' (see --help)" ;;
-    esac
-    [[ ${1-} == -h || ${1-} == --help ]] && { usage; exit 0; }
-    validate_name "${1-}"
-    set_paths "$1"
-    shift
-    case $cmd in
-        up) cmd_up "$@" ;;
-        down) cmd_down "$@" ;;
-        env) cmd_env "$@" ;;
-        rate) cmd_rate "$@" ;;
-    esac
-}
-
-main "$@"
+run_named_command up down env rate -- "$@"

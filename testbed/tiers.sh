@@ -324,26 +324,6 @@ cmd_drop_caches() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
-main() {
-    (($#)) || { usage >&2; exit 2; }
-    local cmd=$1
-    shift
-    case $cmd in
-        -h | --help | help) usage; exit 0 ;;
-        drop-caches) cmd_drop_caches; exit 0 ;;
-        up | down | env | exec) ;;
-        *) die "unknown command '$cmd' (see --help)" ;;
-    esac
-    [[ ${1-} == -h || ${1-} == --help ]] && { usage; exit 0; }
-    validate_name "${1-}"
-    set_paths "$1"
-    shift
-    case $cmd in
-        up) cmd_up "$@" ;;
-        down) cmd_down "$@" ;;
-        env) cmd_env "$@" ;;
-        exec) cmd_exec "$@" ;;
-    esac
-}
-
-main "$@"
+# drop-caches is the one command without a NAME.
+[[ ${1-} == drop-caches ]] && { cmd_drop_caches; exit 0; }
+run_named_command up down env exec -- "$@"

@@ -11,3 +11,13 @@ pub(crate) fn require_root(why: &str) {
         "this test needs root ({why}): run the unit tests as root, e.g. `sudo -E cargo test --workspace --lib`"
     );
 }
+
+/// The keys of a JSON object, in order (panics unless `v` is an object).
+#[track_caller]
+pub(crate) fn object_keys(v: &serde_json::Value) -> Vec<&str> {
+    v.as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}

@@ -84,8 +84,7 @@ impl Drop for FakeIngest {
 fn ctr_pull_run_restart_remove() {
     let bed = Bed::up("ctr", "1gbit", "256M");
     let rd = make_run_dir(&bed);
-    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
-    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
     let mut nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, None);
     let img = bed.push("ctr1", "busybox,4M,2M,1M");
@@ -94,14 +93,7 @@ fn ctr_pull_run_restart_remove() {
     // 1. `ctr pull` fetches everything, then unpacks: no download runs when
     //    any unpack begins, so every layer goes to pmem.
     let t = std::time::Instant::now();
-    ctd.ctr_ok(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--snapshotter",
-        "nvtier",
-        &img,
-    ]);
+    ctd.pull_nvtier(&img);
     eprintln!("ctr pull of {img}: {:?}", t.elapsed());
     let layers = layers_json(&bed);
     assert_eq!(layers.len(), 4, "{layers:?}");
@@ -116,14 +108,7 @@ fn ctr_pull_run_restart_remove() {
     //    unpacked layers that are new go to disk.
     {
         let _busy = FakeIngest::start(&ctd.root);
-        ctd.ctr_ok(&[
-            "images",
-            "pull",
-            "--plain-http",
-            "--snapshotter",
-            "nvtier",
-            &img2,
-        ]);
+        ctd.pull_nvtier(&img2);
     }
     let layers = layers_json(&bed);
     assert_eq!(layers.len(), 6, "base layer shared: {layers:?}");
@@ -132,16 +117,16 @@ fn ctr_pull_run_restart_remove() {
 
     // 3. Run: the image content is visible (whiteouts applied), a write
     //    lands in the active snapshot's upper dir on the disk tier.
-    let out = ctd.ctr_ok(&[
-        "run",
-        "--snapshotter",
-        "nvtier",
+    let out = ctd.run_nvtier(
+        &[],
         &img,
         "c1",
-        "sh",
-        "-c",
-        "cat /data/layer1.txt; ls /etc; echo written-by-c1 > /root/w",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "cat /data/layer1.txt; ls /etc; echo written-by-c1 > /root/w",
+        ],
+    );
     assert!(out.contains("nvtier testbed layer 1"), "{out}");
     assert!(!out.contains("removeme"), "whiteout not applied: {out}");
     let rec = snapshot_records(&bed)
@@ -161,16 +146,7 @@ fn ctr_pull_run_restart_remove() {
     );
 
     // 4. Restart nvtier serve while a container runs on a snapshot.
-    ctd.ctr_ok(&[
-        "run",
-        "-d",
-        "--snapshotter",
-        "nvtier",
-        &img,
-        "c2",
-        "sleep",
-        "600",
-    ]);
+    ctd.run_nvtier(&["-d"], &img, "c2", &["sleep", "600"]);
     let before = snapshot_records(&bed).len();
     let status = bed.nvtier_json(&["status"]);
     assert_eq!(
@@ -204,16 +180,7 @@ fn ctr_pull_run_restart_remove() {
     let snaps2 = ctd.ctr_ok(&["snapshots", "--snapshotter", "nvtier", "ls"]);
     assert!(snaps2.contains("c2") && snaps2.contains("c1"), "{snaps2}");
     // A new container after the restart works too.
-    let out = ctd.ctr_ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "nvtier",
-        &img,
-        "c3",
-        "cat",
-        "/data/layer3.txt",
-    ]);
+    let out = ctd.run_nvtier(&["--rm"], &img, "c3", &["cat", "/data/layer3.txt"]);
     assert!(out.contains("nvtier testbed layer 3"), "{out}");
 
     // 5. nvtier rm can never free what containerd uses: the layers are
@@ -235,20 +202,11 @@ fn ctr_pull_run_restart_remove() {
         snapshot_records(&bed).is_empty()
     });
     wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
-    let left: Vec<_> = [
+    let left = entries_under(&[
         bed.pmem.join("snapshots"),
         bed.disk.join("snapshots"),
         bed.state.join("l"),
-    ]
-    .iter()
-    .flat_map(|d| {
-        fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-    })
-    .collect();
+    ]);
     assert!(left.is_empty(), "leftovers: {left:?}");
     assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
     drop(ctd);
@@ -265,8 +223,7 @@ fn docker26_containerd_store() {
     let bin = PathBuf::from(&eng["ENGINES_BIN"]);
     let bed = Bed::up("dkr", "100mbit", "256M");
     let rd = make_run_dir(&bed);
-    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
-    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
     let nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, Some(&bin));
     let v = ctd.ctr_ok(&["version"]);
@@ -415,21 +372,13 @@ fn docker26_containerd_store() {
 fn ctr_unpack_over_budget_goes_to_disk() {
     let bed = Bed::up("ctrb", "1gbit", "3M");
     let rd = make_run_dir(&bed);
-    let ctd_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
-    let sock = write_serve_config(&bed, "3M", &ctd_root);
+    let sock = write_serve_config(&bed, "3M", &containerd_root(&bed));
     let nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, None);
     // Layer 2 (4 MiB) holds the whiteout of /etc/removeme and the opaque
     // /opt/dir.
     let img = bed.push("ctrb1", "busybox,1M,4M");
-    ctd.ctr_ok(&[
-        "images",
-        "pull",
-        "--plain-http",
-        "--snapshotter",
-        "nvtier",
-        &img,
-    ]);
+    ctd.pull_nvtier(&img);
     let layers = layers_json(&bed);
     assert_eq!(layers.len(), 3, "{layers:?}");
     let big = layers
@@ -448,17 +397,16 @@ fn ctr_unpack_over_budget_goes_to_disk() {
         "{}",
         nv.log_text()
     );
-    let out = ctd.ctr_ok(&[
-        "run",
-        "--rm",
-        "--snapshotter",
-        "nvtier",
+    let out = ctd.run_nvtier(
+        &["--rm"],
         &img,
         "cb",
-        "sh",
-        "-c",
-        "ls /etc; echo --; ls /opt/dir; echo --; sha256sum /data/layer2.bin",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "ls /etc; echo --; ls /opt/dir; echo --; sha256sum /data/layer2.bin",
+        ],
+    );
     assert!(
         !out.contains("removeme"),
         "whiteout lost in the copy: {out}"

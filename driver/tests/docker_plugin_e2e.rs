@@ -212,6 +212,20 @@ impl Engine {
             .expect("run docker")
     }
 
+    /// `docker run --rm --network none IMAGE sh -c SCRIPT`: its stdout.
+    fn run_sh(&self, image: &str, script: &str) -> String {
+        self.docker_ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
     fn docker_ok(&self, args: &[&str]) -> String {
         let o = self.docker(args);
         assert!(
@@ -303,6 +317,47 @@ impl Drop for Engine {
 
 /// `sha256sum` lines of every regular file under the given image dirs of
 /// the umoci reference rootfs, with absolute paths.
+/// `sh -c SCRIPT` in a new container NAME of `image` (no network), then
+/// the lines of `docker diff NAME`.
+fn run_and_diff(eng: &Engine, name: &str, image: &str, script: &str) -> BTreeSet<String> {
+    eng.docker_ok(&[
+        "run",
+        "--name",
+        name,
+        "--network",
+        "none",
+        image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    eng.docker_ok(&["diff", name])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `docker save -o SAVED IMAGE`: the archive's files by path, and its
+/// manifest.json.
+fn docker_save(eng: &Engine, image: &str, saved: &Path) -> (BTreeMap<String, Vec<u8>>, Value) {
+    eng.docker_ok(&["save", "-o", saved.to_str().expect("utf8"), image]);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut ar = tar::Archive::new(fs::File::open(saved).expect("open saved"));
+    for e in ar.entries().expect("entries") {
+        let mut e = e.expect("entry");
+        let p = e.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("read");
+        files.insert(p, data);
+    }
+    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    (files, manifest)
+}
+
+fn string_set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
 fn reference_sums(rootfs: &Path, dirs: &[&str]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (rel, desc) in listing(rootfs) {
@@ -390,16 +445,7 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     let rootfs = reference_rootfs("dkimg");
     let want = reference_sums(&rootfs, &["data", "opt", "etc"]);
     let got: BTreeSet<String> = eng
-        .docker_ok(&[
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            &r,
-            "sh",
-            "-c",
-            "find /data /opt /etc -type f | sort | xargs sha256sum",
-        ])
+        .run_sh(&r, "find /data /opt /etc -type f | sort | xargs sha256sum")
         .lines()
         .filter(|l| {
             // Docker bind-mounts these over the image's.
@@ -414,36 +460,20 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
         .filter(|l| !l.ends_with("  /etc/hostname"))
         .collect();
     assert_eq!(got, want, "container rootfs differs from the image");
-    let out = eng.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let out = eng.run_sh(
         &r,
-        "sh",
-        "-c",
         "test -e /etc/removeme || echo removeme-gone; ls /opt/dir; readlink /data/link",
-    ]);
+    );
     assert_eq!(out, "removeme-gone\nc\nlayer1.txt\n");
 
     // Changes in a container: add, change, delete (→ whiteout), new dir.
-    eng.docker_ok(&[
-        "run",
-        "--name",
+    let diff = run_and_diff(
+        &eng,
         "c1",
-        "--network",
-        "none",
         &r,
-        "sh",
-        "-c",
         "rm /data/layer1.txt && echo new > /data/new.txt && echo x >> /etc/passwd && mkdir /newdir && rm -r /opt/dir",
-    ]);
-    let diff: BTreeSet<String> = eng
-        .docker_ok(&["diff", "c1"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let want: BTreeSet<String> = [
+    );
+    let want = string_set(&[
         "C /data",
         "D /data/layer1.txt",
         "A /data/new.txt",
@@ -452,35 +482,19 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
         "A /newdir",
         "C /opt",
         "D /opt/dir",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     assert_eq!(diff, want, "docker diff");
 
     // A directory replaced in a container becomes overlay-opaque: Changes
     // lists the hidden lower entries as deleted, and Diff writes
     // `.wh..wh..opq`, which the committed image applies again.
-    eng.docker_ok(&[
-        "run",
-        "--name",
+    let diff = run_and_diff(
+        &eng,
         "c2",
-        "--network",
-        "none",
         &r,
-        "sh",
-        "-c",
         "rm -r /opt/dir && mkdir /opt/dir && echo n > /opt/dir/new",
-    ]);
-    let diff: BTreeSet<String> = eng
-        .docker_ok(&["diff", "c2"])
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let want: BTreeSet<String> = ["C /opt", "C /opt/dir", "D /opt/dir/c", "A /opt/dir/new"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    );
+    let want = string_set(&["C /opt", "C /opt/dir", "D /opt/dir/c", "A /opt/dir/new"]);
     assert_eq!(diff, want, "docker diff of a replaced directory");
     eng.docker_ok(&["commit", "c2", "nvtier-opaque:v1"]);
     let out = eng.docker_ok(&[
@@ -494,22 +508,7 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
     ]);
     assert_eq!(out, "new\n");
     let saved = eng.bed.state.parent().expect("base").join("opaque.tar");
-    eng.docker_ok(&[
-        "save",
-        "-o",
-        saved.to_str().expect("utf8"),
-        "nvtier-opaque:v1",
-    ]);
-    let mut outer = tar::Archive::new(fs::File::open(&saved).expect("open saved"));
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for e in outer.entries().expect("entries") {
-        let mut e = e.expect("entry");
-        let p = e.path().expect("path").to_string_lossy().into_owned();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).expect("read");
-        files.insert(p, data);
-    }
-    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    let (files, manifest) = docker_save(&eng, "nvtier-opaque:v1", &saved);
     let top = manifest[0]["Layers"]
         .as_array()
         .and_then(|l| l.last())
@@ -531,37 +530,16 @@ fn docker_pull_run_diff_commit_save_with_the_plugin() {
 
     // Commit: Diff of the container layer → a new image layer (ApplyDiff).
     eng.docker_ok(&["commit", "c1", "nvtier-committed:v1"]);
-    let out = eng.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let out = eng.run_sh(
         "nvtier-committed:v1",
-        "sh",
-        "-c",
         "cat /data/new.txt; test -e /data/layer1.txt || echo deleted; test -e /opt/dir || echo dir-deleted; tail -n1 /etc/passwd; cat /data/hard | head -c 20",
-    ]);
+    );
     assert_eq!(out, "new\ndeleted\ndir-deleted\nx\nnvtier testbed layer");
 
     // Save: the committed layer's tar holds the changes and the whiteouts.
     let base = eng.bed.state.parent().expect("base").to_path_buf();
     let saved = base.join("saved.tar");
-    eng.docker_ok(&[
-        "save",
-        "-o",
-        saved.to_str().expect("utf8"),
-        "nvtier-committed:v1",
-    ]);
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut ar = tar::Archive::new(fs::File::open(&saved).expect("open saved"));
-    for e in ar.entries().expect("entries") {
-        let mut e = e.expect("entry");
-        let p = e.path().expect("path").to_string_lossy().into_owned();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).expect("read");
-        files.insert(p, data);
-    }
-    let manifest: Value = serde_json::from_slice(&files["manifest.json"]).expect("manifest");
+    let (files, manifest) = docker_save(&eng, "nvtier-committed:v1", &saved);
     let layer_paths: Vec<String> = manifest[0]["Layers"]
         .as_array()
         .expect("Layers")
@@ -932,16 +910,10 @@ fn docker_plugin_budget_exhaustion_falls_back_to_disk() {
         .filter(|l| l["file_bytes"].as_u64().expect("bytes") >= 2 << 20)
         .all(|l| l["tier"] == "disk");
     assert!(big_on_disk, "{layers:#}");
-    let out = eng.docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
+    let out = eng.run_sh(
         &r,
-        "sh",
-        "-c",
         "head -c 20 /data/layer1.bin | wc -c; cat /data/layer2.txt",
-    ]);
+    );
     assert!(out.starts_with("20\nnvtier testbed layer 2"), "{out}");
     assert!(eng.bed.leftovers().is_empty(), "{:?}", eng.bed.leftovers());
     let spool = eng.bed.state.join("graph/spool");

@@ -70,14 +70,7 @@ fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
     assert!(!actual.contains_key("opt/dir/a"), "opaque dir applied");
 
     // The cold-start probe runs in the image.
-    let run = bed.nvtier_json(&[
-        "run",
-        &r,
-        "--",
-        "/bin/sh",
-        "-c",
-        "test $$ = 1 && cat /data/layer3.txt >/dev/null",
-    ]);
+    let run = bed.run_sh(&r, "test $$ = 1 && cat /data/layer3.txt >/dev/null");
     assert_eq!(run["exit_code"].as_i64(), Some(0), "{run}");
     assert!(run["elapsed_ms"].as_f64().expect("elapsed") > 0.0);
     let st = bed.nvtier_json(&["status"]);
@@ -323,14 +316,10 @@ fn image_with_120_layers_mounts() {
     let rep = bed.nvtier_json(&["pull", &r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(120));
     check_lass_rule(&rep);
-    let run = bed.nvtier_json(&[
-        "run",
+    let run = bed.run_sh(
         &r,
-        "--",
-        "/bin/sh",
-        "-c",
         "test -f /data/layer119.txt && test -f /data/layer1.txt && test ! -e /etc/removeme",
-    ]);
+    );
     assert_eq!(run["exit_code"], 0, "{run}");
 }
 

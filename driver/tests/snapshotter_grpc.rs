@@ -66,6 +66,67 @@ fn code<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> Cod
     }
 }
 
+async fn remove(c: &mut Client, key: &str) -> Result<(), tonic::Status> {
+    c.remove(RemoveSnapshotRequest {
+        key: key.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
+/// A request that names one snapshot by its key and sets nothing else.
+#[derive(Debug, Clone, Copy)]
+enum ByKey {
+    Prepare,
+    Stat,
+    Remove,
+    Mounts,
+    Usage,
+}
+
+/// The error code `op` on `key` gets (panics when it succeeds).
+async fn code_by_key(c: &mut Client, op: ByKey, key: &str) -> Code {
+    let key = key.to_string();
+    match op {
+        ByKey::Prepare => code(
+            c.prepare(PrepareSnapshotRequest {
+                key,
+                ..Default::default()
+            })
+            .await,
+        ),
+        ByKey::Stat => code(
+            c.stat(StatSnapshotRequest {
+                key,
+                ..Default::default()
+            })
+            .await,
+        ),
+        ByKey::Remove => code(
+            c.remove(RemoveSnapshotRequest {
+                key,
+                ..Default::default()
+            })
+            .await,
+        ),
+        ByKey::Mounts => code(
+            c.mounts(MountsRequest {
+                key,
+                ..Default::default()
+            })
+            .await,
+        ),
+        ByKey::Usage => code(
+            c.usage(UsageRequest {
+                key,
+                ..Default::default()
+            })
+            .await,
+        ),
+    }
+}
+
 fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
     kv.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -132,17 +193,7 @@ fn snapshot_semantics_and_hostile_requests() {
     // chainID of the base layer = its diffID, from the image config.
     let oci = common::oci_dir();
     let build_lock = common::build_lock();
-    let index: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(oci.join("index.json")).expect("index"))
-            .expect("json");
-    let manifest_digest = index["manifests"]
-        .as_array()
-        .expect("manifests")
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "grpc1")
-        .and_then(|m| m["digest"].as_str())
-        .expect("tag grpc1")
-        .to_string();
+    let manifest_digest = common::manifest_digest("grpc1");
     let blob = |d: &str| {
         oci.join("blobs/sha256")
             .join(d.trim_start_matches("sha256:"))
@@ -171,13 +222,7 @@ fn snapshot_semantics_and_hostile_requests() {
         let upper = PathBuf::from(&m[0].source);
         fs::write(upper.join("hello"), "base").expect("write base");
         assert_eq!(
-            code(
-                c.prepare(PrepareSnapshotRequest {
-                    key: "ns/1/base".into(),
-                    ..Default::default()
-                })
-                .await
-            ),
+            code_by_key(&mut c, ByKey::Prepare, "ns/1/base").await,
             Code::AlreadyExists
         );
         // Parent must be committed.
@@ -197,13 +242,7 @@ fn snapshot_semantics_and_hostile_requests() {
             .expect("commit");
         // The active key is gone after commit.
         assert_eq!(
-            code(
-                c.stat(StatSnapshotRequest {
-                    key: "ns/1/base".into(),
-                    ..Default::default()
-                })
-                .await
-            ),
+            code_by_key(&mut c, ByKey::Stat, "ns/1/base").await,
             Code::NotFound
         );
         let st = c
@@ -263,13 +302,7 @@ fn snapshot_semantics_and_hostile_requests() {
         );
         // A committed snapshot with children cannot be removed.
         assert_eq!(
-            code(
-                c.remove(RemoveSnapshotRequest {
-                    key: "ns/3/committed-base".into(),
-                    ..Default::default()
-                })
-                .await
-            ),
+            code_by_key(&mut c, ByKey::Remove, "ns/3/committed-base").await,
             Code::FailedPrecondition
         );
         // Update labels (only labels are mutable), then List with a filter.
@@ -347,48 +380,14 @@ fn snapshot_semantics_and_hostile_requests() {
         let huge = "k".repeat(1 << 20);
         let traversal = "../../../../../../tmp/nvtier-evil";
         for key in ["", huge.as_str(), "a\0b", "line\nbreak"] {
-            assert_eq!(
-                code(
-                    c.prepare(PrepareSnapshotRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::InvalidArgument,
-                "key {:?}",
-                key.get(..20)
-            );
-            assert_eq!(
-                code(
-                    c.stat(StatSnapshotRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::InvalidArgument
-            );
-            assert_eq!(
-                code(
-                    c.remove(RemoveSnapshotRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::InvalidArgument
-            );
-            assert_eq!(
-                code(
-                    c.mounts(MountsRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::InvalidArgument
-            );
+            for op in [ByKey::Prepare, ByKey::Stat, ByKey::Remove, ByKey::Mounts] {
+                assert_eq!(
+                    code_by_key(&mut c, op, key).await,
+                    Code::InvalidArgument,
+                    "{op:?} key {:?}",
+                    key.get(..20)
+                );
+            }
         }
         for key in [
             traversal,
@@ -396,46 +395,13 @@ fn snapshot_semantics_and_hostile_requests() {
             "sha256:../../../../etc",
             "ns/3/committed-base/../../x",
         ] {
-            assert_eq!(
-                code(
-                    c.stat(StatSnapshotRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::NotFound
-            );
-            assert_eq!(
-                code(
-                    c.remove(RemoveSnapshotRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::NotFound
-            );
-            assert_eq!(
-                code(
-                    c.mounts(MountsRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::NotFound
-            );
-            assert_eq!(
-                code(
-                    c.usage(UsageRequest {
-                        key: key.into(),
-                        ..Default::default()
-                    })
-                    .await
-                ),
-                Code::NotFound
-            );
+            for op in [ByKey::Stat, ByKey::Remove, ByKey::Mounts, ByKey::Usage] {
+                assert_eq!(
+                    code_by_key(&mut c, op, key).await,
+                    Code::NotFound,
+                    "{op:?} key {key:?}"
+                );
+            }
             assert_eq!(
                 code(
                     c.commit(CommitSnapshotRequest {
@@ -462,10 +428,13 @@ fn snapshot_semantics_and_hostile_requests() {
         }
         // Hostile labels.
         let big = "v".repeat(8192);
+        let many: HashMap<String, String> =
+            (0..1000).map(|i| (format!("k{i}"), "v".into())).collect();
         for l in [
             labels(&[("k", big.as_str())]),
             labels(&[("", "v")]),
             labels(&[("k\u{1}", "v")]),
+            many,
         ] {
             assert_eq!(
                 code(
@@ -479,19 +448,6 @@ fn snapshot_semantics_and_hostile_requests() {
                 Code::InvalidArgument
             );
         }
-        let many: HashMap<String, String> =
-            (0..1000).map(|i| (format!("k{i}"), "v".into())).collect();
-        assert_eq!(
-            code(
-                c.prepare(PrepareSnapshotRequest {
-                    key: "ns/9/l".into(),
-                    labels: many,
-                    ..Default::default()
-                })
-                .await
-            ),
-            Code::InvalidArgument
-        );
         // A remote-snapshot label with a hostile chainID is just a label:
         // nothing is looked up by it.
         assert_eq!(
@@ -533,12 +489,7 @@ fn snapshot_semantics_and_hostile_requests() {
             .filter(|k| !before.contains_key(k))
             .collect();
         assert!(added.iter().all(|p| !p.contains("evil")), "{added:?}");
-        c.remove(RemoveSnapshotRequest {
-            key: traversal.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("remove");
+        remove(&mut c, traversal).await.expect("remove");
 
         // --- remote-snapshot pull, deduplicated ------------------------
         // Two concurrent Prepares for the same image (CRI labels): nvtier
@@ -579,13 +530,7 @@ fn snapshot_semantics_and_hostile_requests() {
             Some(&base_chain)
         );
         assert_eq!(
-            code(
-                c.stat(StatSnapshotRequest {
-                    key: "moby/1/extract-1 k".into(),
-                    ..Default::default()
-                })
-                .await
-            ),
+            code_by_key(&mut c, ByKey::Stat, "moby/1/extract-1 k").await,
             Code::NotFound
         );
         let pulls = nv.log_text().matches("pulling for containerd").count();
@@ -595,39 +540,20 @@ fn snapshot_semantics_and_hostile_requests() {
             "the image must be pulled once:\n{}",
             nv.log_text()
         );
-        c.remove(RemoveSnapshotRequest {
-            key: base_chain.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("remove");
+        remove(&mut c, &base_chain).await.expect("remove");
 
         // Tear down in child-first order; Cleanup leaves nothing.
         for k in ["ns/5/view", "ns/4/work", "ns/3/committed-base"] {
-            c.remove(RemoveSnapshotRequest {
-                key: k.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("remove");
+            remove(&mut c, k).await.expect("remove");
         }
         c.cleanup(CleanupRequest::default()).await.expect("cleanup");
     });
-    let left: Vec<_> = [
+    let left = entries_under(&[
         bed.pmem.join("snapshots"),
         bed.disk.join("snapshots"),
         bed.state.join("l"),
         bed.state.join("snapshots"),
-    ]
-    .iter()
-    .flat_map(|d| {
-        fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-    })
-    .collect();
+    ]);
     assert!(left.is_empty(), "leftovers: {left:?}");
     drop(nv);
     drop(rd);

@@ -20,22 +20,16 @@ fn dynamic_image() -> String {
     if stamp.exists() {
         return tag;
     }
-    let out = Command::new("bash")
-        .arg(repo().join("testbed/build-image.sh"))
-        .args([
+    sh(
+        "build-image.sh",
+        &[
             "--out",
             oci.to_str().expect("utf8"),
             "--tag",
             base,
             "--layers",
             "busybox,1M,2M,1M",
-        ])
-        .output()
-        .expect("build-image");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     let work = tempfile::tempdir().expect("tmp");
     let root = work.path().join("root");
@@ -48,17 +42,13 @@ fn dynamic_image() -> String {
         "#include <stdio.h>\nint main(void){puts(\"hello from a dynamic binary\");return 0;}\n",
     )
     .expect("write");
-    let cc = Command::new("gcc")
-        .arg("-O2")
-        .arg("-o")
-        .arg(root.join("usr/bin/hello"))
-        .arg(&src)
-        .output()
-        .expect("gcc");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
+    run_ok(
+        Command::new("gcc")
+            .arg("-O2")
+            .arg("-o")
+            .arg(root.join("usr/bin/hello"))
+            .arg(&src),
+        "gcc",
     );
     for (from, to) in [
         ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
@@ -71,59 +61,61 @@ fn dynamic_image() -> String {
         fs::copy(&real, root.join(to)).expect("copy lib");
     }
     let tar = work.path().join("layer.tar");
-    let t = Command::new("tar")
-        .args([
-            "--sort=name",
-            "--mtime=@1700000000",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "-C",
-        ])
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .expect("tar");
-    assert!(t.status.success());
-    let add = Command::new("umoci")
-        .args(["raw", "add-layer", "--image"])
-        .arg(format!("{}:{base}", oci.display()))
-        .args([
-            "--tag",
-            &tag,
-            "--history.created_by",
-            "COPY hello /usr/bin/hello",
-        ])
-        .arg(&tar)
-        .output()
-        .expect("umoci");
-    assert!(
-        add.status.success(),
-        "{}",
-        String::from_utf8_lossy(&add.stderr)
+    run_ok(
+        Command::new("tar")
+            .args([
+                "--sort=name",
+                "--mtime=@1700000000",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-C",
+            ])
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+        "tar",
+    );
+    run_ok(
+        Command::new("umoci")
+            .args(["raw", "add-layer", "--image"])
+            .arg(format!("{}:{base}", oci.display()))
+            .args([
+                "--tag",
+                &tag,
+                "--history.created_by",
+                "COPY hello /usr/bin/hello",
+            ])
+            .arg(&tar),
+        "umoci raw add-layer",
     );
     fs::create_dir_all(stamp.parent().expect("parent")).expect("mkdir");
     fs::write(&stamp, "dynamic").expect("stamp");
     tag
 }
 
-fn push_dynamic(bed: &Bed) -> String {
-    let tag = dynamic_image();
-    let reference = format!("{}/nvtier-test/{tag}:latest", bed.registry);
-    let out = Command::new("bash")
-        .arg(repo().join("testbed/push-image.sh"))
-        .arg(format!("{}:{tag}", oci_dir().display()))
-        .arg(&reference)
-        .output()
-        .expect("push");
+/// A report (`status` or `trace`) of the eBPF tracer, attached without
+/// tracefs.
+#[track_caller]
+fn assert_ebpf_without_tracefs(v: &Value) {
+    assert_eq!(v["tracer"], "ebpf", "{v}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        v["tracer_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no tracefs")),
+        "{v}"
     );
-    reference
+}
+
+/// A bed with the dynamic image pushed and pulled: (bed, reference, the
+/// chain IDs of its layers).
+fn bed_with_dynamic(tag: &str, rate: &str) -> (Bed, String, Vec<String>) {
+    let bed = Bed::up(tag, rate, "4G");
+    let r = bed.push_built(&dynamic_image());
+    bed.nvtier_ok(&["pull", &r]);
+    let layers = chain_ids(&bed, &r);
+    (bed, r, layers)
 }
 
 /// path → (layer index, kinds) from a profile JSON.
@@ -171,10 +163,7 @@ const WORKLOAD: &str = "cat /data/layer1.txt /data/layer2.txt /data/layer3.txt >
 
 #[test]
 fn ebpf_profile_is_exact_and_complete() {
-    let bed = Bed::up("trc", "100mbit", "4G");
-    let r = push_dynamic(&bed);
-    bed.nvtier_ok(&["pull", &r]);
-    let layers = chain_ids(&bed, &r);
+    let (bed, r, layers) = bed_with_dynamic("trc", "100mbit");
     assert_eq!(layers.len(), 5);
     // A process outside the container reads image files of the same layers
     // directly while the trace runs: none of it may appear.
@@ -219,13 +208,7 @@ fn ebpf_profile_is_exact_and_complete() {
         String::from_utf8_lossy(&st.stderr)
     );
     let st: Value = serde_json::from_slice(&st.stdout).expect("status --json");
-    assert_eq!(st["tracer"], "ebpf", "{st}");
-    assert!(
-        st["tracer_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("no tracefs")),
-        "{st}"
-    );
+    assert_ebpf_without_tracefs(&st);
     let out = bed.nvtier_without_tracefs(
         &[
             "trace", "--json", &r, "--tracer", "ebpf", "--", "/bin/sh", "-c", WORKLOAD,
@@ -281,13 +264,7 @@ fn ebpf_profile_is_exact_and_complete() {
             .collect()
     };
     assert_eq!(run_files(&rep), run_files(&tp), "btf vs tracepoint attach");
-    assert_eq!(rep["tracer"], "ebpf", "{rep}");
-    assert!(
-        rep["tracer_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("no tracefs")),
-        "{rep}"
-    );
+    assert_ebpf_without_tracefs(&rep);
     assert_eq!(rep["exit_code"], 0, "{rep}");
     assert_eq!(rep["lost_events"], 0);
     // Miss mode: exactly the touched files of disk-tier layers.
@@ -405,10 +382,7 @@ fn ebpf_profile_is_exact_and_complete() {
 
 #[test]
 fn fallback_tracers_see_the_same_files() {
-    let bed = Bed::up("fan", "none", "4G");
-    let r = push_dynamic(&bed);
-    bed.nvtier_ok(&["pull", &r]);
-    let layers = chain_ids(&bed, &r);
+    let (bed, r, layers) = bed_with_dynamic("fan", "none");
     // Opens and execs only: stat-only lookups are invisible to the
     // fallbacks.
     let work = "cat /data/layer1.txt /data/layer3.txt >/dev/null; /usr/bin/hello";

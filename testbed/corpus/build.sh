@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
 # Build the real-image corpus (images.tsv) into one OCI layout.
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR source=../lib.sh
-source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../lib.sh"
 # shellcheck source-path=SCRIPTDIR source=corpus-lib.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/corpus-lib.sh"
 

@@ -2,8 +2,6 @@
 # Run every built corpus image once per run in a minimal container and time
 # how long it takes to become ready.
 set -euo pipefail
-# shellcheck source-path=SCRIPTDIR source=../lib.sh
-source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../lib.sh"
 # shellcheck source-path=SCRIPTDIR source=corpus-lib.sh
 source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/corpus-lib.sh"
 

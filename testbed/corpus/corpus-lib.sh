@@ -1,5 +1,9 @@
 # shellcheck shell=bash
-# The corpus spec (images.tsv) for build.sh and check.sh. Sourced, never run.
+# The corpus spec (images.tsv) for build.sh and check.sh. Sourced, never run;
+# brings in the testbed's lib.sh (die, warn, need_root, ...) as well.
+
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../lib.sh"
 
 CORPUS_DIR=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 CORPUS_TSV=$CORPUS_DIR/images.tsv

@@ -27,10 +27,19 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Arguments of `nvbench attach-cost`.
+#[derive(clap::Args)]
 pub struct AttachCostArgs {
+    /// Rounds (each runs every mode once, in rotating order).
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
+    /// Iterations of openat + close + newfstatat per worker run.
+    #[arg(long, default_value_t = 200_000)]
     pub iters: u64,
+    /// Results JSON.
+    #[arg(long, default_value = "testbed/results/attach-cost.json")]
     pub out: PathBuf,
+    /// Markdown report.
+    #[arg(long, default_value = "testbed/results/attach-cost.md")]
     pub markdown: PathBuf,
 }
 

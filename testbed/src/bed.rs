@@ -30,18 +30,41 @@ pub fn require_root() {
     );
 }
 
-fn sh(name: &str, args: &[&str]) -> String {
-    let out = script(&crate_scripts(), name)
-        .args(args)
+/// The entries of `dirs` (a missing or unreadable dir has none): what a
+/// test that freed everything expects to be empty.
+pub fn entries_under(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| {
+            fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+        })
+        .collect()
+}
+
+/// The stdout of `cmd`; panics with its status and output when it fails.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
         .output()
-        .expect("run testbed script");
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
     assert!(
         out.status.success(),
-        "testbed/{name} {args:?} failed:\n{}\n{}",
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `testbed/NAME ARGS`; its stdout.
+pub fn sh(name: &str, args: &[&str]) -> String {
+    run_ok(
+        script(&crate_scripts(), name).args(args),
+        &format!("testbed/{name} {args:?}"),
+    )
 }
 
 /// Best-effort `registry.sh down NAME` and `tiers.sh down NAME`.
@@ -132,10 +155,15 @@ impl Bed {
                 &seed.to_string(),
             ],
         );
+        self.push_built(tag)
+    }
+
+    /// Push `tag`, already built in [`oci_dir`]; returns its reference.
+    pub fn push_built(&self, tag: &str) -> String {
         let reference = format!("{}/nvtier-test/{tag}:latest", self.registry);
         sh(
             "push-image.sh",
-            &[&format!("{}:{tag}", oci.display()), &reference],
+            &[&format!("{}:{tag}", oci_dir().display()), &reference],
         );
         reference
     }
@@ -247,32 +275,20 @@ exec "$@"
 
     /// Entries left in every place that must be empty after cleanup.
     pub fn leftovers(&self) -> Vec<PathBuf> {
-        let mut v = Vec::new();
-        for d in [
+        entries_under(&[
             self.pmem.join("staging"),
             self.disk.join("staging"),
             self.state.join("downloads"),
             self.state.join("reservations"),
-        ] {
-            if let Ok(rd) = fs::read_dir(&d) {
-                v.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        v
+        ])
     }
 
     pub fn stored_layers(&self) -> Vec<PathBuf> {
-        let mut v = Vec::new();
-        for d in [
+        entries_under(&[
             self.pmem.join("layers"),
             self.disk.join("layers"),
             self.state.join("layers"),
-        ] {
-            if let Ok(rd) = fs::read_dir(&d) {
-                v.extend(rd.flatten().map(|e| e.path()));
-            }
-        }
-        v
+        ])
     }
 
     /// Blob files of the registry's filesystem storage, largest first.
@@ -339,23 +355,28 @@ pub fn build_lock() -> nix::fcntl::Flock<fs::File> {
         .expect("flock")
 }
 
-/// A reference root filesystem of `tag`, unpacked by umoci (an independent
-/// implementation of layer application, whiteouts included).
-pub fn reference_rootfs(tag: &str) -> PathBuf {
-    let _lock = build_lock();
-    // Keyed by the manifest digest, so a rebuilt image is unpacked afresh.
+/// The manifest digest (`sha256:…`) of `tag` in [`oci_dir`]'s index.
+pub fn manifest_digest(tag: &str) -> String {
     let index: Value =
         serde_json::from_slice(&fs::read(oci_dir().join("index.json")).expect("read OCI index"))
             .expect("OCI index JSON");
-    let digest = index["manifests"]
+    index["manifests"]
         .as_array()
         .expect("manifests")
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .and_then(|m| m["digest"].as_str())
         .expect("tag in the OCI index")
-        .trim_start_matches("sha256:")
-        .to_string();
+        .to_string()
+}
+
+/// A reference root filesystem of `tag`, unpacked by umoci (an independent
+/// implementation of layer application, whiteouts included).
+pub fn reference_rootfs(tag: &str) -> PathBuf {
+    let _lock = build_lock();
+    // Keyed by the manifest digest, so a rebuilt image is unpacked afresh.
+    let digest = manifest_digest(tag);
+    let digest = digest.trim_start_matches("sha256:");
     let dir = PathBuf::from(format!(
         "/var/tmp/nvtier-test-images/unpacked-{tag}-{}",
         &digest[..16]
@@ -363,16 +384,12 @@ pub fn reference_rootfs(tag: &str) -> PathBuf {
     let rootfs = dir.join("rootfs");
     if !rootfs.is_dir() {
         let _ = fs::remove_dir_all(&dir);
-        let out = Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:{tag}", oci_dir().display()))
-            .arg(&dir)
-            .output()
-            .expect("umoci");
-        assert!(
-            out.status.success(),
-            "umoci unpack: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:{tag}", oci_dir().display()))
+                .arg(&dir),
+            "umoci unpack",
         );
     }
     rootfs

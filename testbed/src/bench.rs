@@ -104,14 +104,29 @@ impl Sample {
 }
 
 /// Command-line options of `nvbench pull`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct PullArgs {
-    pub reps: usize,
+    /// Repetitions of every (image, placement) [default: 5, 3 with --quick]
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Registry link rate (tbf), e.g. 1gbit, 100mbit, none.
+    #[arg(long, default_value = "1gbit")]
     pub rate: String,
+    /// Only the images `mid` and `top`, 3 reps by default; results go to
+    /// pull-RATE-quick.{json,md} unless --out/--markdown say otherwise.
+    #[arg(long)]
     pub quick: bool,
+    /// Results JSON [default: testbed/results/pull-RATE.json]
+    #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Markdown report [default: testbed/results/pull-RATE.md]
+    #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// nvtier binary [default: target/release/nvtier of the repository]
+    #[arg(long)]
     pub nvtier: Option<PathBuf>,
+    /// Testbed NAME (1-12 of [a-z0-9-]).
+    #[arg(long, default_value = "bench")]
     pub name: String,
 }
 
@@ -318,7 +333,8 @@ pub fn now_utc() -> String {
 
 pub fn run_pull(args: PullArgs) -> Result<()> {
     let t_start = Instant::now();
-    if args.reps == 0 {
+    let reps = args.reps.unwrap_or(if args.quick { 3 } else { 5 });
+    if reps == 0 {
         bail!("--reps must be at least 1");
     }
     let rate = rate_label(&args.rate)?;
@@ -355,7 +371,7 @@ pub fn run_pull(args: PullArgs) -> Result<()> {
         "nvbench pull: {} images x {} placements x {} reps at {rate}, nvtier {}",
         images.len(),
         PLACEMENTS.len(),
-        args.reps,
+        reps,
         nvtier.display()
     );
 
@@ -421,9 +437,9 @@ pub fn run_pull(args: PullArgs) -> Result<()> {
     }
 
     // Measure.
-    let total = args.reps * images.len() * PLACEMENTS.len();
+    let total = reps * images.len() * PLACEMENTS.len();
     let mut samples: Vec<Sample> = Vec::with_capacity(total);
-    for rep in 1..=args.reps {
+    for rep in 1..=reps {
         for im in &images {
             for placement in PLACEMENTS {
                 proc::check_stop()?;
@@ -490,7 +506,7 @@ pub fn run_pull(args: PullArgs) -> Result<()> {
         machine,
         git_commit,
         rate,
-        reps: args.reps,
+        reps,
         quick: args.quick,
         name: args.name.clone(),
         loadavg_start,

@@ -28,20 +28,7 @@ enum Cmd {
     /// raw syscall tracepoints (btf, the default: no tracefs needed) or to
     /// per-syscall tracepoints (tracepoint: needs tracefs, mounted here in a
     /// private mount namespace). Interleaved rounds; medians. Root.
-    AttachCost {
-        /// Rounds (each runs every mode once, in rotating order).
-        #[arg(long, default_value_t = 9)]
-        rounds: usize,
-        /// Iterations of openat + close + newfstatat per worker run.
-        #[arg(long, default_value_t = 200_000)]
-        iters: u64,
-        /// Results JSON.
-        #[arg(long, default_value = "testbed/results/attach-cost.json")]
-        out: PathBuf,
-        /// Markdown report.
-        #[arg(long, default_value = "testbed/results/attach-cost.md")]
-        markdown: PathBuf,
-    },
+    AttachCost(attach_cost::AttachCostArgs),
     /// (internal) The syscall loop of attach-cost.
     #[command(hide = true)]
     AttachCostWorker {
@@ -53,164 +40,26 @@ enum Cmd {
     /// Deployment (pull) time with placement disk, pmem and lass: brings up
     /// a testbed, builds and pushes the images, pulls each cold inside the
     /// HDD throttle cgroup, writes JSON + Markdown results, tears down.
-    Pull {
-        /// Repetitions of every (image, placement) [default: 5, 3 with --quick]
-        #[arg(long)]
-        reps: Option<usize>,
-        /// Registry link rate (tbf), e.g. 1gbit, 100mbit, none.
-        #[arg(long, default_value = "1gbit")]
-        rate: String,
-        /// Only the images `mid` and `top`, 3 reps by default; results go to
-        /// pull-RATE-quick.{json,md} unless --out/--markdown say otherwise.
-        #[arg(long)]
-        quick: bool,
-        /// Results JSON [default: testbed/results/pull-RATE.json]
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Markdown report [default: testbed/results/pull-RATE.md]
-        #[arg(long)]
-        markdown: Option<PathBuf>,
-        /// nvtier binary [default: target/release/nvtier of the repository]
-        #[arg(long)]
-        nvtier: Option<PathBuf>,
-        /// Testbed NAME (1-12 of [a-z0-9-]).
-        #[arg(long, default_value = "bench")]
-        name: String,
-    },
+    Pull(bench::PullArgs),
     /// Report of a HelloBench-style run of testbed/nvbench.sh: reads its
     /// JSON-lines samples and writes results.json, nvbench.md and plots.
     #[command(long_about = REPORT_ABOUT)]
-    Report {
-        /// The JSON-lines samples file written by testbed/nvbench.sh.
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// Output directory (created, with DIR/plots): results.json,
-        /// nvbench.md, plots/<metric>-<rate>.{png,svg}.
-        #[arg(long, value_name = "DIR")]
-        out_dir: PathBuf,
-        /// TrueType font for the plots [default: DejaVuSans.ttf of
-        /// fonts-dejavu-core, or another found in /usr/share/fonts].
-        #[arg(long, value_name = "FILE")]
-        font: Option<PathBuf>,
-        /// Write results.json and nvbench.md only.
-        #[arg(long)]
-        no_plots: bool,
-    },
+    Report(nvbench::ReportArgs),
     /// Report of testbed/bench-trace.sh: tracer overhead per placement and
     /// the open storm → trace.json, trace.md.
-    ReportTrace {
-        /// JSON lines: {placement, what: base|traced, ms, exit, lost, files, hot_share, tracer}.
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// `nvtier trace --json` of the open storm.
-        #[arg(long, value_name = "FILE")]
-        storm: PathBuf,
-        /// `nvtier run --json` of the same loop, untraced.
-        #[arg(long, value_name = "FILE")]
-        storm_base: PathBuf,
-        /// Repetitions per case (for the header).
-        #[arg(long)]
-        reps: usize,
-        /// Unix time the benchmark started (for the run time in the header).
-        #[arg(long, value_name = "SECONDS")]
-        started: i64,
-        /// Results JSON.
-        #[arg(
-            long,
-            value_name = "FILE",
-            default_value = "testbed/results/trace.json"
-        )]
-        out_json: PathBuf,
-        /// Markdown report.
-        #[arg(long, value_name = "FILE", default_value = "testbed/results/trace.md")]
-        out_md: PathBuf,
-    },
+    ReportTrace(reports::trace::Args),
     /// Report of testbed/bench-coldstart.sh: cold starts through containerd
     /// with Docker, NVM-Docker and nvtier → coldstart.json, coldstart.md.
-    ReportColdstart {
-        /// JSON lines with a kind: pull, pmem, verify,
-        /// control_unthrottled_container, coldstart.
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// Repetitions per case (for the header).
-        #[arg(long)]
-        reps: usize,
-        /// Unix time the benchmark started.
-        #[arg(long, value_name = "SECONDS")]
-        started: i64,
-        /// Registry link rate.
-        #[arg(long)]
-        rate: String,
-        /// The HDD read IOPS rule (blkio.throttle.read_iops_device line).
-        #[arg(long)]
-        iops_rule: String,
-        /// The HDD read bandwidth rule (blkio.throttle.read_bps_device line).
-        #[arg(long)]
-        bps_rule: String,
-        /// Results JSON.
-        #[arg(
-            long,
-            value_name = "FILE",
-            default_value = "testbed/results/coldstart.json"
-        )]
-        out_json: PathBuf,
-        /// Markdown report.
-        #[arg(
-            long,
-            value_name = "FILE",
-            default_value = "testbed/results/coldstart.md"
-        )]
-        out_md: PathBuf,
-    },
+    ReportColdstart(reports::coldstart::Args),
     /// Report of testbed/bench-tiering.sh: cold starts with all-disk,
     /// all-pmem, LASS and LASS+hot → DIR/tiering.json, DIR/tiering.md.
-    ReportTiering {
-        /// JSON lines: {system, image, rep, ms, disk_read_bytes, disk_read_ios, ...}.
-        #[arg(long, value_name = "FILE")]
-        runs: PathBuf,
-        /// JSON lines: {system, image, image_bytes, pmem_used, ...}.
-        #[arg(long, value_name = "FILE")]
-        usage: PathBuf,
-        /// JSON lines: {image, step, r} of the migrations.
-        #[arg(long, value_name = "FILE")]
-        migrate: PathBuf,
-        /// Repetitions per case (for the header).
-        #[arg(long)]
-        reps: usize,
-        /// Registry link rate (for the header).
-        #[arg(long)]
-        rate: String,
-        /// Directory for tiering.json and tiering.md.
-        #[arg(long, value_name = "DIR", default_value = "testbed/results")]
-        out_dir: PathBuf,
-    },
+    ReportTiering(reports::tiering::Args),
     /// Report of testbed/bench-flat.sh: cold start over the flattened
     /// metadata layer vs a plain overlay → flat.md.
-    ReportFlat {
-        /// JSON lines: {kind: run, placement, mode, ms, exit} and
-        /// {kind: pmem, placement, pmem_layer_bytes | meta_bytes}.
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// Repetitions per case (for the header).
-        #[arg(long)]
-        reps: usize,
-        /// Markdown report.
-        #[arg(long, value_name = "FILE", default_value = "testbed/results/flat.md")]
-        out_md: PathBuf,
-    },
+    ReportFlat(reports::flat::Args),
     /// Summary of testbed/bench-docker.sh: median `docker pull` and
     /// pull + sync times per storage driver, printed.
-    ReportDocker {
-        /// JSON lines: {driver, rep, pull_ms, pull_sync_ms}.
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// The image's layer spec (for the heading).
-        #[arg(long)]
-        layers: String,
-        /// The registry link rate (for the heading).
-        #[arg(long)]
-        rate: String,
-    },
+    ReportDocker(reports::docker::Args),
     /// Summary of testbed/bench-docker-plugin.sh: one line per `docker
     /// pull` (and, with nvtier, where each layer went) and the medians.
     ReportDockerPlugin {
@@ -232,36 +81,7 @@ enum Cmd {
     /// (testbed/nvbench.sh) Replace the meta line of a samples file by one
     /// covering this run and, with --resume, the earlier runs in the file:
     /// machine, settings, rates and images of every run, cells measured.
-    Meta {
-        #[arg(long, value_name = "FILE")]
-        samples: PathBuf,
-        /// The run's corpus images (`corpus/build.sh --list --json`).
-        #[arg(long, value_name = "FILE")]
-        images: PathBuf,
-        /// JSON lines {name, manifest}: each image's OCI manifest.
-        #[arg(long, value_name = "FILE")]
-        manifests: PathBuf,
-        /// Repetitions per case (for the header).
-        #[arg(long)]
-        reps: usize,
-        #[arg(long)]
-        quick: bool,
-        /// Comma-separated link rates of this run.
-        #[arg(long, value_delimiter = ',')]
-        rates: Vec<String>,
-        /// The engine versions.
-        #[arg(long)]
-        engine: String,
-        /// HDD read IOPS rule.
-        #[arg(long)]
-        iops: String,
-        /// HDD read bandwidth rule (B/s).
-        #[arg(long)]
-        bps: String,
-        /// Seconds this run took.
-        #[arg(long)]
-        run_seconds: i64,
-    },
+    Meta(reports::nvbench_run::MetaArgs),
     /// (testbed/nvbench.sh) The registry's last byte in [T0, T1] from the
     /// network counter samples ("TIME_NS BYTES" lines): prints "TIME_NS
     /// BYTES" (bytes since the first sample), or "0 0".
@@ -306,17 +126,7 @@ fn main() {
     // attach-cost unshares its mount namespace, which needs a process
     // with one thread: before the signal handlers or anything else.
     let r = match cli.cmd {
-        Cmd::AttachCost {
-            rounds,
-            iters,
-            out,
-            markdown,
-        } => attach_cost::run(attach_cost::AttachCostArgs {
-            rounds,
-            iters,
-            out,
-            markdown,
-        }),
+        Cmd::AttachCost(a) => attach_cost::run(a),
         Cmd::AttachCostWorker { cgroup, iters } => attach_cost::worker(cgroup.as_deref(), iters),
         cmd => run(cmd),
     };
@@ -329,134 +139,22 @@ fn main() {
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     proc::install_signal_handlers();
     match cmd {
-        Cmd::Pull {
-            reps,
-            rate,
-            quick,
-            out,
-            markdown,
-            nvtier,
-            name,
-        } => bench::run_pull(bench::PullArgs {
-            reps: reps.unwrap_or(if quick { 3 } else { 5 }),
-            rate,
-            quick,
-            out,
-            markdown,
-            nvtier,
-            name,
-        }),
-        Cmd::Report {
-            samples,
-            out_dir,
-            font,
-            no_plots,
-        } => nvbench::run_report(nvbench::ReportArgs {
-            samples,
-            out_dir,
-            font,
-            no_plots,
-        }),
-        Cmd::ReportTrace {
-            samples,
-            storm,
-            storm_base,
-            reps,
-            started,
-            out_json,
-            out_md,
-        } => reports::trace::run(reports::trace::Args {
-            samples,
-            storm,
-            storm_base,
-            reps,
-            started,
-            out_json,
-            out_md,
-        }),
-        Cmd::ReportColdstart {
-            samples,
-            reps,
-            started,
-            rate,
-            iops_rule,
-            bps_rule,
-            out_json,
-            out_md,
-        } => reports::coldstart::run(reports::coldstart::Args {
-            samples,
-            reps,
-            started,
-            rate,
-            iops_rule,
-            bps_rule,
-            out_json,
-            out_md,
-        }),
-        Cmd::ReportTiering {
-            runs,
-            usage,
-            migrate,
-            reps,
-            rate,
-            out_dir,
-        } => reports::tiering::run(reports::tiering::Args {
-            runs,
-            usage,
-            migrate,
-            reps,
-            rate,
-            out_dir,
-        }),
-        Cmd::ReportFlat {
-            samples,
-            reps,
-            out_md,
-        } => reports::flat::run(reports::flat::Args {
-            samples,
-            reps,
-            out_md,
-        }),
-        Cmd::ReportDocker {
-            samples,
-            layers,
-            rate,
-        } => reports::docker::run(reports::docker::Args {
-            samples,
-            layers,
-            rate,
-        }),
+        Cmd::Pull(a) => bench::run_pull(a),
+        Cmd::Report(a) => nvbench::run_report(a),
+        Cmd::ReportTrace(a) => reports::trace::run(a),
+        Cmd::ReportColdstart(a) => reports::coldstart::run(a),
+        Cmd::ReportTiering(a) => reports::tiering::run(a),
+        Cmd::ReportFlat(a) => reports::flat::run(a),
+        Cmd::ReportDocker(a) => reports::docker::run(a),
         Cmd::ReportDockerPlugin { samples } => {
             reports::docker_plugin::run(reports::docker_plugin::Args { samples })
         }
         Cmd::ReportCorpus { samples, json } => {
             reports::corpus::run(reports::corpus::Args { samples, json })
         }
-        Cmd::Meta {
-            samples,
-            images,
-            manifests,
-            reps,
-            quick,
-            rates,
-            engine,
-            iops,
-            bps,
-            run_seconds,
-        } => reports::nvbench_run::meta(reports::nvbench_run::MetaArgs {
-            samples,
-            images,
-            manifests,
-            reps,
-            quick,
-            rates,
-            engine,
-            iops,
-            bps,
-            run_seconds,
-        }),
+        Cmd::Meta(a) => reports::nvbench_run::meta(a),
         Cmd::LastByte { netstat, t0, t1 } => reports::nvbench_run::last_byte_cmd(&netstat, t0, t1),
         Cmd::CheckSamples { samples } => reports::nvbench_run::check_samples(&samples),
-        Cmd::AttachCost { .. } | Cmd::AttachCostWorker { .. } => Ok(()),
+        Cmd::AttachCost(_) | Cmd::AttachCostWorker { .. } => Ok(()),
     }
 }

@@ -14,19 +14,11 @@ pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
-/// Median (mean of the middle two for an even count); None when empty.
+/// Median of the finite values (mean of the middle two for an even count);
+/// None when there are none.
 pub fn median(v: &[f64]) -> Option<f64> {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return None;
-    }
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
+    let finite: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    nvtier_testbed::reports::median(&finite)
 }
 
 /// Geometric mean of positive finite values; None if any is not.
@@ -229,6 +221,16 @@ fn range3(a: &Agg) -> String {
         _ => "n/a".into(),
     }
 }
+/// A row of the Overall table: the ratio's geomean and per-image range.
+fn ratio_row(o: &mut String, metric: &str, a: &Agg, goal: &str, result: &str) {
+    let _ = writeln!(
+        o,
+        "| {metric} | {} | {} | {goal} | {result} |",
+        f3(a.geomean),
+        range3(a)
+    );
+}
+
 fn met(m: Option<bool>) -> &'static str {
     match m {
         Some(true) => "**met**",
@@ -381,35 +383,39 @@ value is the **geometric mean of the per-image ratios** (range over images along
         "| metric | overall (geomean) | per-image range | goal | result |"
     );
     let _ = writeln!(o, "|---|--:|--:|---|---|");
-    let _ = writeln!(
-        o,
-        "| LASS deploy / all-pmem deploy | {} | {} | ≤ {GOAL_LASS_OVER_PMEM} | {} |",
-        f3(s.lass_over_pmem_deploy.geomean),
-        range3(&s.lass_over_pmem_deploy),
-        met(s.goal_lass_over_pmem_met)
+    ratio_row(
+        &mut o,
+        "LASS deploy / all-pmem deploy",
+        &s.lass_over_pmem_deploy,
+        &format!("≤ {GOAL_LASS_OVER_PMEM}"),
+        met(s.goal_lass_over_pmem_met),
     );
-    let _ = writeln!(
-        o,
-        "| all-disk deploy / LASS deploy | {} | {} | ≥ {GOAL_DISK_OVER_LASS} | {} |",
-        f3(s.disk_over_lass_deploy.geomean),
-        range3(&s.disk_over_lass_deploy),
-        met(s.goal_disk_over_lass_met)
+    ratio_row(
+        &mut o,
+        "all-disk deploy / LASS deploy",
+        &s.disk_over_lass_deploy,
+        &format!("≥ {GOAL_DISK_OVER_LASS}"),
+        met(s.goal_disk_over_lass_met),
     );
     let sad = |p: &str| s.store_after_download_ms.get(p).copied().flatten();
-    let _ = writeln!(
-        o,
-        "| store-after-download LASS / all-disk (median ms: lass {}, disk {}, pmem {}) | {} | {} | lower is better | – |",
-        f0(sad("lass")),
-        f0(sad("disk")),
-        f0(sad("pmem")),
-        f3(s.lass_over_disk_store_after_download.geomean),
-        range3(&s.lass_over_disk_store_after_download)
+    ratio_row(
+        &mut o,
+        &format!(
+            "store-after-download LASS / all-disk (median ms: lass {}, disk {}, pmem {})",
+            f0(sad("lass")),
+            f0(sad("disk")),
+            f0(sad("pmem"))
+        ),
+        &s.lass_over_disk_store_after_download,
+        "lower is better",
+        "–",
     );
-    let _ = writeln!(
-        o,
-        "| pmem bytes LASS / all-pmem | {} | {} | < 1 (pmem saved) | – |",
-        f3(s.lass_over_pmem_pmem_bytes.geomean),
-        range3(&s.lass_over_pmem_pmem_bytes)
+    ratio_row(
+        &mut o,
+        "pmem bytes LASS / all-pmem",
+        &s.lass_over_pmem_pmem_bytes,
+        "< 1 (pmem saved)",
+        "–",
     );
     let inv_ok = s.lass_samples > 0 && s.lass_pmem_equals_ldl_and_above == s.lass_samples;
     let _ = writeln!(
@@ -419,17 +425,19 @@ value is the **geometric mean of the per-image ratios** (range over images along
         s.lass_samples,
         met(Some(inv_ok))
     );
-    let _ = writeln!(
-        o,
-        "| (reference) nvtier-internal stored_done: LASS / all-pmem | {} | {} | – | – |",
-        f3(s.lass_over_pmem_stored_done.geomean),
-        range3(&s.lass_over_pmem_stored_done)
+    ratio_row(
+        &mut o,
+        "(reference) nvtier-internal stored_done: LASS / all-pmem",
+        &s.lass_over_pmem_stored_done,
+        "–",
+        "–",
     );
-    let _ = writeln!(
-        o,
-        "| (reference) nvtier-internal stored_done: all-disk / LASS | {} | {} | – | – |",
-        f3(s.disk_over_lass_stored_done.geomean),
-        range3(&s.disk_over_lass_stored_done)
+    ratio_row(
+        &mut o,
+        "(reference) nvtier-internal stored_done: all-disk / LASS",
+        &s.disk_over_lass_stored_done,
+        "–",
+        "–",
     );
 
     let verdict = |name: &str, v: Option<f64>, ok: Option<bool>, goal: &str| match ok {

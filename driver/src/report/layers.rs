@@ -171,12 +171,7 @@ mod tests {
     #[test]
     fn json_keys() {
         let v = serde_json::to_value(row(0, "sha256:c", TierKind::Disk)).expect("json");
-        let keys: Vec<&str> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys = crate::testutil::object_keys(&v);
         assert_eq!(
             keys,
             [

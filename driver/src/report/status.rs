@@ -313,12 +313,7 @@ mod tests {
     #[test]
     fn json_keys_and_types() {
         let v = serde_json::to_value(status()).expect("json");
-        let keys: Vec<&str> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let keys = crate::testutil::object_keys(&v);
         let mut sorted = keys.clone();
         sorted.sort_unstable();
         assert_eq!(keys, sorted);

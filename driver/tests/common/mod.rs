@@ -11,7 +11,7 @@ use std::process::Output;
 
 pub use nvtier_testbed::bed::{
     assert_same_tree, build_lock, check_lass_rule, check_lass_rule_with_budget, check_pull_report,
-    listing, oci_dir, reference_rootfs, repo, require_root,
+    listing, manifest_digest, oci_dir, reference_rootfs, repo, require_root, run_ok, sh,
 };
 
 /// The nvtier binary Cargo built for these tests.
@@ -62,6 +62,11 @@ impl Bed {
 
     pub fn nvtier_json(&self, args: &[&str]) -> Value {
         self.0.nvtier_json(bin(), args)
+    }
+
+    /// `nvtier run IMAGE -- /bin/sh -c SCRIPT`: its JSON report.
+    pub fn run_sh(&self, image: &str, script: &str) -> Value {
+        self.nvtier_json(&["run", image, "--", "/bin/sh", "-c", script])
     }
 }
 

@@ -5,10 +5,16 @@
 #![allow(dead_code)]
 
 use crate::common::{repo, Bed};
+pub use nvtier_testbed::bed::entries_under;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// The root directory of one test's containerd.
+pub fn containerd_root(bed: &Bed) -> PathBuf {
+    PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name))
+}
 
 /// Runtime directory of one test's engines (short: socket paths ≤ 107 bytes).
 pub fn run_dir(bed: &Bed) -> PathBuf {
@@ -137,7 +143,7 @@ impl Containerd {
     /// (None = the system's bookworm containerd 1.6).
     pub fn start(bed: &Bed, snap_sock: &Path, bin_dir: Option<&Path>) -> Containerd {
         let run = run_dir(bed);
-        let root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/containerd", bed.name));
+        let root = containerd_root(bed);
         fs::create_dir_all(&root).expect("containerd root");
         let sock = run.join("ctd.sock");
         let cfg = run.join("containerd.toml");
@@ -185,6 +191,28 @@ impl Containerd {
 
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         ok(self.ctr(args), &format!("ctr {args:?}"))
+    }
+
+    /// `ctr run FLAGS --snapshotter nvtier IMG ID CMD...`: its output.
+    pub fn run_nvtier(&self, flags: &[&str], img: &str, id: &str, cmd: &[&str]) -> String {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--snapshotter", "nvtier", img, id]);
+        args.extend_from_slice(cmd);
+        self.ctr_ok(&args)
+    }
+
+    /// `ctr images pull` of `img` from the plain-HTTP test registry into
+    /// the nvtier snapshotter.
+    pub fn pull_nvtier(&self, img: &str) -> String {
+        self.ctr_ok(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "nvtier",
+            img,
+        ])
     }
 }
 

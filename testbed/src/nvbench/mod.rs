@@ -12,11 +12,21 @@ pub mod samples;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
+    /// The JSON-lines samples file written by testbed/nvbench.sh.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
+    /// Output directory (created, with DIR/plots): results.json,
+    /// nvbench.md, plots/<metric>-<rate>.{png,svg}.
+    #[arg(long, value_name = "DIR")]
     pub out_dir: PathBuf,
+    /// TrueType font for the plots [default: DejaVuSans.ttf of
+    /// fonts-dejavu-core, or another found in /usr/share/fonts].
+    #[arg(long, value_name = "FILE")]
     pub font: Option<PathBuf>,
+    /// Write results.json and nvbench.md only.
+    #[arg(long)]
     pub no_plots: bool,
 }
 

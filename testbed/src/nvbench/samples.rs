@@ -8,14 +8,11 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Machine {
-    #[serde(default)]
     pub cpu: Option<String>,
-    #[serde(default)]
     pub nproc: Option<u64>,
-    #[serde(default)]
     pub mem_total_kib: Option<u64>,
-    #[serde(default)]
     pub kernel: Option<String>,
 }
 
@@ -43,39 +40,25 @@ pub struct SystemInfo {
 
 /// The run's description (the last `meta` line wins).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Meta {
-    #[serde(default)]
     pub date: Option<String>,
-    #[serde(default)]
     pub machine: Option<Machine>,
-    #[serde(default)]
     pub reps: Option<u64>,
-    #[serde(default)]
     pub quick: Option<bool>,
-    #[serde(default)]
     pub rates: Vec<String>,
-    #[serde(default)]
     pub engine: Option<String>,
-    #[serde(default)]
     pub hdd: Option<serde_json::Value>,
-    #[serde(default)]
     pub pmem: Option<String>,
-    #[serde(default)]
     pub run_seconds: Option<f64>,
     /// The first run into this samples file (`--resume` adds runs).
-    #[serde(default)]
     pub started: Option<String>,
     /// Runs into this samples file.
-    #[serde(default)]
     pub runs: Option<u64>,
     /// (rate, image) cells measured, and selected over all runs.
-    #[serde(default)]
     pub cells_done: Option<u64>,
-    #[serde(default)]
     pub cells_total: Option<u64>,
-    #[serde(default)]
     pub images: Vec<ImageInfo>,
-    #[serde(default)]
     pub systems: Vec<SystemInfo>,
 }
 

@@ -2,7 +2,7 @@
 //! Docker, NVM-Docker and nvtier (testbed/bench-coldstart.sh) →
 //! coldstart.json and coldstart.md.
 
-use super::{host, lines, median, read_jsonl_raw, thousands, utc_timestamp, Splice};
+use super::{host, median, read_jsonl_raw, thousands, utc_timestamp, Splice};
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::Value;
@@ -19,16 +19,40 @@ pub const SYSTEMS: [(&str, &str, &str); 3] = [
     ),
 ];
 
+#[derive(clap::Args)]
 pub struct Args {
-    /// JSON lines with a "kind": pull, pmem, verify,
+    /// JSON lines with a kind: pull, pmem, verify,
     /// control_unthrottled_container, coldstart.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
+    /// Repetitions per case (for the header).
+    #[arg(long)]
     pub reps: usize,
+    /// Unix time the benchmark started.
+    #[arg(long, value_name = "SECONDS")]
     pub started: i64,
+    /// Registry link rate.
+    #[arg(long)]
     pub rate: String,
+    /// The HDD read IOPS rule (blkio.throttle.read_iops_device line).
+    #[arg(long)]
     pub iops_rule: String,
+    /// The HDD read bandwidth rule (blkio.throttle.read_bps_device line).
+    #[arg(long)]
     pub bps_rule: String,
+    /// Results JSON.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "testbed/results/coldstart.json"
+    )]
     pub out_json: PathBuf,
+    /// Markdown report.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "testbed/results/coldstart.md"
+    )]
     pub out_md: PathBuf,
 }
 
@@ -360,10 +384,7 @@ pub fn run(a: Args) -> Result<()> {
         ),
     ];
     md.extend(body(&rows));
-    let text = lines(&md);
-    super::write(&a.out_md, &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_md, &md)
 }
 
 #[cfg(test)]

@@ -6,10 +6,16 @@ use anyhow::Result;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+#[derive(clap::Args)]
 pub struct Args {
     /// JSON lines: {driver, rep, pull_ms, pull_sync_ms}.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
+    /// The image's layer spec (for the heading).
+    #[arg(long)]
     pub layers: String,
+    /// The registry link rate (for the heading).
+    #[arg(long)]
     pub rate: String,
 }
 

@@ -1,16 +1,22 @@
 //! `nvbench report-flat`: cold start over the flattened metadata layer vs a
 //! plain overlay (testbed/bench-flat.sh) → flat.md.
 
-use super::{host, lines, max, median, min, read_jsonl, utc_timestamp};
+use super::{host, max, median, min, read_jsonl, utc_timestamp};
 use anyhow::Result;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+#[derive(clap::Args)]
 pub struct Args {
-    /// JSON lines: {kind: "run", placement, mode: plain|flat, ms, exit} and
-    /// {kind: "pmem", placement, pmem_layer_bytes, meta_bytes}.
+    /// JSON lines: {kind: run, placement, mode, ms, exit} and
+    /// {kind: pmem, placement, pmem_layer_bytes | meta_bytes}.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
+    /// Repetitions per case (for the header).
+    #[arg(long)]
     pub reps: usize,
+    /// Markdown report.
+    #[arg(long, value_name = "FILE", default_value = "testbed/results/flat.md")]
     pub out_md: PathBuf,
 }
 
@@ -107,10 +113,7 @@ pub fn run(a: Args) -> Result<()> {
         "|---|--:|--:|--:|--:|--:|".into(),
     ];
     md.extend(rows(&samples));
-    let text = lines(&md);
-    super::write(&a.out_md, &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_md, &md)
 }
 
 #[cfg(test)]

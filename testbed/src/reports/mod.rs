@@ -20,14 +20,18 @@ use std::path::Path;
 /// Read a JSON-lines file (blank lines skipped); a bad line is an error
 /// naming FILE:LINE.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    map_jsonl(path, |l| Ok(serde_json::from_str(l)?))
+}
+
+/// The non-blank lines of a JSON-lines file, each through `parse`; an error
+/// names FILE:LINE.
+fn map_jsonl<T>(path: &Path, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
-        })
+        .map(|(i, l)| parse(l).with_context(|| format!("{}:{}", path.display(), i + 1)))
         .collect()
 }
 
@@ -277,11 +281,7 @@ impl Splice {
 /// the last place off, which would change numbers copied from a sample
 /// into the results). Integers stay integers.
 pub fn parse_exact(text: &str) -> Result<Value> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut p = Parser::new(text);
     let v = p.value()?;
     p.ws();
     if p.i != p.s.len() {
@@ -292,31 +292,19 @@ pub fn parse_exact(text: &str) -> Result<Value> {
 
 /// The members of a JSON object as (key, raw value text), in order.
 pub fn members_raw(text: &str) -> Result<Vec<(String, String)>> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        text,
-        i: 0,
-    };
+    let mut p = Parser::new(text);
     let mut out = Vec::new();
     p.eat(b'{')?;
-    p.ws();
-    if p.s.get(p.i) == Some(&b'}') {
-        return Ok(out);
-    }
-    loop {
+    p.items(b'}', |p| {
         let k = p.string()?;
         p.eat(b':')?;
         p.ws();
         let start = p.i;
         p.value()?;
         out.push((k, text[start..p.i].to_string()));
-        p.ws();
-        match p.s.get(p.i) {
-            Some(b',') => p.i += 1,
-            Some(b'}') => return Ok(out),
-            _ => anyhow::bail!("expected ',' or '}}' at column {}", p.i + 1),
-        }
-    }
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// A JSON object's text from (key, raw value text) members.
@@ -334,7 +322,15 @@ struct Parser<'a> {
     i: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Parser<'a> {
+        Parser {
+            s: text.as_bytes(),
+            text,
+            i: 0,
+        }
+    }
+
     fn ws(&mut self) {
         while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
             self.i += 1;
@@ -368,6 +364,32 @@ impl Parser<'_> {
         anyhow::bail!("unterminated string at column {}", start + 1)
     }
 
+    /// The comma-separated items of an object or array whose opening
+    /// bracket was just read, each parsed by `item`, through `close`.
+    fn items(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        self.ws();
+        if self.s.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            item(self)?;
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(&c) if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => anyhow::bail!(
+                    "expected ',' or '{}' at column {}",
+                    close as char,
+                    self.i + 1
+                ),
+            }
+        }
+    }
+
     fn value(&mut self) -> Result<Value> {
         self.ws();
         let Some(&c) = self.s.get(self.i) else {
@@ -377,46 +399,22 @@ impl Parser<'_> {
             b'{' => {
                 self.i += 1;
                 let mut m = serde_json::Map::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Value::Object(m));
-                }
-                loop {
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    m.insert(k, self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Value::Object(m));
-                        }
-                        _ => anyhow::bail!("expected ',' or '}}' at column {}", self.i + 1),
-                    }
-                }
+                self.items(b'}', |p| {
+                    let k = p.string()?;
+                    p.eat(b':')?;
+                    m.insert(k, p.value()?);
+                    Ok(())
+                })?;
+                Ok(Value::Object(m))
             }
             b'[' => {
                 self.i += 1;
                 let mut v = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Value::Array(v));
-                }
-                loop {
-                    v.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Value::Array(v));
-                        }
-                        _ => anyhow::bail!("expected ',' or ']' at column {}", self.i + 1),
-                    }
-                }
+                self.items(b']', |p| {
+                    v.push(p.value()?);
+                    Ok(())
+                })?;
+                Ok(Value::Array(v))
             }
             b'"' => Ok(Value::String(self.string()?)),
             _ => {
@@ -452,16 +450,7 @@ impl Parser<'_> {
 
 /// A JSON-lines file as (line, parsed value) pairs (blank lines skipped).
 pub fn read_jsonl_raw(path: &Path) -> Result<Vec<(String, Value)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            let v = parse_exact(l).with_context(|| format!("{}:{}", path.display(), i + 1))?;
-            Ok((l.to_string(), v))
-        })
-        .collect()
+    map_jsonl(path, |l| Ok((l.to_string(), parse_exact(l)?)))
 }
 
 /// Write `text` to `path`, creating its directory.
@@ -475,6 +464,14 @@ pub fn write(path: &Path, text: &str) -> Result<()> {
 /// The Markdown lines joined, with a final newline.
 pub fn lines(md: &[String]) -> String {
     md.join("\n") + "\n"
+}
+
+/// The Markdown lines joined ([`lines`]), written to `path` and printed.
+pub fn write_markdown(path: &Path, md: &[String]) -> Result<()> {
+    let text = lines(md);
+    write(path, &text)?;
+    print!("{text}");
+    Ok(())
 }
 
 /// Values of `key` in the rows (numbers only).

@@ -91,20 +91,36 @@ struct Meta {
     systems: [System; 4],
 }
 
+#[derive(clap::Args)]
 pub struct MetaArgs {
-    /// The samples file; its meta lines are replaced by the new one.
+    // The samples file; its meta lines are replaced by the new one.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
-    /// The corpus images of this run (`corpus/build.sh --list --json`).
+    /// The run's corpus images (`corpus/build.sh --list --json`).
+    #[arg(long, value_name = "FILE")]
     pub images: PathBuf,
     /// JSON lines {name, manifest}: each image's OCI manifest.
+    #[arg(long, value_name = "FILE")]
     pub manifests: PathBuf,
+    /// Repetitions per case (for the header).
+    #[arg(long)]
     pub reps: usize,
+    #[arg(long)]
     pub quick: bool,
+    /// Comma-separated link rates of this run.
+    #[arg(long, value_delimiter = ',')]
     pub rates: Vec<String>,
+    /// The engine versions.
+    #[arg(long)]
     pub engine: String,
+    /// HDD read IOPS rule.
+    #[arg(long)]
     pub iops: String,
+    /// HDD read bandwidth rule (B/s).
+    #[arg(long)]
     pub bps: String,
     /// Seconds this run took.
+    #[arg(long)]
     pub run_seconds: i64,
 }
 

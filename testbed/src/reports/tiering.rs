@@ -3,7 +3,7 @@
 //! tiering.md.
 
 use super::{
-    distinct, host, lines, median, median_value, members_raw, object_raw, read_jsonl_raw, utc_date,
+    distinct, host, median, median_value, members_raw, object_raw, read_jsonl_raw, utc_date,
     Ordered, Splice,
 };
 use anyhow::{bail, Context, Result};
@@ -14,20 +14,32 @@ use std::path::PathBuf;
 /// The systems compared, in table order.
 pub const SYSTEMS: [&str; 4] = ["disk", "pmem", "lass", "hot"];
 
+#[derive(clap::Args)]
 pub struct Args {
-    /// JSON lines: {system, image, rep, mount_ms, elapsed_ms, tiered,
-    /// disk_read_bytes, disk_read_ios}; a run's time is mount_ms +
-    /// elapsed_ms (or ms, if recorded).
+    /// JSON lines: {system, image, rep, ms, disk_read_bytes, disk_read_ios, ...}.
+    // In full: {system, image, rep, mount_ms, elapsed_ms, tiered,
+    // disk_read_bytes, disk_read_ios}; a run's time is mount_ms +
+    // elapsed_ms (or ms, if recorded).
+    #[arg(long, value_name = "FILE")]
     pub runs: PathBuf,
-    /// JSON lines: {system, image, layer_file_bytes: [..] (or image_bytes),
-    /// pmem_used, pmem_meta, pmem_hot, pmem_layers, du_pmem}.
+    /// JSON lines: {system, image, image_bytes, pmem_used, ...}.
+    // In full: {system, image, layer_file_bytes: [..] (or image_bytes),
+    // pmem_used, pmem_meta, pmem_hot, pmem_layers, du_pmem}.
+    #[arg(long, value_name = "FILE")]
     pub usage: PathBuf,
-    /// JSON lines: {image, step, r: `nvtier migrate --json`} and, after a
-    /// miss-mode run, misses: {misses: [..] (or their count), miss_bytes}.
+    /// JSON lines: {image, step, r} of the migrations.
+    // In full: {image, step, r: `nvtier migrate --json`} and, after a
+    // miss-mode run, misses: {misses: [..] (or their count), miss_bytes}.
+    #[arg(long, value_name = "FILE")]
     pub migrate: PathBuf,
+    /// Repetitions per case (for the header).
+    #[arg(long)]
     pub reps: usize,
+    /// Registry link rate (for the header).
+    #[arg(long)]
     pub rate: String,
     /// Directory for tiering.json and tiering.md.
+    #[arg(long, value_name = "DIR", default_value = "testbed/results")]
     pub out_dir: PathBuf,
 }
 
@@ -331,10 +343,7 @@ pub fn run(a: Args) -> Result<()> {
         &mut splice,
     )?;
     super::write(&a.out_dir.join("tiering.json"), &splice.render(&res)?)?;
-    let text = lines(&markdown(&res, rows));
-    super::write(&a.out_dir.join("tiering.md"), &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_dir.join("tiering.md"), &markdown(&res, rows))
 }
 
 #[cfg(test)]

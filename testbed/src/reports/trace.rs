@@ -1,7 +1,7 @@
 //! `nvbench report-trace`: overhead of the eBPF tracer on a cold start
 //! (testbed/bench-trace.sh) → trace.json and trace.md.
 
-use super::{host, lines, max, median, min, read_json, read_jsonl_raw, utc_timestamp, Splice};
+use super::{host, max, median, min, read_json, read_jsonl_raw, utc_timestamp, Splice};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -10,17 +10,32 @@ use std::path::PathBuf;
 /// Opens in the open-storm run.
 pub const STORM_OPENS: u64 = 200_000;
 
+#[derive(clap::Args)]
 pub struct Args {
-    /// JSON lines: {placement, what: base|traced, ms, exit, lost, files, ...}.
+    /// JSON lines: {placement, what: base|traced, ms, exit, lost, files, hot_share, tracer}.
+    #[arg(long, value_name = "FILE")]
     pub samples: PathBuf,
     /// `nvtier trace --json` of the open storm.
+    #[arg(long, value_name = "FILE")]
     pub storm: PathBuf,
     /// `nvtier run --json` of the same loop, untraced.
+    #[arg(long, value_name = "FILE")]
     pub storm_base: PathBuf,
+    /// Repetitions per case (for the header).
+    #[arg(long)]
     pub reps: usize,
-    /// Unix time the benchmark started.
+    /// Unix time the benchmark started (for the run time in the header).
+    #[arg(long, value_name = "SECONDS")]
     pub started: i64,
+    /// Results JSON.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "testbed/results/trace.json"
+    )]
     pub out_json: PathBuf,
+    /// Markdown report.
+    #[arg(long, value_name = "FILE", default_value = "testbed/results/trace.md")]
     pub out_md: PathBuf,
 }
 
@@ -186,10 +201,7 @@ pub fn run(a: Args) -> Result<()> {
         storm: &storm,
         storm_base: &storm_base,
     })?);
-    let text = lines(&md);
-    super::write(&a.out_md, &text)?;
-    print!("{text}");
-    Ok(())
+    super::write_markdown(&a.out_md, &md)
 }
 
 #[cfg(test)]
