@@ -90,7 +90,7 @@ struct ModeSummary {
 #[derive(Debug, Serialize)]
 struct Results {
     date: String,
-    machine: crate::bench::Machine,
+    machine: crate::pull_model::Machine,
     rounds: usize,
     iters: u64,
     samples: Vec<Sample>,
@@ -283,8 +283,8 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
         })
         .collect();
     let res = Results {
-        date: crate::bench::now_utc(),
-        machine: crate::bench::machine(),
+        date: crate::pull_model::now_utc(),
+        machine: crate::pull_model::machine(),
         rounds: a.rounds,
         iters: a.iters,
         samples,

@@ -1,107 +1,19 @@
 //! `nvbench pull`: deployment (pull) time under the three placements.
 
 use crate::proc::{self, run_ok, Opts};
-use crate::report;
+use crate::pull_model::{
+    command_line, image_set, machine, now_utc, PullReport, Sample, PLACEMENTS,
+};
+use crate::report::{self, Results};
 use crate::testbed::Testbed;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-/// The placements compared, in the order they run within an image.
-pub const PLACEMENTS: [&str; 3] = ["disk", "pmem", "lass"];
-
 /// Where build-image.sh keeps the OCI layout (reused across runs).
 const IMAGE_DIR: &str = "/var/tmp/nvtier-bench-images/oci";
-
-/// One benchmark image.
-#[derive(Debug, Clone, Serialize)]
-pub struct ImageSpec {
-    pub name: String,
-    pub spec: String,
-    pub layers: usize,
-    /// REGISTRY/bench/NAME:v1 (filled in after the push).
-    pub reference: String,
-    pub manifest_digest: String,
-}
-
-const FULL: [(&str, &str); 5] = [
-    ("mid", "busybox,8M,4M,30M,2M,1M"),
-    ("bottom", "busybox,40M,4M,2M,1M"),
-    ("top", "busybox,3M,2M,3M,40M"),
-    ("even", "busybox,10M,10M,10M,10M,10M"),
-    ("many", "busybox,2M,2M,2M,2M,16M,2M,2M,2M,2M,2M"),
-];
-
-pub fn image_set(quick: bool) -> Vec<ImageSpec> {
-    FULL.iter()
-        .filter(|(n, _)| !quick || *n == "mid" || *n == "top")
-        .map(|(n, s)| ImageSpec {
-            name: n.to_string(),
-            spec: s.to_string(),
-            layers: s.split(',').count(),
-            reference: String::new(),
-            manifest_digest: String::new(),
-        })
-        .collect()
-}
-
-pub use nvtier_testbed::pull_report::{LayerReport, PullReport};
-
-/// One measured pull.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Sample {
-    pub rep: usize,
-    pub image: String,
-    pub placement: String,
-    /// Harness wall clock around `tiers.sh exec NAME -- nvtier pull`.
-    pub deploy_ms: f64,
-    pub download_done_ms: f64,
-    pub stored_done_ms: f64,
-    /// stored_done_ms - download_done_ms.
-    pub store_after_download_ms: f64,
-    pub pmem_bytes: u64,
-    pub disk_bytes: u64,
-    pub ldl_index: Option<usize>,
-    /// Sum of stored_bytes of layers with index >= ldl_index (0 if none).
-    pub ldl_and_above_bytes: u64,
-    pub layers: Vec<LayerReport>,
-}
-
-impl Sample {
-    fn from_report(
-        rep: usize,
-        image: &str,
-        placement: &str,
-        deploy_ms: f64,
-        r: PullReport,
-    ) -> Sample {
-        let ldl_and_above_bytes = match r.ldl_index {
-            Some(l) => r
-                .layers
-                .iter()
-                .filter(|x| x.index >= l)
-                .map(|x| x.stored_bytes)
-                .sum(),
-            None => 0,
-        };
-        Sample {
-            rep,
-            image: image.to_string(),
-            placement: placement.to_string(),
-            deploy_ms,
-            download_done_ms: r.download_done_ms,
-            stored_done_ms: r.stored_done_ms,
-            store_after_download_ms: r.stored_done_ms - r.download_done_ms,
-            pmem_bytes: r.pmem_bytes,
-            disk_bytes: r.disk_bytes,
-            ldl_index: r.ldl_index,
-            ldl_and_above_bytes,
-            layers: r.layers,
-        }
-    }
-}
 
 /// Command-line options of `nvbench pull`.
 #[derive(Debug, Clone, clap::Args)]
@@ -128,79 +40,6 @@ pub struct PullArgs {
     /// Testbed NAME (1-12 of [a-z0-9-]).
     #[arg(long, default_value = "bench")]
     pub name: String,
-}
-
-/// Facts about the machine, for the report header.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Machine {
-    pub kernel: String,
-    pub nproc: usize,
-    pub mem_total_kib: u64,
-    pub cpu_model: String,
-    pub hostname: String,
-}
-
-fn command_line(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-pub fn machine() -> Machine {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_total_kib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let nproc = command_line("nproc", &[])
-        .parse()
-        .ok()
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(0);
-    Machine {
-        kernel: command_line("uname", &["-r"]),
-        nproc,
-        mem_total_kib,
-        cpu_model,
-        hostname: command_line("uname", &["-n"]),
-    }
-}
-
-/// Everything written to the results JSON.
-#[derive(Debug, Clone, Serialize)]
-pub struct Results {
-    pub benchmark: &'static str,
-    pub date: String,
-    pub machine: Machine,
-    pub git_commit: String,
-    pub rate: String,
-    pub reps: usize,
-    pub quick: bool,
-    pub name: String,
-    /// /proc/loadavg before and after the run (other work adds noise).
-    pub loadavg_start: String,
-    pub loadavg_end: String,
-    /// Other testbeds in /run/nvtier-testbed at the start.
-    pub other_testbeds: Vec<String>,
-    pub testbed: serde_json::Value,
-    pub images: Vec<ImageSpec>,
-    pub placements: Vec<String>,
-    pub duration_s: f64,
-    pub samples: Vec<Sample>,
-    pub summary: report::Summary,
 }
 
 /// The directory holding tiers.sh & co: found upwards from the cwd, else
@@ -325,10 +164,6 @@ fn other_testbeds(own: &str) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-pub fn now_utc() -> String {
-    command_line("date", &["-u", "+%FT%TZ"])
 }
 
 pub fn run_pull(args: PullArgs) -> Result<()> {

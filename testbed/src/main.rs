@@ -4,6 +4,7 @@
 mod attach_cost;
 mod bench;
 mod nvbench;
+mod pull_model;
 mod report;
 
 use nvtier_testbed::{proc, reports, testbed};

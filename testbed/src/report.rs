@@ -1,9 +1,33 @@
 //! Statistics over the samples and the Markdown report.
 
-use crate::bench::{ImageSpec, Results, Sample, PLACEMENTS};
+use crate::pull_model::{ImageSpec, Machine, Sample, PLACEMENTS};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// Everything written to the results JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub benchmark: &'static str,
+    pub date: String,
+    pub machine: Machine,
+    pub git_commit: String,
+    pub rate: String,
+    pub reps: usize,
+    pub quick: bool,
+    pub name: String,
+    /// /proc/loadavg before and after the run (other work adds noise).
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    /// Other testbeds in /run/nvtier-testbed at the start.
+    pub other_testbeds: Vec<String>,
+    pub testbed: serde_json::Value,
+    pub images: Vec<ImageSpec>,
+    pub placements: Vec<String>,
+    pub duration_s: f64,
+    pub samples: Vec<Sample>,
+    pub summary: Summary,
+}
 
 /// Goal: LASS deploy / all-pmem deploy at most this.
 pub const GOAL_LASS_OVER_PMEM: f64 = 1.05;
@@ -587,7 +611,7 @@ mod tests {
 
     #[test]
     fn summary_ratios() {
-        let images = crate::bench::image_set(true);
+        let images = crate::pull_model::image_set(true);
         let mut v = Vec::new();
         for (im, k) in [("mid", 1.0), ("top", 2.0)] {
             for rep in 0..3 {
