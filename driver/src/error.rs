@@ -37,6 +37,15 @@ pub enum Error {
         actual: String,
     },
 
+    /// A tier's filesystem ran out of space (`ENOSPC`). `detail` is the
+    /// failed operation, its path and the OS error, said once.
+    #[error("the {tier} tier at {path} is full: {detail}; free space on the {tier} tier at {path}, or raise its size")]
+    TierFull {
+        tier: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+
     #[error("pmem budget exhausted: {0}")]
     BudgetExhausted(String),
 
@@ -57,6 +66,26 @@ pub enum Error {
 
     #[error("{0}")]
     Other(String),
+}
+
+impl Error {
+    /// The errno of a failed system call, if this error is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            Error::Xattr(x) => x.errno(),
+            _ => None,
+        }
+    }
+
+    /// The path a failed system call was made on, if this error is one.
+    pub fn io_path(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. } => Some(path),
+            Error::Xattr(x) => Some(&x.path),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -491,3 +491,94 @@ fn missing_ca_bundle_is_a_clear_error() {
     }
     bed.nvtier_ok(&["pull", &r]);
 }
+
+/// A small tmpfs mounted over a directory for a test, unmounted on drop
+/// (also when the test fails).
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallTmpfs {
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir),
+            "mount a small tmpfs",
+        );
+        SmallTmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_tier_fails_clearly_and_leaves_nothing() {
+    let bed = Bed::up("nospc", "1gbit", "4G");
+    let r = bed.push("nospcdemo", "busybox,8M,1M");
+    let disk = bed.disk.to_str().expect("utf8").to_string();
+    let unsynced = bed.state.join("unsynced");
+    // 1 MiB: not even the busybox base layer (2 MiB) fits. 6 MiB: the base
+    // layer is stored (its blob kept until the write-back), the 8 MiB
+    // layer above it is not.
+    for size in ["1M", "6M"] {
+        let full = SmallTmpfs::mount(&bed.disk, size);
+        let out = bed.nvtier(&["pull", "--placement", "disk", &r]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "pull onto a full disk tier ({size}) succeeded"
+        );
+        assert_eq!(
+            err.matches("No space left on device").count(),
+            1,
+            "ENOSPC said once ({size}): {err}"
+        );
+        assert!(
+            err.lines().any(|l| l.starts_with("nvtier: error:")
+                && l.contains(&format!("disk tier at {disk}"))
+                && l.contains("free space on the disk tier")),
+            "error names the disk tier and the fix ({size}): {err}"
+        );
+        let st = bed.nvtier_json(&["status"]);
+        assert_eq!(
+            st["unsynced_layers"], 0,
+            "write-back pending ({size}): {st}"
+        );
+        assert_eq!(
+            bed.nvtier_json(&["images"]).as_array().map(Vec::len),
+            Some(0),
+            "images ({size})"
+        );
+        assert_eq!(
+            bed.nvtier_json(&["layers"]).as_array().map(Vec::len),
+            Some(0),
+            "layers ({size})"
+        );
+        assert!(bed.stored_layers().is_empty(), "{:?}", bed.stored_layers());
+        assert!(
+            bed.leftovers().is_empty(),
+            "leftovers ({size}): {:?}",
+            bed.leftovers()
+        );
+        let kept: Vec<_> = fs::read_dir(&unsynced)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(kept.is_empty(), "kept blobs ({size}): {kept:?}");
+        drop(full);
+    }
+
+    // With the space back, the same pull succeeds and is complete.
+    let rep = bed.nvtier_json(&["pull", "--placement", "disk", &r]);
+    assert_eq!(rep["layers"].as_array().map(Vec::len), Some(3));
+    assert!(bed.leftovers().is_empty(), "{:?}", bed.leftovers());
+    let mnt = bed.state.parent().expect("parent").join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let m = mnt.to_str().expect("utf8");
+    bed.nvtier_ok(&["mount", &r, m]);
+    let actual = listing(&mnt);
+    bed.nvtier_ok(&["umount", m]);
+    assert_same_tree(&listing(&reference_rootfs("nospcdemo")), &actual);
+}

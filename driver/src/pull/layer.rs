@@ -31,7 +31,9 @@ pub(super) fn store_layer(
     };
     let mut tier = decision.tier();
     loop {
-        let staging = store.new_staging(tier, chain)?;
+        let staging = store
+            .new_staging(tier, chain)
+            .map_err(|e| store.tier_full_or(tier, e))?;
         let mut reservation = (tier == TierKind::Pmem).then(|| store.reserve());
         let res = match reservation.as_mut() {
             Some(r) => extract_file(blob, &staging, &expect, &mut |n| r.charge(n)),
@@ -48,7 +50,7 @@ pub(super) fn store_layer(
                     reason = Some(DiskReason::BudgetExhausted);
                     continue;
                 }
-                return Err(e);
+                return Err(store.tier_full_or(tier, e));
             }
         };
         let meta = LayerMeta {
@@ -78,7 +80,7 @@ pub(super) fn store_layer(
         };
         if let Err(e) = committed {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
+            return Err(store.tier_full_or(tier, e));
         }
         return Ok((meta, reason));
     }

@@ -105,28 +105,39 @@ impl Store {
         fs::File::open(blob)
             .and_then(|f| f.sync_all())
             .ctx("fsync blob", blob)?;
-        fs::rename(blob, &kept).ctx("keep blob as", &kept)?;
-        let blob_bytes = fs::metadata(&kept).ctx("stat", &kept)?.len();
-        // 2. The record (write_atomic fsyncs the directory: the rename too).
-        let rec = Unsynced {
-            chain_id: meta.chain_id.clone(),
-            boot_id: boot_id()?,
-            blob_bytes,
-            since_ms: now_ms(),
-            nonce: rand::random(),
-        };
-        let json = serde_json::to_vec_pretty(&rec).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&rec_path, &json)?;
-        // 3. The layer, as `commit_layer` but without the syncfs.
         let tier = self.tier(meta.tier);
         let dest = tier.layer_dir(hex);
-        if dest.exists() {
-            fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
+        let meta_path = self.layer_meta_path(&meta.chain_id)?;
+        let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Other(e.to_string()))?;
+        fs::rename(blob, &kept).ctx("keep blob as", &kept)?;
+        let r = (|| {
+            let blob_bytes = fs::metadata(&kept).ctx("stat", &kept)?.len();
+            // 2. The record (write_atomic fsyncs the directory: the rename too).
+            let rec = Unsynced {
+                chain_id: meta.chain_id.clone(),
+                boot_id: boot_id()?,
+                blob_bytes,
+                since_ms: now_ms(),
+                nonce: rand::random(),
+            };
+            let json = serde_json::to_vec_pretty(&rec).map_err(|e| Error::Other(e.to_string()))?;
+            write_atomic(&rec_path, &json)?;
+            // 3. The layer, as `commit_layer` but without the syncfs.
+            if dest.exists() {
+                fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
+            }
+            fs::rename(staging, &dest).ctx("publish layer", &dest)?;
+            fsync_dir(&tier.layers_dir())?;
+            write_atomic(&meta_path, &meta_json)
+        })();
+        if r.is_err() {
+            // Nothing of a layer that was not published may stay: not its
+            // files, nor its kept blob and record.
+            self.unpublish(&meta_path, &dest);
+            let _ = self.drop_unsynced(hex);
+            let _ = fsync_dir(&dir);
         }
-        fs::rename(staging, &dest).ctx("publish layer", &dest)?;
-        fsync_dir(&tier.layers_dir())?;
-        let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&self.layer_meta_path(&meta.chain_id)?, &json)
+        r
     }
 
     /// Records of layers not yet known to be written back, by chain hex.
@@ -157,7 +168,7 @@ impl Store {
 
     /// Drop a record and its blob (blob first: a record without a blob is
     /// recognised as dropped half-way).
-    fn drop_unsynced(&self, hex: &str) -> Result<u64> {
+    pub(super) fn drop_unsynced(&self, hex: &str) -> Result<u64> {
         let (rec, blob) = self.unsynced_paths(hex);
         let n = fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
         match fs::remove_file(&blob) {

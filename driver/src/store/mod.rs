@@ -329,6 +329,23 @@ impl Store {
         Ok(v)
     }
 
+    /// `e`, or when it is `ENOSPC` on a path of `tier`, an
+    /// [`Error::TierFull`] that names the tier and what to do.
+    pub fn tier_full_or(&self, tier: TierKind, e: Error) -> Error {
+        let root = &self.tier(tier).root;
+        if e.errno() != Some(libc::ENOSPC) || !e.io_path().is_some_and(|p| p.starts_with(root)) {
+            return e;
+        }
+        Error::TierFull {
+            tier: match tier {
+                TierKind::Pmem => "pmem",
+                TierKind::Disk => "disk",
+            },
+            path: root.clone(),
+            detail: e.to_string(),
+        }
+    }
+
     /// Make a fresh staging directory for a layer on a tier.
     pub fn new_staging(&self, tier: TierKind, chain: &str) -> Result<PathBuf> {
         let p = self.tier(tier).staging_dir().join(format!(
@@ -356,15 +373,25 @@ impl Store {
             // Orphan of an earlier crash (we hold the chain lock).
             fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
         }
-        fs::rename(staging, &dest).ctx("publish layer", &dest)?;
-        fsync_dir(&tier.layers_dir())?;
         let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Other(e.to_string()))?;
         let path = self.layer_meta_path(&meta.chain_id)?;
-        match reservation {
-            Some(r) => r.convert(|| write_atomic(&path, &json))?,
-            None => write_atomic(&path, &json)?,
+        fs::rename(staging, &dest).ctx("publish layer", &dest)?;
+        let r = fsync_dir(&tier.layers_dir()).and_then(|()| match reservation {
+            Some(r) => r.convert(|| write_atomic(&path, &json)),
+            None => write_atomic(&path, &json),
+        });
+        if r.is_err() {
+            self.unpublish(&path, &dest);
         }
-        Ok(())
+        r
+    }
+
+    /// Undo a publication that failed half-way (the caller holds the chain
+    /// lock, and the layer did not exist before): metadata first, as in
+    /// garbage collection. Best effort: start-up removes what is left.
+    fn unpublish(&self, meta_path: &Path, dir: &Path) {
+        let _ = fs::remove_file(meta_path);
+        let _ = fs::remove_dir_all(dir);
     }
 
     // ---- budget ----
@@ -525,6 +552,8 @@ impl Store {
             // crash leaves only an orphan directory that start-up removes.
             fs::remove_file(&mp).ctx("remove layer metadata", &mp)?;
             fs::remove_dir_all(&dir).ctx("remove layer directory", &dir)?;
+            // A kept blob waiting for the write-back of a layer that is gone.
+            self.drop_unsynced(digest_hex(&l.chain_id)?)?;
             report.removed.push(l.chain_id.clone());
             match l.tier {
                 TierKind::Pmem => report.pmem_bytes_freed += l.charged_bytes,

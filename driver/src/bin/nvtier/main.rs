@@ -97,9 +97,27 @@ fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     if let Err(e) = real_main(cli) {
-        eprintln!("nvtier: error: {e:#}");
+        eprintln!("nvtier: error: {}", render_error(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, joined by ": ", each said once: a cause that
+/// the message before it already ends with (an I/O error that names its
+/// OS error, then returns it as its source) is not repeated.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.ends_with(&msg) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
 }
 
 fn real_main(cli: Cli) -> Result<()> {
@@ -121,5 +139,24 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Serve => cmd::serve::run(store),
         Cmd::Gc(a) => cmd::gc::run(&store, a),
         Cmd::DockerPlugin(a) => cmd::docker_plugin::run(store, a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_error;
+    use nvtier::error::IoContext;
+
+    #[test]
+    fn an_io_error_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e: nvtier::error::Result<()> = Err(io).ctx("write file", "/d/x");
+        let e = anyhow::Error::from(e.expect_err("an error")).context("pulling r/x:1");
+        let s = render_error(&e);
+        assert_eq!(s.matches("No space left on device").count(), 1, "{s}");
+        assert!(
+            s.starts_with("pulling r/x:1: write file /d/x: No space"),
+            "{s}"
+        );
     }
 }
