@@ -165,12 +165,31 @@ fn sync_writes_back_and_drops_kept_blobs_and_orphans() {
         unsynced_files(&bed)
     );
 
-    // Layers collected before their write-back leave records that the next
-    // sync drops.
+    // Layers collected before their write-back take their kept blobs and
+    // records with them.
     bed.nvtier_ok(&["rm", &r]);
     bed.nvtier_json(&["pull", "--placement", "disk", "--no-wait", &r]);
+    let unsynced = bed.state.join("unsynced");
+    let kept = bed.state.join("kept-before-rm");
+    fs::create_dir_all(&kept).expect("mkdir");
+    let names = unsynced_files(&bed);
+    assert_eq!(names.len(), 8, "{names:?}");
+    for n in &names {
+        fs::copy(unsynced.join(n), kept.join(n)).expect("copy kept blob");
+    }
     bed.nvtier_ok(&["rm", &r]);
     assert!(bed.stored_layers().is_empty(), "{:?}", bed.stored_layers());
+    assert!(
+        unsynced_files(&bed).is_empty(),
+        "{:?}",
+        unsynced_files(&bed)
+    );
+    // Records whose layer is gone (a crash between the two removals) are
+    // orphans that the next sync drops.
+    for n in &names {
+        fs::copy(kept.join(n), unsynced.join(n)).expect("restore kept blob");
+    }
+    fs::remove_dir_all(&kept).expect("rm");
     let s = bed.nvtier_json(&["sync"]);
     assert_eq!(
         (s["synced"].clone(), s["orphans"].clone()),
