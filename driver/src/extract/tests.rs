@@ -199,6 +199,7 @@ fn whiteouts_and_opaque_dirs() {
     let w = fs::symlink_metadata(d.path().join("etc/removed")).expect("whiteout");
     assert!(w.file_type().is_char_device());
     assert_eq!(w.rdev(), 0);
+    assert_eq!(w.mtime(), 1_600_000_000, "the .wh. entry's mtime");
     assert!(!d.path().join("etc/.wh.removed").exists());
     assert_eq!(
         lgetxattr(&d.path().join("opt/fresh"), OVERLAY_OPAQUE_XATTR).expect("getxattr"),

@@ -161,6 +161,8 @@ impl Writer<'_> {
             )
             .ctx("create whiteout", &full)?;
             lchown(&full, uid, gid)?;
+            // The `.wh.` entry's mtime, so a layer's diff is reproducible.
+            set_times(&full, mtime)?;
             self.stats.entries += 1;
             return Ok(());
         }
