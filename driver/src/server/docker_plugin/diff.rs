@@ -50,9 +50,8 @@ fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         })?;
         out.push((name, v));
     }
-    // listxattr's order is the file system's storage order, which differs
-    // between two copies of the same tree: sort, so a diff is reproducible.
-    out.sort();
+    // Sorted by name: `get_all` sorts (listxattr's order is the file
+    // system's storage order, which differs between copies of a tree).
     Ok(out)
 }
 
