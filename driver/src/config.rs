@@ -40,6 +40,9 @@ pub struct Config {
     pub profile_max_age_s: u64,
     /// `nvtier serve`: how often the background migration re-plans, seconds.
     pub migrate_interval_s: u64,
+    /// `nvtier serve`: how often the tiers' identity and content are
+    /// checked and lost content repaired, seconds (0 = only at start).
+    pub repair_interval_s: u64,
     /// Tier of containers' writable layers (upper/work directories):
     /// `disk` (default) or `pmem`. On pmem a cold start reads nothing from
     /// the disk tier, at the cost of pmem for what containers write (not
@@ -85,6 +88,7 @@ struct Raw {
     migrate_rate: Option<Size>,
     profile_max_age_s: Option<u64>,
     migrate_interval_s: Option<u64>,
+    repair_interval_s: Option<u64>,
     upper_tier: Option<String>,
     disk_layer_sync: Option<String>,
 }
@@ -274,6 +278,7 @@ impl Config {
             migrate_rate,
             profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
             migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),
+            repair_interval_s: raw.repair_interval_s.unwrap_or(30),
             upper_tier,
             disk_layer_sync,
         })

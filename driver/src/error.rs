@@ -46,6 +46,10 @@ pub enum Error {
         detail: String,
     },
 
+    /// An image whose content a tier lost (or a missing tier holds).
+    #[error("image {image} is damaged: {what}; run `nvtier repair {image}` (or pull it again) to restore it")]
+    Damaged { image: String, what: String },
+
     #[error("pmem budget exhausted: {0}")]
     BudgetExhausted(String),
 

@@ -11,6 +11,7 @@
 //! - [`tiering`]: file-granular hot-file tiering: metadata layers, hot
 //!   generations, the migration engine.
 //! - [`run`]: the cold-start probe.
+//! - [`repair`]: restore what a lost or replaced tier held.
 //! - [`server`]: `nvtier serve`: the containerd proxy snapshotter and the legacy
 //!   Docker graph driver plugin.
 //! - [`report`]: typed reports of the store's state (status, images, layers,
@@ -24,7 +25,7 @@
 //! 2. [`store`]: every persisted record (layers, images, mounts, snapshots,
 //!    hot-file tiering records, profiles) and its crash recovery and GC.
 //! 3. [`tiering`], [`pull`]: the engines that fill the store.
-//! 4. [`mount`], [`run`].
+//! 4. [`mount`], [`run`], [`repair`].
 //! 5. [`trace`].
 //! 6. [`server`], [`report`].
 //! 7. The CLI (`bin/nvtier/`).
@@ -36,6 +37,7 @@ pub mod flatten;
 pub mod fsutil;
 pub mod mount;
 pub mod pull;
+pub mod repair;
 pub mod report;
 pub mod run;
 pub mod server;

@@ -200,6 +200,7 @@ pub fn image_spec(store: &Store, chain_ids: &[String], container_id: &str) -> Re
                 "layer {c} is missing from the store; re-pull the image"
             ))
         })?;
+        store.check_layer(&m)?;
         lower.push(store.layer_dir(&m)?);
     }
     let cdir = store.containers_dir().join(container_id);

@@ -56,6 +56,17 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     let t0 = Instant::now();
     let reference = parse_ref(reference)?;
     let name = reference.whole();
+    let reference = match &opts.pin_digest {
+        Some(d) => {
+            digest_hex(d)?;
+            oci_client::Reference::with_digest(
+                reference.registry().to_string(),
+                reference.repository().to_string(),
+                d.clone(),
+            )
+        }
+        None => reference,
+    };
     let client = Arc::new(client_for(store, &reference)?);
     client
         .auth(&reference, &opts.auth, RegistryOperation::Pull)
@@ -99,6 +110,12 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         .await
         .map_err(|e| Error::Other(e.to_string()))??;
 
+    // Layers a tier lost are stored again (an explicit pull repairs).
+    let lost =
+        crate::store::health::forget_lost_layers(store, &chains.iter().cloned().collect(), true)?;
+    if !lost.is_empty() {
+        tracing::warn!(image = %name, layers = lost.len(), "restoring lost layers");
+    }
     let present: Vec<bool> = chains
         .iter()
         .map(|c| store.layer(c).map(|m| m.is_some()))
@@ -208,7 +225,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             .iter()
             .map(|l| l.size.max(0) as u64)
             .collect();
-        let free = store.cfg.pmem_budget.saturating_sub(store.pmem_used()?);
+        let free = store.pmem_budget().saturating_sub(store.pmem_used()?);
         nvtier_policy::classify::initial_promotions(&cl, &vec![false; n], &sizes, free)
     } else {
         Vec::new()
@@ -270,7 +287,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 let _ = std::fs::remove_file(&dl.path);
                 continue;
             }
-            let free = store.cfg.pmem_budget.saturating_sub(store.pmem_used()?);
+            let free = store.pmem_budget().saturating_sub(store.pmem_used()?);
             let moment = StoreMoment {
                 all_downloaded,
                 expected_bytes: rep.size,

@@ -11,6 +11,9 @@ pub struct PullOptions {
     pub placement: Placement,
     pub progress: bool,
     pub auth: RegistryAuth,
+    /// Fetch this manifest digest instead of what the tag names now, and
+    /// keep the image's name (a repair restores what was pulled).
+    pub pin_digest: Option<String>,
 }
 
 /// Per-layer outcome, in chain order. Times are ms since the pull started.

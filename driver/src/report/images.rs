@@ -12,6 +12,9 @@ use std::fmt::Write as _;
 pub struct ImageRow {
     /// Unix milliseconds of the pull.
     pub created_ms: u64,
+    /// Why the image cannot be mounted until it is repaired (`None`:
+    /// intact).
+    pub damaged: Option<Vec<String>>,
     /// Bytes charged to the disk tier by the image's disk-tier layers.
     pub disk_bytes: u64,
     /// Number of layers.
@@ -26,10 +29,21 @@ impl ImageRow {
     /// Every image in the store, in the store's order.
     pub fn gather(store: &Store) -> Result<Vec<ImageRow>> {
         let layers = store.layers()?;
+        let mut health = crate::store::health::scan(store)?;
+        let lost: std::collections::HashSet<&String> = health
+            .pmem
+            .lost
+            .layers
+            .iter()
+            .chain(&health.disk.lost.layers)
+            .collect();
         let mut rows = Vec::new();
         for i in store.images()? {
             let (mut pmem_bytes, mut disk_bytes) = (0, 0);
             for c in &i.chain_ids {
+                if lost.contains(c) {
+                    continue;
+                }
                 if let Some(l) = layers.iter().find(|l| &l.chain_id == c) {
                     match l.tier {
                         TierKind::Pmem => pmem_bytes += l.charged_bytes,
@@ -39,6 +53,7 @@ impl ImageRow {
             }
             rows.push(ImageRow {
                 created_ms: i.created_ms,
+                damaged: health.damaged.remove(&i.name),
                 disk_bytes,
                 layers: i.chain_ids.len(),
                 manifest_digest: i.manifest_digest,
@@ -56,7 +71,7 @@ impl ImageRow {
             "IMAGE", "LAYERS", "PMEM", "DISK"
         );
         for r in rows {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{:<50} {:>6} {:>10} {:>10}",
                 r.name,
@@ -64,6 +79,12 @@ impl ImageRow {
                 human(r.pmem_bytes),
                 human(r.disk_bytes)
             );
+            match &r.damaged {
+                None => out.push('\n'),
+                Some(why) => {
+                    let _ = writeln!(out, "  damaged: {}", why.join(", "));
+                }
+            }
         }
         out
     }
@@ -78,6 +99,7 @@ mod tests {
         let rows = [
             ImageRow {
                 created_ms: 1,
+                damaged: None,
                 disk_bytes: 10 << 20,
                 layers: 4,
                 manifest_digest: "sha256:aa".into(),
@@ -86,6 +108,7 @@ mod tests {
             },
             ImageRow {
                 created_ms: 2,
+                damaged: Some(vec!["layer 0123 lost from the pmem tier".into()]),
                 disk_bytes: 0,
                 layers: 12,
                 manifest_digest: "sha256:bb".into(),
@@ -100,7 +123,7 @@ mod tests {
             [
                 "IMAGE                                              LAYERS       PMEM       DISK",
                 "10.77.3.2:5000/demo:latest                              4        0 B   10.0 MiB",
-                "registry.example/app:1                                 12    1.5 KiB        0 B",
+                "registry.example/app:1                                 12    1.5 KiB        0 B  damaged: layer 0123 lost from the pmem tier",
             ]
         );
         assert!(text.ends_with('\n'));
@@ -118,6 +141,7 @@ mod tests {
     fn json_keys() {
         let v = serde_json::to_value(ImageRow {
             created_ms: 1,
+            damaged: None,
             disk_bytes: 2,
             layers: 3,
             manifest_digest: "sha256:aa".into(),
@@ -127,7 +151,7 @@ mod tests {
         .expect("json");
         assert_eq!(
             v,
-            serde_json::json!({"created_ms": 1, "disk_bytes": 2, "layers": 3,
+            serde_json::json!({"created_ms": 1, "damaged": null, "disk_bytes": 2, "layers": 3,
                 "manifest_digest": "sha256:aa", "name": "n", "pmem_bytes": 4})
         );
     }

@@ -14,6 +14,9 @@ pub struct LayerRow {
     pub chain_id: String,
     /// Compressed blob bytes.
     pub compressed_bytes: u64,
+    /// Why the layer cannot be mounted (lost from its tier, or on the
+    /// missing pmem tier); `None`: intact.
+    pub damaged: Option<String>,
     pub diff_id: String,
     /// Bytes charged to the disk tier (the base, when it is there).
     pub disk_bytes: u64,
@@ -61,8 +64,25 @@ impl LayerRow {
             .into_iter()
             .enumerate()
             .map(|(index, l)| {
-                let u = crate::tiering::layer_usage(store, &l)?;
+                let damaged = store.check_layer(&l).err().map(|e| match e {
+                    Error::Damaged { what, .. } => what,
+                    e => e.to_string(),
+                });
+                let u = match damaged {
+                    None => crate::tiering::layer_usage(store, &l)?,
+                    Some(_) => crate::tiering::LayerUsage {
+                        chain_id: l.chain_id.clone(),
+                        base_tier: l.tier,
+                        pmem_bytes: 0,
+                        disk_bytes: 0,
+                        pmem_files: 0,
+                        hot_files: 0,
+                        hot_bytes: 0,
+                        hot_generation: 0,
+                    },
+                };
                 Ok(LayerRow {
+                    damaged,
                     refs: refs.get(&l.chain_id).copied().unwrap_or(0),
                     blob_digest: l.blob_digest,
                     chain_id: l.chain_id,
@@ -92,7 +112,7 @@ impl LayerRow {
             "#", "CHAIN", "BASE", "PMEM", "DISK", "FILES", "PMEMFILES", "REFS"
         );
         for r in rows {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "{:>3}  {:<12}  {:<5} {:>10} {:>10} {:>7} {:>9} {:>4}",
                 r.index,
@@ -104,6 +124,12 @@ impl LayerRow {
                 r.pmem_files,
                 r.refs
             );
+            match &r.damaged {
+                None => out.push('\n'),
+                Some(why) => {
+                    let _ = writeln!(out, "  damaged: {why}");
+                }
+            }
         }
         out
     }
@@ -118,6 +144,7 @@ mod tests {
             blob_digest: Some("sha256:b".into()),
             chain_id: chain_id.into(),
             compressed_bytes: 1,
+            damaged: None,
             diff_id: "sha256:d".into(),
             disk_bytes: 0,
             file_bytes: 2,
@@ -152,6 +179,7 @@ mod tests {
                 pmem_bytes: 100,
                 pmem_files: 3,
                 refs: 0,
+                damaged: Some("layer cda071a68b4f was lost from the disk tier (/d)".into()),
                 ..row(11, "sha256:cda071a68b4f", TierKind::Disk)
             },
         ];
@@ -162,7 +190,8 @@ mod tests {
             [
                 "  #  CHAIN         BASE        PMEM       DISK   FILES PMEMFILES REFS",
                 "  0  a0fc9bb23657  pmem     2.0 MiB        0 B      37        37    2",
-                " 11  cda071a68b4f  disk       100 B    6.0 MiB      37         3    0",
+                " 11  cda071a68b4f  disk       100 B    6.0 MiB      37         3    0  damaged: \
+                 layer cda071a68b4f was lost from the disk tier (/d)",
             ]
         );
         assert!(text.ends_with('\n'));
@@ -178,6 +207,7 @@ mod tests {
                 "blob_digest",
                 "chain_id",
                 "compressed_bytes",
+                "damaged",
                 "diff_id",
                 "disk_bytes",
                 "file_bytes",

@@ -3,12 +3,47 @@
 use super::human;
 use crate::config::{Config, DiskLayerSync};
 use crate::error::Result;
+use crate::store::identity::TierState;
 use crate::store::Store;
 use crate::tier::{detect_dax, DaxState, TierKind};
 use nvtier_policy::Placement;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+
+/// A tier's identity check and what it lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierRow {
+    pub tier: TierKind,
+    #[serde(flatten)]
+    pub state: TierState,
+    pub lost_layers: usize,
+    pub lost_hot_generations: usize,
+    pub lost_meta_layers: usize,
+    pub lost_snapshots: usize,
+}
+
+impl TierRow {
+    fn of(t: &crate::store::health::TierHealth) -> TierRow {
+        TierRow {
+            tier: t.tier,
+            state: t.state.clone(),
+            lost_layers: t.lost.layers.len(),
+            lost_hot_generations: t.lost.hot.len(),
+            lost_meta_layers: t.lost.meta.len(),
+            lost_snapshots: t.lost.snapshots.len(),
+        }
+    }
+    fn is_ok(&self) -> bool {
+        matches!(self.state, TierState::Ok | TierState::New)
+            && self.lost_layers
+                + self.lost_hot_generations
+                + self.lost_meta_layers
+                + self.lost_snapshots
+                == 0
+    }
+}
 
 /// Free and total bytes of a tier's filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,6 +63,8 @@ impl FsSpace {
 pub struct Status {
     /// The configuration file.
     pub config: PathBuf,
+    /// Images that cannot be mounted until repaired, with the reasons.
+    pub damaged_images: BTreeMap<String, Vec<String>>,
     pub dax: DaxState,
     pub disk_dir: PathBuf,
     pub disk_fs: Option<FsSpace>,
@@ -61,6 +98,9 @@ pub struct Status {
     pub tiering: String,
     /// Why tiering is whole-layer (`None` when it is file-granular).
     pub tiering_reason: Option<String>,
+    /// Each tier's identity check (`ok`, `new`, `replaced`, `missing`) and
+    /// what it lost; pmem first.
+    pub tiers: Vec<TierRow>,
     /// The tracer a trace started now would use.
     pub tracer: String,
     pub tracer_reason: String,
@@ -93,8 +133,10 @@ impl Status {
         let unsynced = store.unsynced()?;
         let on = |tier: TierKind| layers.iter().filter(move |l| l.tier == tier);
         let tracer = crate::trace::probe_tracer();
+        let health = crate::store::health::scan(store)?;
         Ok(Status {
             config: cfg.file.clone(),
+            damaged_images: health.damaged.clone(),
             dax,
             disk_dir: cfg.disk_dir.clone(),
             disk_fs: store.disk.fs_space().map(FsSpace::of),
@@ -126,6 +168,7 @@ impl Status {
             }
             .to_string(),
             tiering_reason: tiering.err(),
+            tiers: vec![TierRow::of(&health.pmem), TierRow::of(&health.disk)],
             tracer: tracer.tracer,
             tracer_reason: tracer.reason,
             unsynced_blob_bytes: unsynced.iter().map(|(_, u)| u.blob_bytes).sum(),
@@ -146,6 +189,25 @@ impl fmt::Display for Status {
             self.dax
         )?;
         writeln!(f, "disk tier  {}", self.disk_dir.display())?;
+        for t in self.tiers.iter().filter(|t| !t.is_ok()) {
+            writeln!(
+                f,
+                "  {} tier {}; lost: {} layer(s), {} hot generation(s), {} metadata layer(s), {} snapshot(s)",
+                t.tier,
+                t.state,
+                t.lost_layers,
+                t.lost_hot_generations,
+                t.lost_meta_layers,
+                t.lost_snapshots
+            )?;
+        }
+        for (name, why) in &self.damaged_images {
+            writeln!(
+                f,
+                "damaged    {name}: {}; run `nvtier repair {name}`",
+                why.join(", ")
+            )?;
+        }
         writeln!(
             f,
             "budget     {} of {} pmem used ({:.1}%)",
@@ -220,6 +282,7 @@ mod tests {
     fn status() -> Status {
         Status {
             config: "/etc/nvtier/config.toml".into(),
+            damaged_images: BTreeMap::new(),
             dax: DaxState::Emulated,
             disk_dir: "/srv/disk".into(),
             disk_fs: Some(FsSpace {
@@ -250,6 +313,7 @@ mod tests {
             tiered_mounts: 2,
             tiering: "file-granular".into(),
             tiering_reason: None,
+            tiers: vec![],
             tracer: "fanotify".into(),
             tracer_reason: "forced by NVTIER_TRACER".into(),
             unsynced_blob_bytes: 0,
@@ -311,13 +375,55 @@ mod tests {
     }
 
     #[test]
+    fn text_lost_tier_and_damaged_image() {
+        let mut damaged = BTreeMap::new();
+        damaged.insert(
+            "r/demo:1".to_string(),
+            vec!["layer 0123456789ab lost from the pmem tier".to_string()],
+        );
+        let s = Status {
+            damaged_images: damaged,
+            tiers: vec![TierRow {
+                tier: TierKind::Pmem,
+                state: TierState::Replaced {
+                    previous_id: "00ff".into(),
+                },
+                lost_layers: 2,
+                lost_hot_generations: 3,
+                lost_meta_layers: 1,
+                lost_snapshots: 0,
+            }],
+            ..status()
+        };
+        let text = s.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[3],
+            "  pmem tier replaced (was 00ff; content checked); lost: 2 layer(s), 3 hot \
+             generation(s), 1 metadata layer(s), 0 snapshot(s)"
+        );
+        assert_eq!(
+            lines[4],
+            "damaged    r/demo:1: layer 0123456789ab lost from the pmem tier; run `nvtier repair r/demo:1`"
+        );
+        let v = serde_json::to_value(&s).expect("json");
+        assert_eq!(v["tiers"][0]["state"], "replaced");
+        assert_eq!(v["tiers"][0]["previous_id"], "00ff");
+        assert_eq!(v["tiers"][0]["lost_layers"], 2);
+        assert_eq!(
+            v["damaged_images"]["r/demo:1"][0],
+            "layer 0123456789ab lost from the pmem tier"
+        );
+    }
+
+    #[test]
     fn json_keys_and_types() {
         let v = serde_json::to_value(status()).expect("json");
         let keys = crate::testutil::object_keys(&v);
         let mut sorted = keys.clone();
         sorted.sort_unstable();
         assert_eq!(keys, sorted);
-        assert_eq!(keys.len(), 32);
+        assert_eq!(keys.len(), 34);
         assert!(v.get("unsynced_dir").is_none());
         assert_eq!(v["dax"], "emulated");
         assert_eq!(v["placement"], "lass");

@@ -148,6 +148,75 @@ async fn migrate_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>)
     }
 }
 
+/// Every `repair_interval_s`: check the tiers' identity and content, and
+/// repair what a lost or replaced tier held (see [`crate::repair`]). Logs
+/// when the pmem tier goes missing and when it is back.
+async fn repair_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let every = std::time::Duration::from_secs(store.cfg.repair_interval_s);
+    let opts = crate::repair::RepairOptions {
+        image: None,
+        include_missing: false,
+        rebuild_hot: true,
+        auth: oci_client::secrets::RegistryAuth::Anonymous,
+    };
+    let mut was_available = store.pmem_available();
+    let mut first = true;
+    loop {
+        if !first {
+            if every.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = rx.wait_for(|v| *v) => return,
+            }
+        }
+        first = false;
+        let s2 = store.clone();
+        let health =
+            match tokio::task::spawn_blocking(move || crate::store::health::scan(&s2)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "tier check failed; retrying later");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+        let available = !health.pmem.state.is_missing();
+        if available != was_available {
+            if available {
+                tracing::info!(path = %store.pmem.root.display(), "the pmem tier is back: using it again");
+            } else {
+                tracing::warn!(
+                    path = %store.pmem.root.display(), state = %health.pmem.state,
+                    "the pmem tier is missing: running degraded"
+                );
+            }
+            was_available = available;
+        }
+        use crate::store::identity::TierState;
+        let replaced = [&health.pmem.state, &health.disk.state]
+            .iter()
+            .any(|s| matches!(s, TierState::Replaced { .. } | TierState::New));
+        let lost = [&health.pmem, &health.disk]
+            .iter()
+            .any(|t| !t.state.is_missing() && !t.lost.is_empty_but_snapshots());
+        if replaced || lost {
+            match crate::repair::repair(&store, &opts).await {
+                Ok(r) => tracing::info!(
+                    images = r.images.len(),
+                    restored_layers = r.images.iter().map(|i| i.restored_layers).sum::<usize>(),
+                    hot_generations = r.forgotten.hot_generations,
+                    meta_layers = r.forgotten.meta_layers,
+                    still_damaged = r.damaged_after.len(),
+                    "background repair done"
+                ),
+                Err(e) => tracing::warn!(error = %e, "background repair failed; retrying later"),
+            }
+        }
+    }
+}
+
 pub async fn serve(store: Store) -> Result<()> {
     let cfg = store.cfg.clone();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -216,6 +285,14 @@ pub async fn serve(store: Store) -> Result<()> {
         let (store, mut rx) = (store.clone(), rx.clone());
         tasks.spawn(async move {
             writeback::writeback_loop(store, &mut rx).await;
+            Ok(())
+        });
+    }
+
+    {
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            repair_loop(store, &mut rx).await;
             Ok(())
         });
     }

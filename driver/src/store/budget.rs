@@ -99,7 +99,7 @@ impl Reservation {
             .ok_or_else(|| Error::Other("budget lock".into()))?;
         let others = reserved(&self.store)?.saturating_sub(self.on_disk());
         let used_now = self.store.pmem_committed()? + others;
-        let budget = self.store.cfg.pmem_budget;
+        let budget = self.store.pmem_budget();
         let free = budget.saturating_sub(used_now + self.granted);
         let need = self.used + n - self.granted;
         if need > free {

@@ -32,7 +32,9 @@
 
 mod budget;
 mod durable;
+pub mod health;
 pub mod hot;
+pub mod identity;
 pub mod journal;
 mod meta;
 pub mod profiles;
@@ -124,9 +126,41 @@ pub type Lock = Flock<File>;
 impl Store {
     /// Open the store: check the tier directories, create the layout and
     /// remove leftovers of interrupted work.
+    ///
+    /// A missing pmem tier (see [`identity`]) does not stop it: the store
+    /// opens degraded, neither reads nor writes that tier, and uses it again
+    /// once it is back. A missing disk tier is an error.
     pub fn open(cfg: &Config) -> Result<Store> {
-        let pmem = Tier::open(TierKind::Pmem, &cfg.pmem_dir)?;
+        let dstate = identity::check_and_adopt(&cfg.state_dir, TierKind::Disk, &cfg.disk_dir)
+            .map_err(|e| Error::Config {
+                file: cfg.file.clone(),
+                msg: format!("cannot record the disk tier's identity: {e}"),
+            })?;
+        if let identity::TierState::Missing { reason } = &dstate {
+            if cfg.disk_dir.is_dir() {
+                return Err(Error::Tier {
+                    tier: "disk",
+                    path: cfg.disk_dir.clone(),
+                    msg: format!("{reason}; mount it, or fix `disk_dir` in the config"),
+                });
+            }
+        }
         let disk = Tier::open(TierKind::Disk, &cfg.disk_dir)?;
+        let pstate = identity::check_and_adopt(&cfg.state_dir, TierKind::Pmem, &cfg.pmem_dir)?;
+        let pmem = match &pstate {
+            identity::TierState::Missing { reason } => {
+                tracing::warn!(
+                    path = %cfg.pmem_dir.display(), %reason,
+                    "the pmem tier is missing: running degraded (new layers go to the disk tier; \
+                     images with data on pmem cannot be mounted until it is back)"
+                );
+                Tier {
+                    kind: TierKind::Pmem,
+                    root: cfg.pmem_dir.clone(),
+                }
+            }
+            _ => Tier::open(TierKind::Pmem, &cfg.pmem_dir)?,
+        };
         let s = Store {
             cfg: cfg.clone(),
             pmem,
@@ -194,7 +228,7 @@ impl Store {
     }
     /// Containers' writable layers (`upper_tier`).
     pub fn containers_dir(&self) -> PathBuf {
-        self.tier(self.cfg.upper_tier).root.join("containers")
+        self.tier(self.upper_tier()).root.join("containers")
     }
     pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         meta::read_all(&self.snapshots_dir())
@@ -252,7 +286,11 @@ impl Store {
     /// Remove staging directories, orphaned layer directories, partial
     /// downloads and reservations left by killed processes.
     fn cleanup_leftovers(&self) -> Result<()> {
+        let pmem_ok = self.pmem_available();
         for t in [&self.pmem, &self.disk] {
+            if t.kind == TierKind::Pmem && !pmem_ok {
+                continue;
+            }
             // Staging: `<hex>.<rand>`; free if nobody holds the chain lock.
             for e in fs::read_dir(t.staging_dir()).ctx("list", t.staging_dir())? {
                 let e = e.ctx("list", t.staging_dir())?;
@@ -296,7 +334,9 @@ impl Store {
             }
         }
         budget::cleanup_dead(self)?;
-        recover::recover(self)?;
+        if pmem_ok {
+            recover::recover(self)?;
+        }
         self.recover_unsynced()?;
         Ok(())
     }
@@ -551,7 +591,13 @@ impl Store {
             // Metadata first: from here on the layer does not exist, and a
             // crash leaves only an orphan directory that start-up removes.
             fs::remove_file(&mp).ctx("remove layer metadata", &mp)?;
-            fs::remove_dir_all(&dir).ctx("remove layer directory", &dir)?;
+            // A lost layer (see `health`) has no directory left.
+            match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).ctx("remove layer directory", &dir)
+                }
+                _ => {}
+            }
             // A kept blob waiting for the write-back of a layer that is gone.
             self.drop_unsynced(digest_hex(&l.chain_id)?)?;
             report.removed.push(l.chain_id.clone());
@@ -561,8 +607,12 @@ impl Store {
             }
         }
         fsync_dir(&self.layers_meta_dir())?;
-        // Metadata layers, hot generations and retired copies nobody uses.
-        recover::gc_hot_locked(self)?;
+        // Metadata layers, hot generations and retired copies nobody uses
+        // (not while the pmem tier is missing: its records stay for its
+        // return).
+        if self.pmem_available() {
+            recover::gc_hot_locked(self)?;
+        }
         Ok(report)
     }
 }

@@ -155,6 +155,12 @@ fn round4k(n: u64) -> u64 {
 /// Plan and (unless dry-run) apply a migration.
 pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
     super::enabled(store).map_err(Error::Other)?;
+    if !store.pmem_available() {
+        return Err(Error::Other(format!(
+            "the pmem tier at {} is missing: nothing is migrated until it is back (see `nvtier status`)",
+            store.pmem.root.display()
+        )));
+    }
     let t0 = Instant::now();
     let _m = store.lock_migrate()?;
     let used_before = store.pmem_used()?;
@@ -186,7 +192,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
         }
     }
     fixed += super::pmem_use(store)?.retired_bytes;
-    let budget = store.cfg.pmem_budget.saturating_sub(fixed);
+    let budget = store.pmem_budget().saturating_sub(fixed);
 
     let now = now_ms();
     let demand: Vec<nvtier_policy::placement::ImageProfile> = all

@@ -159,7 +159,8 @@ pub fn mount_layers(
     base_top_first: &[PathBuf],
     build: bool,
 ) -> Result<Option<(PathBuf, Vec<PathBuf>, MountTiering)>> {
-    if enabled(store).is_err() {
+    // While the pmem tier is missing, images mount whole layers.
+    if enabled(store).is_err() || !store.pmem_available() {
         return Ok(None);
     }
     let have = meta_record(store, &img.manifest_digest)?.is_some()

@@ -73,6 +73,14 @@ enum Cmd {
     Serve,
     /// Remove layers no image or mount references.
     Gc(cmd::gc::Args),
+    /// Check that each tier is still the filesystem nvtier filled and holds
+    /// every layer, hot copy and metadata layer the records place on it;
+    /// restore what was lost: layers are fetched again from the registry
+    /// (pinned to the pulled manifest), hot copies and metadata layers are
+    /// rebuilt from the layer bases. Images whose layers are on a missing
+    /// pmem tier are stored again on the disk tier. `nvtier serve` does this
+    /// in the background (`repair_interval_s`).
+    Repair(cmd::repair::Args),
     /// Internal: serve only the legacy Docker graph driver plugin API on a
     /// unix socket of its own. Stops on SIGTERM/SIGINT.
     #[command(hide = true)]
@@ -138,6 +146,7 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Profile(c) => cmd::profile::run(&store, c),
         Cmd::Serve => cmd::serve::run(store),
         Cmd::Gc(a) => cmd::gc::run(&store, a),
+        Cmd::Repair(a) => cmd::repair::run(&store, a),
         Cmd::DockerPlugin(a) => cmd::docker_plugin::run(store, a),
     }
 }

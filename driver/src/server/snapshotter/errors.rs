@@ -25,6 +25,8 @@ impl From<SnapError> for tonic::Status {
             SnapError::AlreadyExists(_) => tonic::Status::already_exists(msg),
             SnapError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             SnapError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
+            // A damaged image: the client can do something about it.
+            SnapError::Store(Error::Damaged { .. }) => tonic::Status::failed_precondition(msg),
             SnapError::Store(_) => tonic::Status::internal(msg),
         }
     }

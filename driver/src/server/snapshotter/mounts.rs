@@ -83,6 +83,7 @@ impl Inner {
         snaps: &BTreeMap<String, SnapshotRecord>,
         r: &SnapshotRecord,
     ) -> SResult<Vec<Mount>> {
+        self.check_content(r)?;
         let d = self.snap_dir(r);
         if let (SnapshotKind::Active, Some(t)) = (r.kind, &r.tiering) {
             match self.tiered_mount(snaps, r, t, &d) {

@@ -107,6 +107,7 @@ impl NvSnapshotter {
                     placement: store.cfg.placement,
                     progress: false,
                     auth: oci_client::secrets::RegistryAuth::Anonymous,
+                    pin_digest: None,
                 };
                 tracing::info!(image, "pulling for containerd (remote snapshot)");
                 match pull(&store, image, &opts).await {

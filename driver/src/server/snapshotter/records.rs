@@ -96,7 +96,38 @@ impl Inner {
     }
 
     /// Point `STATE/l/<id>` at the committed snapshot's directory.
+    /// `Err(Damaged)` when a snapshot's content was lost from its tier
+    /// (or is on the missing pmem tier): mounting it would fail with a raw
+    /// overlay error.
+    pub(super) fn check_content(&self, r: &SnapshotRecord) -> Result<()> {
+        if let Some(c) = &r.layer {
+            if let Some(m) = self.store.layer(c)? {
+                return self.store.check_layer(&m);
+            }
+        }
+        let dir = self.content_dir(r)?;
+        if dir.is_dir() && (r.tier != TierKind::Pmem || self.store.pmem_available()) {
+            return Ok(());
+        }
+        let image = r
+            .labels
+            .get(super::LABEL_CRI_IMAGE_REF)
+            .cloned()
+            .unwrap_or_else(|| format!("of snapshot {:?}", r.key));
+        Err(Error::Damaged {
+            image,
+            what: format!(
+                "snapshot {:?} was lost from the {} tier ({}); remove the image in the engine \
+                 (`ctr image rm`, `docker rmi`) and pull it again",
+                r.key,
+                r.tier,
+                dir.display()
+            ),
+        })
+    }
+
     pub(super) fn ensure_link(&self, r: &SnapshotRecord) -> Result<PathBuf> {
+        self.check_content(r)?;
         let link = self.link_path(r);
         let target = self.content_dir(r)?;
         if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {

@@ -16,7 +16,11 @@ use std::sync::{Arc, Mutex};
 impl NvSnapshotter {
     /// Load the snapshot records and re-create their links.
     pub fn open(store: Store) -> Result<NvSnapshotter> {
+        let pmem_ok = store.pmem_available();
         for t in [&store.pmem, &store.disk] {
+            if t.kind == crate::tier::TierKind::Pmem && !pmem_ok {
+                continue;
+            }
             let d = t.root.join("snapshots");
             fs::create_dir_all(&d).ctx("create", &d)?;
         }
@@ -79,7 +83,7 @@ impl NvSnapshotter {
         // A container's writable layer goes to `upper_tier`; an unpack's
         // tier is decided below.
         let mut tier = if target.is_none() {
-            self.inner.store.cfg.upper_tier
+            self.inner.store.upper_tier()
         } else {
             TierKind::Disk
         };

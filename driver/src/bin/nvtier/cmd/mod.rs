@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod mount;
 pub mod profile;
 pub mod pull;
+pub mod repair;
 pub mod rm;
 pub mod run;
 pub mod serve;

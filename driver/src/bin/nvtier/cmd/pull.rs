@@ -42,6 +42,7 @@ pub fn run(cfg: &Config, store: &Store, a: Args) -> Result<()> {
         placement: a.placement.unwrap_or(cfg.placement),
         progress: !a.json && std::io::stderr().is_terminal(),
         auth,
+        pin_digest: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

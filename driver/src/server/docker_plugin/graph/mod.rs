@@ -260,6 +260,7 @@ impl Graph {
                         rec.id
                     ))
                 })?;
+                self.store.check_layer(&m)?;
                 self.store.layer_dir(&m)
             }
             None => Ok(self.diff_dir(&rec.id)),
