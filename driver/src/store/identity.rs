@@ -126,7 +126,11 @@ pub fn tier_record(state: &Path, kind: TierKind) -> Option<TierRecord> {
 pub fn inspect(state: &Path, kind: TierKind, root: &Path) -> TierState {
     if !root.is_dir() {
         return TierState::Missing {
-            reason: format!("{} does not exist", root.display()),
+            reason: format!(
+                "{} does not exist (mount the tier there, or fix `{}_dir` in the config)",
+                root.display(),
+                kind_name(kind)
+            ),
         };
     }
     let rec = tier_record(state, kind);
@@ -136,7 +140,7 @@ pub fn inspect(state: &Path, kind: TierKind, root: &Path) -> TierState {
         (Some(r), Some(i)) if r.id == i.id => TierState::Ok,
         (Some(r), None) if r.mount_point && !is_mount_point(root) => TierState::Missing {
             reason: format!(
-                "{} is no longer a mount point (its filesystem is not mounted)",
+                "{} is no longer a mount point (its filesystem is not mounted; mount it again)",
                 root.display()
             ),
         },

@@ -437,13 +437,15 @@ impl Store {
     // ---- budget ----
 
     /// Bytes of pmem charged to stored layers.
+    /// Layers lost from the tier (see [`health`]) hold nothing.
     pub fn pmem_layer_bytes(&self) -> Result<u64> {
-        Ok(self
-            .layers()?
-            .iter()
-            .filter(|l| l.tier == TierKind::Pmem)
-            .map(|l| l.charged_bytes)
-            .sum())
+        let mut n = 0;
+        for l in self.layers()?.iter().filter(|l| l.tier == TierKind::Pmem) {
+            if self.pmem.layer_dir(digest_hex(&l.chain_id)?).is_dir() {
+                n += l.charged_bytes;
+            }
+        }
+        Ok(n)
     }
 
     /// Bytes of pmem committed: stored layers plus hot-file tiering
