@@ -257,9 +257,9 @@ fn missing_pmem_at_start_degrades_then_the_tier_is_used_again() {
         &mounted_listing(&bed, &later, "c"),
     );
     assert!(
-        entries(&[bed.pmem.clone()]).is_empty(),
+        entries(std::slice::from_ref(&bed.pmem)).is_empty(),
         "nothing written to the bare mount point: {:?}",
-        entries(&[bed.pmem.clone()])
+        entries(std::slice::from_ref(&bed.pmem))
     );
 
     // The tier is back: used again, with its content.
