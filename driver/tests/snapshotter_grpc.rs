@@ -558,3 +558,58 @@ fn snapshot_semantics_and_hostile_requests() {
     drop(nv);
     drop(rd);
 }
+
+/// A committed snapshot whose directory a tier lost: `Mounts` of a snapshot
+/// above it is a `FailedPrecondition` that says what was lost and what to
+/// do, never a mount spec that would fail in the kernel.
+#[test]
+fn mounts_over_lost_content_fail_with_the_fix() {
+    let bed = Bed::up("grpclost", "none", "64M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config(&bed, "64M", Path::new("/nonexistent-containerd"));
+    let nv = start_nvtier(&bed, &sock, "nvtier");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut c = connect(&sock).await;
+        let m = prepare(&mut c, "ns/1/base", "").await.expect("prepare");
+        fs::write(PathBuf::from(&m[0].source).join("f"), b"x").expect("write");
+        commit(&mut c, "ns/2/committed", "ns/1/base")
+            .await
+            .expect("commit");
+        prepare(&mut c, "ns/3/work", "ns/2/committed")
+            .await
+            .expect("prepare above");
+        // The committed snapshot's directory is lost from the disk tier.
+        let snaps = bed.disk.join("snapshots");
+        let mut lost = false;
+        for e in fs::read_dir(&snaps).expect("ls").flatten() {
+            if e.path().join("fs/f").is_file() {
+                fs::remove_dir_all(e.path()).expect("lose it");
+                lost = true;
+            }
+        }
+        assert!(lost, "the committed snapshot's directory was found");
+        let r = c
+            .mounts(MountsRequest {
+                snapshotter: "nvtier".into(),
+                key: "ns/3/work".into(),
+            })
+            .await;
+        let e = r.expect_err("mounts over lost content");
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("is damaged")
+                && e.message().contains("ns/2/committed")
+                && e.message().contains("pull it again"),
+            "{}",
+            e.message()
+        );
+        // Removing the snapshots still works.
+        remove(&mut c, "ns/3/work").await.expect("remove work");
+        remove(&mut c, "ns/2/committed")
+            .await
+            .expect("remove committed");
+    });
+    drop(nv);
+    drop(rd);
+}
