@@ -221,11 +221,105 @@ fn ctr_unpack_kill_9_during_commit_then_retry() {
     wait_for("snapshots to be removed", 30, || {
         snapshot_records(&bed).is_empty()
     });
-    wait_for("everything to be freed", 10, || {
-        full_listing(&bed).is_empty()
-    });
-    assert_all_freed(&bed, "after ctr images rm");
+    assert_all_freed(&bed, "after ctr images rm", 10);
     assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+    eprintln!("test time {:?}", t0.elapsed());
+}
+
+/// (a) dockerd 26 with the containerd image store: `docker pull` makes
+/// nvtier pull the image itself (remote snapshot). `kill -9` while that
+/// pull downloads, with at least one layer already stored; the test fails
+/// if the pull had finished or not yet begun.
+#[test]
+fn docker26_remote_pull_kill_9_then_retry() {
+    let t0 = Instant::now();
+    let eng = trixie_engines();
+    let bin = PathBuf::from(&eng["ENGINES_BIN"]);
+    let bed = Bed::up("crdk", "100mbit", "256M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
+    let mut nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, Some(&bin));
+    let dockerd = Dockerd::start(&bed, &ctd);
+    // About 52 MiB: some 4 s at 100 Mbit/s.
+    let img = bed.push("crdk1", "busybox,8M,16M,24M,4M");
+    let mut want = image_hashes("crdk1");
+    // dockerd bind-mounts its own /etc/hostname into every container.
+    want.remove("/etc/hostname");
+
+    let mut cmd = Command::new("docker");
+    cmd.arg("-H")
+        .arg(format!("unix://{}", dockerd.sock.display()))
+        .args(["pull", &img])
+        .env("PATH", &dockerd.path_env);
+    let mut pull = Bg::spawn(cmd, rd.0.join("pull1.log"));
+    let pulls = bed.state.join("pulls");
+    let t = Instant::now();
+    let (mut stored, mut partial) = (0, 0);
+    while t.elapsed() < Duration::from_secs(120) && pull.running() {
+        stored = fs::read_dir(bed.state.join("layers")).map_or(0, |d| d.count());
+        partial = fs::read_dir(bed.state.join("downloads")).map_or(0, |d| d.count());
+        if stored > 0 && partial > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = nv.kill9().expect("killed");
+    assert_eq!(st.signal(), Some(9));
+    let log1 = nv.log_text();
+    assert!(
+        stored > 0 && partial > 0,
+        "the kill missed the pull: {stored} layers stored, {partial} downloads running\n{log1}"
+    );
+    assert!(log1.contains("pulling for containerd"), "{log1}");
+    assert!(
+        fs::read_dir(&pulls).map_or(0, |d| d.count()) == 0,
+        "the pull had finished before the kill"
+    );
+    eprintln!(
+        "killed during the remote pull after {:?} ({stored} layers stored, {partial} downloading); left behind:\n{}",
+        t.elapsed(),
+        full_listing(&bed).join("\n")
+    );
+    let (st, out) = pull.finish(90);
+    let st = st.expect("docker pull did not end after the snapshotter died");
+    eprintln!("first docker pull: {st}: {}", out.trim());
+
+    nv = start_nvtier(&bed, &sock, "nvtier2");
+    assert_consistent_but(&bed, "after the restart", true);
+    // The engine's retry: nvtier pulls again, reusing the stored layers.
+    retry_unavailable("docker pull (retry)", || dockerd.docker(&["pull", &img]));
+    let images = bed.nvtier_json(&["images"]);
+    assert_eq!(images.as_array().map(Vec::len), Some(1), "{images}");
+    let name = images[0]["name"].as_str().expect("name").to_string();
+    assert_eq!(
+        fs::read_dir(&pulls).map_or(0, |d| d.count()),
+        1,
+        "no pull report after the retry"
+    );
+    let layers = bed.nvtier_json(&["layers"]);
+    assert_eq!(layers.as_array().map(Vec::len), Some(5), "{layers}");
+    for l in layers.as_array().expect("layers") {
+        assert!(l["blob_digest"].is_string(), "not pulled by nvtier: {l}");
+    }
+    let mut args = vec!["run", "--rm", "--network", "none", &img];
+    let cmdline = sha256sum_cmd(&want);
+    args.extend(cmdline.iter().map(String::as_str));
+    let out = dockerd.docker_ok(&args);
+    assert_hashes(&out, &want, "container after the retry");
+    assert_consistent(&bed, "with the image");
+
+    dockerd.docker_ok(&["rmi", &img]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    bed.nvtier_ok(&["rm", &name]);
+    assert_all_freed(&bed, "after docker rmi and nvtier rm", 10);
+    assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
+    drop(dockerd);
     drop(ctd);
     drop(nv);
     drop(rd);
