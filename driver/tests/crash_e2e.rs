@@ -12,6 +12,7 @@ mod engines;
 use common::Bed;
 use engines::state::*;
 use engines::*;
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -320,6 +321,142 @@ fn docker26_remote_pull_kill_9_then_retry() {
     assert_all_freed(&bed, "after docker rmi and nvtier rm", 10);
     assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
     drop(dockerd);
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+    eprintln!("test time {:?}", t0.elapsed());
+}
+
+/// `ctr tasks exec` of `sha256sum` over the image's files in `id`.
+fn exec_hashes(ctd: &Containerd, id: &str, exec_id: &str, want: &BTreeMap<String, String>) {
+    let mut args = vec!["tasks", "exec", "--exec-id", exec_id, id];
+    let cmdline = sha256sum_cmd(want);
+    args.extend(cmdline.iter().map(String::as_str));
+    let out = ctd.ctr_ok(&args);
+    assert_hashes(&out, want, &format!("running container {id} ({exec_id})"));
+}
+
+/// (c) `nvtier serve`'s background migration is killed (`NVTIER_FAULT`
+/// makes serve SIGKILL itself at a named step, so the kill is always
+/// inside the migration) while a `ctr run -d` container runs on the
+/// image: first half-way through publishing a hot generation, then, on
+/// the restarted server that resumes the migration, right after a base
+/// layer's metadata switched to disk. The container reads the same bytes
+/// throughout, the third server finishes the migration, and new
+/// containers read the same bytes.
+#[test]
+fn kill_9_during_background_migration_under_a_running_container() {
+    let t0 = Instant::now();
+    let bed = Bed::up("crmg", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
+    let mut cfg = fs::read_to_string(&bed.config).expect("config");
+    cfg.push_str("migrate_interval_s = 1\n");
+    fs::write(&bed.config, cfg).expect("config");
+    let img = bed.push("tierfeat", "busybox,1M,1M,2M,1M");
+    let want = image_hashes("tierfeat");
+    bed.nvtier_json(&["pull", "--placement", "pmem", &img]);
+    let name = bed.nvtier_json(&["images"])[0]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let mut nv = start_nvtier_env(&bed, &sock, "nvtier1", &[("NVTIER_FAULT", "mid_publish")]);
+    let ctd = Containerd::start(&bed, &sock, None);
+    // containerd's pull attaches nvtier's layers (nothing is unpacked).
+    ctd.pull_nvtier(&img);
+    assert_eq!(
+        bed.nvtier_json(&["layers"]).as_array().map(Vec::len),
+        Some(5)
+    );
+    ctd.run_nvtier(&["-d"], &img, "crmg-c1", &["sleep", "600"]);
+    exec_hashes(&ctd, "crmg-c1", "e0", &want);
+
+    // A profile makes the next round of the background loop migrate.
+    let p = bed.nvtier_json(&[
+        "trace",
+        &name,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/layer1.bin /data/layer3.bin /feat/xattr >/dev/null",
+    ]);
+    assert_eq!(p["exit_code"], 0, "{p}");
+    for (round, (fault, next)) in [("mid_publish", "layer_switched"), ("layer_switched", "")]
+        .into_iter()
+        .enumerate()
+    {
+        let st = nv
+            .wait_exit(60)
+            .unwrap_or_else(|| panic!("serve was not killed at {fault}:\n{}", nv.log_text()));
+        assert_eq!(st.signal(), Some(9), "{st}: {}", nv.log_text());
+        let log = nv.log_text();
+        assert!(
+            log.contains("NVTIER_FAULT: killing myself") && log.contains(fault),
+            "not killed at {fault}:\n{log}"
+        );
+        eprintln!(
+            "round {round}: killed at {fault}; left behind:\n{}",
+            full_listing(&bed).join("\n")
+        );
+        // With the server down and the migration half done.
+        exec_hashes(&ctd, "crmg-c1", &format!("e{round}a"), &want);
+        let env: Vec<(&str, &str)> = if next.is_empty() {
+            vec![]
+        } else {
+            vec![("NVTIER_FAULT", next)]
+        };
+        nv = start_nvtier_env(
+            &bed,
+            &sock,
+            if next.is_empty() {
+                "nvtier3"
+            } else {
+                "nvtier2"
+            },
+            &env,
+        );
+        exec_hashes(&ctd, "crmg-c1", &format!("e{round}b"), &want);
+    }
+    wait_for("the background migration to finish", 60, || {
+        nv.log_text().contains("background migration done")
+    });
+    let layers = bed.nvtier_json(&["layers"]);
+    for l in layers.as_array().expect("layers") {
+        assert_eq!(l["tier"], "disk", "base not relocated: {l}");
+    }
+    let hot: u64 = layers
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["pmem_files"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(hot > 0, "no hot files on pmem: {layers}");
+    exec_hashes(&ctd, "crmg-c1", "e9", &want);
+    // A new container mounts the new placement and reads the same bytes.
+    let mut args = vec!["run", "--rm", "--snapshotter", "nvtier", &img, "crmg-c2"];
+    let cmdline = sha256sum_cmd(&want);
+    args.extend(cmdline.iter().map(String::as_str));
+    let out = retry_unavailable("ctr run after the restarts", || ctd.ctr(&args));
+    assert_hashes(&out, &want, "new container after the migration");
+    assert_consistent(&bed, "after the migration");
+    let st = bed.nvtier_json(&["status"]);
+    assert!(
+        st["pmem_retired_bytes"].as_u64().unwrap_or(0) > 0,
+        "the running container's pmem bases must be kept: {st}"
+    );
+
+    ctd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "crmg-c1"]);
+    wait_for("crmg-c1 to stop", 20, || {
+        ctd.ctr(&["tasks", "rm", "crmg-c1"]).status.success()
+    });
+    ctd.ctr_ok(&["containers", "rm", "crmg-c1"]);
+    ctd.ctr_ok(&["images", "rm", "--sync", &img]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    bed.nvtier_ok(&["rm", &name]);
+    assert_all_freed(&bed, "after removing the container and the image", 10);
+    assert!(nv.alive(), "nvtier serve died:\n{}", nv.log_text());
     drop(ctd);
     drop(nv);
     drop(rd);
