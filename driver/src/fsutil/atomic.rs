@@ -27,9 +27,72 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     r.ctx("write", path)
 }
 
+/// Remove the temp files of [`write_atomic`] in `dir` whose writer is
+/// dead (killed between create and rename); returns how many. A writer
+/// that is still alive (another process of the node) keeps its file.
+/// Best effort: an unreadable directory has none.
+pub fn remove_stale_temps(dir: &Path, alive: impl Fn(u32) -> bool) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(pid) = temp_writer(name) {
+            if !alive(pid) && fs::remove_file(e.path()).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The writer's pid of a temp file name `.<name>.tmp.<pid>.<rand>`.
+fn temp_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (head, rand) = rest.rsplit_once('.')?;
+    let (head, pid) = head.rsplit_once('.')?;
+    if !head.ends_with(".tmp") || rand.is_empty() || !rand.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_writers_go_live_ones_stay() {
+        let d = tempfile::tempdir().expect("tempdir");
+        for n in [
+            ".a.json.tmp.111.42",
+            ".b.json.tmp.222.7",
+            "a.json",
+            ".c.json.tmp.x.1",
+            ".tmp.333.1",
+            ".d.json.tmp.444.abc",
+        ] {
+            fs::write(d.path().join(n), b"x").expect("write");
+        }
+        let removed = remove_stale_temps(d.path(), |pid| pid == 222);
+        assert_eq!(removed, 1);
+        let mut left: Vec<String> = fs::read_dir(d.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".b.json.tmp.222.7",
+                ".c.json.tmp.x.1",
+                ".d.json.tmp.444.abc",
+                ".tmp.333.1",
+                "a.json"
+            ]
+        );
+        assert_eq!(temp_writer(".x.tmp.12.34"), Some(12));
+        assert_eq!(remove_stale_temps(&d.path().join("missing"), |_| false), 0);
+    }
 
     #[test]
     fn replaces_content_and_leaves_no_temp_file() {

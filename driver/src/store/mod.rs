@@ -333,12 +333,36 @@ impl Store {
                 let _ = fs::remove_file(e.path());
             }
         }
+        self.remove_stale_temps();
         budget::cleanup_dead(self)?;
         if pmem_ok {
             recover::recover(self)?;
         }
         self.recover_unsynced()?;
         Ok(())
+    }
+
+    /// Temp files of atomic record writes whose writer was killed before
+    /// its rename: in every record directory of the state dir (and one
+    /// level below, e.g. `graph/layers/`).
+    fn remove_stale_temps(&self) {
+        let subdirs = |d: &Path| -> Vec<PathBuf> {
+            fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        };
+        for d in subdirs(self.state()) {
+            for dir in std::iter::once(d.clone()).chain(subdirs(&d)) {
+                let n = crate::fsutil::atomic::remove_stale_temps(&dir, pid_alive);
+                if n > 0 {
+                    tracing::info!(dir = %dir.display(), files = n, "removed temp files of interrupted record writes");
+                }
+            }
+        }
     }
 
     // ---- layers ----
@@ -647,6 +671,42 @@ mod tests {
         );
         assert_eq!(ids[2], c2);
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn open_removes_temp_files_of_killed_record_writes() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = |s: &str| d.path().join(s);
+        for s in ["pmem", "disk", "state"] {
+            fs::create_dir(p(s)).expect("mkdir");
+        }
+        let text = format!(
+            "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = \"1M\"\n",
+            p("state"),
+            p("pmem"),
+            p("disk")
+        );
+        let cfg = Config::parse(&p("config.toml"), &text).expect("config");
+        drop(Store::open(&cfg).expect("store"));
+        // A process killed between create and rename (pid 0 never runs a
+        // writer), next to one of a live writer (this process).
+        let me = std::process::id();
+        let dead = [
+            "state/layers/.aa.json.tmp.0.17",
+            "state/snapshots/.bb.json.tmp.0.18",
+            "state/reservations/.1.2.json.tmp.0.19",
+        ];
+        let live = format!("state/images/.cc.json.tmp.{me}.20");
+        fs::create_dir_all(p("state/graph/layers")).expect("mkdir");
+        let deep = "state/graph/layers/.dd.json.tmp.0.21";
+        for f in dead.iter().copied().chain([live.as_str(), deep]) {
+            fs::write(p(f), b"{").expect("write");
+        }
+        drop(Store::open(&cfg).expect("store"));
+        for f in dead.iter().copied().chain([deep]) {
+            assert!(!p(f).exists(), "{f} left");
+        }
+        assert!(p(&live).exists(), "a live writer's temp file was removed");
     }
 
     #[test]

@@ -5,11 +5,14 @@
 #![allow(dead_code)]
 
 use crate::common::{repo, Bed};
+#[allow(unused_imports)]
 pub use nvtier_testbed::bed::entries_under;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod state;
 
 /// The root directory of one test's containerd.
 pub fn containerd_root(bed: &Bed) -> PathBuf {
@@ -87,6 +90,34 @@ impl Daemon {
         false
     }
 
+    /// `kill -9`, then reap it; its exit status.
+    pub fn kill9(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        c.wait().ok()
+    }
+
+    /// Wait up to `secs` for it to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(s)) = c.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn alive(&mut self) -> bool {
         self.child
             .as_mut()
@@ -116,11 +147,19 @@ pub fn write_serve_config(bed: &Bed, budget: &str, containerd_root: &Path) -> Pa
 }
 
 pub fn start_nvtier(bed: &Bed, sock: &Path, log_name: &str) -> Daemon {
+    start_nvtier_env(bed, sock, log_name, &[])
+}
+
+/// [`start_nvtier`] with more environment (`NVTIER_FAULT`, `NVTIER_LOG`).
+pub fn start_nvtier_env(bed: &Bed, sock: &Path, log_name: &str, env: &[(&str, &str)]) -> Daemon {
     let _ = fs::remove_file(sock);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nvtier"));
     cmd.arg("serve")
         .env("NVTIER_CONFIG", &bed.config)
         .env("NVTIER_LOG", "info,h2=warn,tower=warn,hyper=warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let d = Daemon::spawn(
         "nvtier serve",
         cmd,

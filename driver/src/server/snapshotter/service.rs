@@ -12,6 +12,25 @@ use containerd_snapshots::{Info, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The target of the per-call latency events: `NVTIER_LOG=info,nvtier::latency=debug`
+/// turns them on (see docs/engines.md).
+pub const LATENCY_TARGET: &str = "nvtier::latency";
+
+/// One `debug` event per snapshotter call: the method, its wall time in
+/// microseconds and whether it succeeded. Off by default, and then costs
+/// one cached filter check per call.
+fn timed<T>(method: &'static str, start: Instant, r: SResult<T>) -> SResult<T> {
+    tracing::debug!(
+        target: LATENCY_TARGET,
+        method,
+        us = start.elapsed().as_micros() as u64,
+        ok = r.is_ok(),
+        "snapshotter call"
+    );
+    r
+}
 
 impl NvSnapshotter {
     /// Load the snapshot records and re-create their links.
@@ -131,33 +150,48 @@ impl Snapshotter for NvSnapshotter {
     type Error = SnapError;
 
     async fn stat(&self, key: String) -> SResult<Info> {
-        validate_key("key", &key)?;
-        self.inner
-            .lock()
-            .get(&key)
-            .map(info_of)
-            .ok_or(SnapError::NotFound(key))
+        let t = Instant::now();
+        let r = validate_key("key", &key).and_then(|()| {
+            self.inner
+                .lock()
+                .get(&key)
+                .map(info_of)
+                .ok_or(SnapError::NotFound(key))
+        });
+        timed("stat", t, r)
     }
 
     async fn update(&self, info: Info, fieldpaths: Option<Vec<String>>) -> SResult<Info> {
-        self.blocking(move |i| i.update(info, fieldpaths)).await
+        let t = Instant::now();
+        let r = self.blocking(move |i| i.update(info, fieldpaths)).await;
+        timed("update", t, r)
     }
 
     async fn usage(&self, key: String) -> SResult<Usage> {
-        validate_key("key", &key)?;
-        self.blocking(move |i| i.usage(&key)).await
+        let t = Instant::now();
+        let r = match validate_key("key", &key) {
+            Ok(()) => self.blocking(move |i| i.usage(&key)).await,
+            Err(e) => Err(e),
+        };
+        timed("usage", t, r)
     }
 
     async fn mounts(&self, key: String) -> SResult<Vec<Mount>> {
-        validate_key("key", &key)?;
-        self.blocking(move |i| {
-            let snaps = i.lock();
-            let r = snaps
-                .get(&key)
-                .ok_or_else(|| SnapError::NotFound(key.clone()))?;
-            i.mounts_of(&snaps, r)
-        })
-        .await
+        let t = Instant::now();
+        let r = match validate_key("key", &key) {
+            Ok(()) => {
+                self.blocking(move |i| {
+                    let snaps = i.lock();
+                    let r = snaps
+                        .get(&key)
+                        .ok_or_else(|| SnapError::NotFound(key.clone()))?;
+                    i.mounts_of(&snaps, r)
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        timed("mounts", t, r)
     }
 
     async fn prepare(
@@ -166,8 +200,11 @@ impl Snapshotter for NvSnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> SResult<Vec<Mount>> {
-        self.prepare_or_view(key, parent, labels, SnapshotKind::Active)
-            .await
+        let t = Instant::now();
+        let r = self
+            .prepare_or_view(key, parent, labels, SnapshotKind::Active)
+            .await;
+        timed("prepare", t, r)
     }
 
     async fn view(
@@ -176,8 +213,11 @@ impl Snapshotter for NvSnapshotter {
         parent: String,
         labels: HashMap<String, String>,
     ) -> SResult<Vec<Mount>> {
-        self.prepare_or_view(key, parent, labels, SnapshotKind::View)
-            .await
+        let t = Instant::now();
+        let r = self
+            .prepare_or_view(key, parent, labels, SnapshotKind::View)
+            .await;
+        timed("view", t, r)
     }
 
     async fn commit(
@@ -186,25 +226,39 @@ impl Snapshotter for NvSnapshotter {
         key: String,
         labels: HashMap<String, String>,
     ) -> SResult<()> {
-        validate_key("name", &name)?;
-        validate_key("key", &key)?;
-        validate_labels(labels.iter())?;
-        let labels = labels.into_iter().collect();
-        self.blocking(move |i| i.commit(&name, &key, labels)).await
+        let t = Instant::now();
+        let valid = validate_key("name", &name)
+            .and_then(|()| validate_key("key", &key))
+            .and_then(|()| validate_labels(labels.iter()));
+        let r = match valid {
+            Ok(()) => {
+                let labels = labels.into_iter().collect();
+                self.blocking(move |i| i.commit(&name, &key, labels)).await
+            }
+            Err(e) => Err(e),
+        };
+        timed("commit", t, r)
     }
 
     async fn remove(&self, key: String) -> SResult<()> {
-        validate_key("key", &key)?;
-        self.blocking(move |i| i.remove(&key)).await
+        let t = Instant::now();
+        let r = match validate_key("key", &key) {
+            Ok(()) => self.blocking(move |i| i.remove(&key)).await,
+            Err(e) => Err(e),
+        };
+        timed("remove", t, r)
     }
 
     async fn clear(&self) -> SResult<()> {
-        self.blocking(|i| Ok(i.cleanup()?)).await
+        let t = Instant::now();
+        let r = self.blocking(|i| Ok(i.cleanup()?)).await;
+        timed("cleanup", t, r)
     }
 
     type InfoStream = futures_util::stream::Iter<std::vec::IntoIter<SResult<Info>>>;
 
     async fn list(&self, _snapshotter: String, filters: Vec<String>) -> SResult<Self::InfoStream> {
+        let t = Instant::now();
         let infos: Vec<SResult<Info>> = self
             .inner
             .lock()
@@ -213,6 +267,6 @@ impl Snapshotter for NvSnapshotter {
             .filter(|i| filter_matches(&filters, i))
             .map(Ok)
             .collect();
-        Ok(futures_util::stream::iter(infos))
+        timed("walk", t, Ok(futures_util::stream::iter(infos)))
     }
 }
