@@ -386,7 +386,7 @@ fn serve_repairs_lost_layers_and_rebuilds_hot_copies_in_the_background() {
 
 #[test]
 fn full_pmem_tier_fails_clearly_and_leaves_nothing() {
-    let bed = Bed::up("pmnospc", "none", "4G");
+    let bed = Bed::up("pmfull", "none", "4G");
     let r = bed.push("pmnospc", "busybox,8M,1M");
     let pmem = bed.pmem.to_str().expect("utf8").to_string();
     // The budget says 4 GiB, the filesystem holds 3 MiB.
@@ -469,6 +469,74 @@ fn a_layer_lost_from_the_disk_tier_is_fetched_again() {
     );
     assert_same_tree(
         &listing(&reference_rootfs("hdiskdemo")),
+        &mounted_listing(&bed, &r, "m"),
+    );
+}
+
+#[test]
+fn registry_failure_mid_pull_leaves_nothing_and_the_retry_succeeds() {
+    let bed = Bed::up("regflt", "40mbit", "4G");
+    let r = bed.push("regfail", "busybox,16M,16M");
+    let pidfile = PathBuf::from(format!("/run/nvtier-testbed/{}/registry.pid", bed.name));
+    let child = Command::new(env!("CARGO_BIN_EXE_nvtier"))
+        .args(["pull", "--json", &r])
+        .env("NVTIER_CONFIG", &bed.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("pull");
+    // Mid-download (32 MiB at 40 Mbit/s take about 7 s): the registry dies.
+    let t0 = std::time::Instant::now();
+    while !entries(&[bed.state.join("downloads")])
+        .iter()
+        .any(|p| fs::metadata(p).map(|m| m.len() > 1 << 20).unwrap_or(false))
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "no download in progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .expect("registry pid")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the registry");
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the pull survived a dead registry");
+    assert!(
+        err.contains("registry") && err.contains(&r),
+        "the error names the registry fault and the image: {err}"
+    );
+    assert_eq!(bed.nvtier_json(&["images"]), serde_json::json!([]));
+    let st = bed.nvtier_json(&["status"]);
+    assert_eq!(st["layers"], 0, "{st}");
+    assert_eq!(st["pmem_used_bytes"], 0, "no reservation left: {st}");
+    assert_eq!(st["unsynced_layers"], 0, "{st}");
+    let left: Vec<PathBuf> = entries(&[bed.state.clone(), bed.pmem.clone(), bed.disk.clone()])
+        .into_iter()
+        .filter(|p| !p.is_dir())
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !(n.ends_with(".lock")
+                || n == ".nvtier-tier.json"
+                || p.starts_with(bed.state.join("tiers")))
+        })
+        .filter(|p| !p.starts_with(bed.disk.join("lost+found")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // The registry is back: the same pull succeeds.
+    sh("registry.sh", &["up", &bed.name, "1gbit"]);
+    let rep = pull_json(&bed, &[&r]);
+    assert_eq!(rep["layers"].as_array().map(Vec::len), Some(3), "{rep}");
+    assert_same_tree(
+        &listing(&reference_rootfs("regfail")),
         &mounted_listing(&bed, &r, "m"),
     );
 }

@@ -564,7 +564,7 @@ fn snapshot_semantics_and_hostile_requests() {
 /// do, never a mount spec that would fail in the kernel.
 #[test]
 fn mounts_over_lost_content_fail_with_the_fix() {
-    let bed = Bed::up("grpclost", "none", "64M");
+    let bed = Bed::up("grplst", "none", "64M");
     let rd = make_run_dir(&bed);
     let sock = write_serve_config(&bed, "64M", Path::new("/nonexistent-containerd"));
     let nv = start_nvtier(&bed, &sock, "nvtier");

@@ -32,16 +32,19 @@
 
 mod budget;
 mod durable;
+mod gc;
 pub mod health;
 pub mod hot;
 pub mod identity;
 pub mod journal;
+mod leftovers;
 mod meta;
 pub mod profiles;
 mod recover;
 
 pub use budget::Reservation;
 pub use durable::{boot_id, SyncReport, Unsynced};
+pub use gc::GcReport;
 pub use meta::{
     read_all as meta_read_all, read_json as meta_read, ImageRecord, LayerMeta, MountRecord,
     SnapshotKind, SnapshotRecord,
@@ -54,7 +57,6 @@ use crate::fsutil::{fsync_dir, syncfs, write_atomic};
 use crate::tier::{Tier, TierKind};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -283,88 +285,6 @@ impl Store {
         self.lock_file(&format!("{hex}.lock"), FlockArg::LockExclusiveNonblock)
     }
 
-    /// Remove staging directories, orphaned layer directories, partial
-    /// downloads and reservations left by killed processes.
-    fn cleanup_leftovers(&self) -> Result<()> {
-        let pmem_ok = self.pmem_available();
-        for t in [&self.pmem, &self.disk] {
-            if t.kind == TierKind::Pmem && !pmem_ok {
-                continue;
-            }
-            // Staging: `<hex>.<rand>`; free if nobody holds the chain lock.
-            for e in fs::read_dir(t.staging_dir()).ctx("list", t.staging_dir())? {
-                let e = e.ctx("list", t.staging_dir())?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let hex = name.split('.').next().unwrap_or("").to_string();
-                if hex.len() != 64 {
-                    continue;
-                }
-                if let Some(_l) = self.try_lock_chain_hex(&hex)? {
-                    tracing::info!(path = %e.path().display(), "removing staging leftover");
-                    fs::remove_dir_all(e.path()).ctx("remove staging leftover", e.path())?;
-                }
-            }
-            // Layer directories without metadata (crash between rename and
-            // metadata write, or during deletion).
-            for e in fs::read_dir(t.layers_dir()).ctx("list", t.layers_dir())? {
-                let e = e.ctx("list", t.layers_dir())?;
-                let hex = e.file_name().to_string_lossy().into_owned();
-                if hex.len() != 64 || self.layers_meta_dir().join(format!("{hex}.json")).exists() {
-                    continue;
-                }
-                if let Some(_l) = self.try_lock_chain_hex(&hex)? {
-                    if !self.layers_meta_dir().join(format!("{hex}.json")).exists() {
-                        tracing::info!(path = %e.path().display(), "removing orphaned layer directory");
-                        fs::remove_dir_all(e.path()).ctx("remove orphaned layer", e.path())?;
-                    }
-                }
-            }
-        }
-        for e in fs::read_dir(self.downloads_dir()).ctx("list", self.downloads_dir())? {
-            let e = e.ctx("list", self.downloads_dir())?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            // `<hex>.<pid>.partial`
-            let pid: u32 = name
-                .split('.')
-                .nth(1)
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            if !pid_alive(pid) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
-        self.remove_stale_temps();
-        budget::cleanup_dead(self)?;
-        if pmem_ok {
-            recover::recover(self)?;
-        }
-        self.recover_unsynced()?;
-        Ok(())
-    }
-
-    /// Temp files of atomic record writes whose writer was killed before
-    /// its rename: in every record directory of the state dir (and one
-    /// level below, e.g. `graph/layers/`).
-    fn remove_stale_temps(&self) {
-        let subdirs = |d: &Path| -> Vec<PathBuf> {
-            fs::read_dir(d)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect()
-        };
-        for d in subdirs(self.state()) {
-            for dir in std::iter::once(d.clone()).chain(subdirs(&d)) {
-                let n = crate::fsutil::atomic::remove_stale_temps(&dir, pid_alive);
-                if n > 0 {
-                    tracing::info!(dir = %dir.display(), files = n, "removed temp files of interrupted record writes");
-                }
-            }
-        }
-    }
-
     // ---- layers ----
 
     fn layer_meta_path(&self, chain: &str) -> Result<PathBuf> {
@@ -549,106 +469,6 @@ impl Store {
     pub fn mounts(&self) -> Result<Vec<MountRecord>> {
         meta::read_all(&self.mounts_dir())
     }
-
-    // ---- references and GC ----
-
-    /// How many images, mounts and containerd snapshots reference each
-    /// chainID.
-    pub fn refcounts(&self) -> Result<BTreeMap<String, u32>> {
-        let mut m = BTreeMap::new();
-        for i in self.images()? {
-            for c in &i.chain_ids {
-                *m.entry(c.clone()).or_insert(0) += 1;
-            }
-        }
-        for mr in self.mounts()? {
-            for c in &mr.chain_ids {
-                *m.entry(c.clone()).or_insert(0) += 1;
-            }
-        }
-        for c in self.graph_driver_refs()? {
-            *m.entry(c).or_insert(0) += 1;
-        }
-        for s in self.snapshots()? {
-            if let Some(c) = s.layer {
-                *m.entry(c).or_insert(0) += 1;
-            }
-        }
-        Ok(m)
-    }
-
-    /// Store layers that Docker graph-driver layers use as their content
-    /// (the `chain_id` of each record in [`Store::graph_layers_dir`]). They
-    /// count as references, so `nvtier rm`/`gc` never frees a layer Docker
-    /// still has.
-    pub fn graph_driver_refs(&self) -> Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct GraphRef {
-            #[serde(default)]
-            chain_id: Option<String>,
-        }
-        let dir = self.graph_layers_dir();
-        if !dir.is_dir() {
-            return Ok(Vec::new());
-        }
-        let refs: Vec<GraphRef> = meta::read_all(&dir)?;
-        Ok(refs.into_iter().filter_map(|r| r.chain_id).collect())
-    }
-
-    /// Collect unreferenced layers. Skips (returns an empty report) when a
-    /// pull is running; that pull's own end runs GC again.
-    pub fn gc(&self) -> Result<GcReport> {
-        match self.try_lock_gc()? {
-            Some(l) => self.gc_locked(&l),
-            None => Ok(GcReport::default()),
-        }
-    }
-
-    fn gc_locked(&self, _gc: &Lock) -> Result<GcReport> {
-        let _l = self.lock_store()?;
-        let referenced: HashSet<String> = self.refcounts()?.into_keys().collect();
-        let mut report = GcReport::default();
-        for l in self.layers()? {
-            if referenced.contains(&l.chain_id) {
-                continue;
-            }
-            let dir = self.layer_dir(&l)?;
-            let mp = self.layer_meta_path(&l.chain_id)?;
-            // Metadata first: from here on the layer does not exist, and a
-            // crash leaves only an orphan directory that start-up removes.
-            fs::remove_file(&mp).ctx("remove layer metadata", &mp)?;
-            // A lost layer (see `health`) has no directory left.
-            match fs::remove_dir_all(&dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).ctx("remove layer directory", &dir)
-                }
-                _ => {}
-            }
-            // A kept blob waiting for the write-back of a layer that is gone.
-            self.drop_unsynced(digest_hex(&l.chain_id)?)?;
-            report.removed.push(l.chain_id.clone());
-            match l.tier {
-                TierKind::Pmem => report.pmem_bytes_freed += l.charged_bytes,
-                TierKind::Disk => report.disk_bytes_freed += l.charged_bytes,
-            }
-        }
-        fsync_dir(&self.layers_meta_dir())?;
-        // Metadata layers, hot generations and retired copies nobody uses
-        // (not while the pmem tier is missing: its records stay for its
-        // return).
-        if self.pmem_available() {
-            recover::gc_hot_locked(self)?;
-        }
-        Ok(report)
-    }
-}
-
-/// What a garbage collection removed.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct GcReport {
-    pub removed: Vec<String>,
-    pub pmem_bytes_freed: u64,
-    pub disk_bytes_freed: u64,
 }
 
 #[cfg(test)]
