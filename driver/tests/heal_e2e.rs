@@ -532,7 +532,7 @@ fn registry_failure_mid_pull_leaves_nothing_and_the_retry_succeeds() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     // The registry is back: the same pull succeeds.
-    sh("registry.sh", &["up", &bed.name, "1gbit"]);
+    sh("registry.sh", &["up", &bed.name, "--rate", "1gbit"]);
     let rep = pull_json(&bed, &[&r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(3), "{rep}");
     assert_same_tree(

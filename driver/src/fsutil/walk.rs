@@ -30,13 +30,24 @@ pub fn tree_usage(dir: &Path) -> io::Result<(u64, u64)> {
 /// Allocated bytes under `dir` (itself included), each inode once, and the
 /// inode count. Best effort, like `du`: what cannot be read is skipped.
 pub fn du(dir: &Path) -> (u64, u64) {
+    du_many(std::slice::from_ref(&dir.to_path_buf()))
+}
+
+/// [`du`] of several trees together: an inode linked into more than one
+/// of them counts once.
+pub fn du_many(dirs: &[std::path::PathBuf]) -> (u64, u64) {
     let mut seen = std::collections::HashSet::new();
     let mut bytes = 0;
     let mut inodes = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    if let Ok(m) = fs::symlink_metadata(dir) {
-        bytes += m.blocks() * 512;
-        inodes += 1;
+    let mut stack = Vec::new();
+    for dir in dirs {
+        if let Ok(m) = fs::symlink_metadata(dir) {
+            if seen.insert((m.dev(), m.ino())) {
+                bytes += m.blocks() * 512;
+                inodes += 1;
+                stack.push(dir.clone());
+            }
+        }
     }
     while let Some(d) = stack.pop() {
         let Ok(rd) = fs::read_dir(&d) else {
@@ -78,5 +89,12 @@ mod tests {
         // root, a (= sub/a2), sub, sub/l
         assert_eq!(inodes, 4);
         assert!((8192..100_000).contains(&bytes), "{bytes}");
+        // Two trees sharing an inode: counted once.
+        let other = d.path().join("other");
+        fs::create_dir_all(&other).expect("mkdir");
+        fs::hard_link(root.join("a"), other.join("a3")).expect("hardlink");
+        let (b2, i2) = du_many(&[root.clone(), other.clone()]);
+        assert_eq!(i2, 5, "the shared inode once, plus the new directory");
+        assert!(b2 >= bytes && b2 < bytes + 8192, "{b2} vs {bytes}");
     }
 }

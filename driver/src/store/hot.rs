@@ -11,11 +11,10 @@
 
 use super::{digest_hex, meta_read, meta_read_all, now_ms, Store};
 use crate::error::{Error, IoContext, Result};
-use crate::fsutil::walk::du;
+use crate::fsutil::walk::du_many;
 use crate::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// One hot file copy in a layer's hot data layer.
@@ -240,15 +239,18 @@ pub fn pmem_use(store: &Store) -> Result<PmemUse> {
             u.meta_bytes += m.charged_bytes;
         }
     }
-    let hot = store.pmem.root.join("hot");
-    if hot.is_dir() {
-        u.hot_bytes = du(&hot).0;
-        // The directories themselves.
-        u.hot_bytes = u.hot_bytes.saturating_sub(
-            std::fs::symlink_metadata(&hot)
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0),
-        );
+    // Published generations only: a generation being copied (a staging
+    // directory, or published but not yet recorded) is charged to its
+    // migration's reservation until its record is written.
+    let recs = store.state().join("hot");
+    if recs.is_dir() {
+        let mut gens = Vec::new();
+        for p in meta_read_all::<LayerPlacement>(&recs)? {
+            for n in p.generations.keys() {
+                gens.push(gen_dir(store, &p.chain_id, *n)?);
+            }
+        }
+        u.hot_bytes = du_many(&gens).0;
     }
     for (_, r) in retired(store)? {
         u.retired_bytes += r.bytes;
