@@ -99,6 +99,23 @@ fn entries(dirs: &[PathBuf]) -> Vec<PathBuf> {
     v
 }
 
+/// Files under the state dir and both tiers, except lock files, the
+/// tiers' identity and the disk filesystem's `lost+found`: after a failed
+/// first pull, there must be none.
+fn files_left(bed: &Bed) -> Vec<PathBuf> {
+    entries(&[bed.state.clone(), bed.pmem.clone(), bed.disk.clone()])
+        .into_iter()
+        .filter(|p| !p.is_dir())
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !(n.ends_with(".lock")
+                || n == ".nvtier-tier.json"
+                || p.starts_with(bed.state.join("tiers")))
+        })
+        .filter(|p| !p.starts_with(bed.disk.join("lost+found")))
+        .collect()
+}
+
 fn pull_json(bed: &Bed, args: &[&str]) -> Value {
     let mut a = vec!["pull"];
     a.extend_from_slice(args);
@@ -324,25 +341,7 @@ fn serve_repairs_lost_layers_and_rebuilds_hot_copies_in_the_background() {
     ));
     fs::write(&bed.config, cfg).expect("cfg");
     let log = bed.state.parent().expect("p").join("serve.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_nvtier"))
-        .arg("serve")
-        .env("NVTIER_CONFIG", &bed.config)
-        .env("NVTIER_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("nvtier serve");
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = self.0.wait();
-        }
-    }
-    let serve = Stop(child);
+    let serve = Serve::start(&bed, Some(&log));
     std::thread::sleep(std::time::Duration::from_secs(2));
     replace_pmem(&bed);
     let t0 = std::time::Instant::now();
@@ -409,17 +408,7 @@ fn full_pmem_tier_fails_clearly_and_leaves_nothing() {
     assert_eq!(st["unsynced_layers"], 0, "{st}");
     // A full listing of what the store keeps: nothing but empty layout
     // directories and the tiers' id files.
-    let left: Vec<PathBuf> = entries(&[bed.state.clone(), bed.pmem.clone(), bed.disk.clone()])
-        .into_iter()
-        .filter(|p| !p.is_dir())
-        .filter(|p| {
-            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !(n.ends_with(".lock")
-                || n == ".nvtier-tier.json"
-                || p.starts_with(bed.state.join("tiers")))
-        })
-        .filter(|p| !p.starts_with(bed.disk.join("lost+found")))
-        .collect();
+    let left = files_left(&bed);
     assert!(left.is_empty(), "left behind: {left:?}");
     mount(&["-o", "remount,size=512M", &pmem]);
     let rep = pull_json(&bed, &["--placement", "pmem", &r]);
@@ -519,17 +508,7 @@ fn registry_failure_mid_pull_leaves_nothing_and_the_retry_succeeds() {
     assert_eq!(st["layers"], 0, "{st}");
     assert_eq!(st["pmem_used_bytes"], 0, "no reservation left: {st}");
     assert_eq!(st["unsynced_layers"], 0, "{st}");
-    let left: Vec<PathBuf> = entries(&[bed.state.clone(), bed.pmem.clone(), bed.disk.clone()])
-        .into_iter()
-        .filter(|p| !p.is_dir())
-        .filter(|p| {
-            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !(n.ends_with(".lock")
-                || n == ".nvtier-tier.json"
-                || p.starts_with(bed.state.join("tiers")))
-        })
-        .filter(|p| !p.starts_with(bed.disk.join("lost+found")))
-        .collect();
+    let left = files_left(&bed);
     assert!(left.is_empty(), "left behind: {left:?}");
     // The registry is back: the same pull succeeds.
     sh("registry.sh", &["up", &bed.name, "--rate", "1gbit"]);

@@ -505,24 +505,7 @@ fn serve_migrates_in_the_background_when_a_profile_appears() {
         sock
     ));
     fs::write(&bed.config, cfg).expect("cfg");
-    let child = Command::new(env!("CARGO_BIN_EXE_nvtier"))
-        .arg("serve")
-        .env("NVTIER_CONFIG", &bed.config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nvtier serve");
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = self.0.wait();
-        }
-    }
-    let serve = Stop(child);
+    let serve = Serve::start(&bed, None);
     let hot = || -> u64 {
         bed.nvtier_json(&["layers", &r])
             .as_array()

@@ -70,6 +70,38 @@ impl Bed {
     }
 }
 
+/// `nvtier serve` on the bed's config, stopped with SIGTERM on drop. Its
+/// log (`NVTIER_LOG=info`) goes to `log`, or nowhere.
+pub struct Serve(std::process::Child);
+
+impl Serve {
+    pub fn start(bed: &Bed, log: Option<&Path>) -> Serve {
+        let stderr = match log {
+            Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("serve log")),
+            None => std::process::Stdio::null(),
+        };
+        let child = std::process::Command::new(bin())
+            .arg("serve")
+            .env("NVTIER_CONFIG", &bed.config)
+            .env("NVTIER_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("nvtier serve");
+        Serve(child)
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.0.wait();
+    }
+}
+
 /// The driver's pull report, serialized, reads as the testbed's
 /// `PullReport` (the testbed declares the shape it reads; see
 /// `nvtier_testbed::pull_report`). Needs no root.
