@@ -441,3 +441,35 @@ fn safe_paths() {
     assert!(safe_rel_path(Path::new("/a")).is_err());
     assert!(safe_rel_path(Path::new("a/../b")).is_err());
 }
+
+#[test]
+fn hostile_whiteout_of_dot_or_dotdot() {
+    require_root("whiteouts");
+    // `.wh..` and `.wh...` name `.` and `..`: replacing them must never
+    // remove the layer directory or its parent.
+    for (name, leaf) in [
+        (".wh...", ".."),
+        (".wh..", "."),
+        ("a/.wh..", "."),
+        ("a/.wh...", ".."),
+    ] {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dest = d.path().join("dest");
+        let sentinel = d.path().join("sentinel");
+        fs::create_dir(&dest).expect("mkdir");
+        fs::create_dir(&sentinel).expect("mkdir");
+        fs::write(sentinel.join("f"), b"keep").expect("write");
+        let mut t = T::new();
+        t.dir("a/").file("a/kept", b"k").file(name, b"");
+        let r = extract_layer(&t.done()[..], &dest, &Expect::default(), &mut |_| Ok(()));
+        assert_eq!(
+            fs::read(sentinel.join("f")).expect("sentinel survives"),
+            b"keep",
+            "{name}"
+        );
+        assert!(dest.join("a/kept").is_file(), "{name}: layer emptied");
+        let e = r.expect_err(name);
+        assert!(e.to_string().contains(leaf), "{name}: {e}");
+        assert!(matches!(e, Error::Hostile(_)), "{name}: {e}");
+    }
+}

@@ -150,6 +150,15 @@ impl Writer<'_> {
                 // Other AUFS metadata (.wh..wh.plnk etc.): not content.
                 return Ok(());
             }
+            if target == b"." || target == b".." {
+                // Replacing `.` or `..` would remove the directory itself
+                // or its parent, above the layer root for a top-level entry.
+                return Err(Error::Hostile(format!(
+                    "whiteout {:?} names {:?}",
+                    rel.display(),
+                    OsStr::from_bytes(target)
+                )));
+            }
             let target_rel = rel.with_file_name(OsStr::from_bytes(target));
             let full = self.prepare_parents(&target_rel)?;
             self.clear(&full, false)?;
