@@ -473,3 +473,30 @@ fn hostile_whiteout_of_dot_or_dotdot() {
         assert!(matches!(e, Error::Hostile(_)), "{name}: {e}");
     }
 }
+
+#[test]
+fn directory_times_skip_replaced_directories() {
+    // A directory replaced by a later entry: its recorded mtime must not
+    // land on the replacement, and its removed subdirectories must not
+    // fail the extraction.
+    let mut t = T::new();
+    t.dir("a/").dir("a/b/").dir("w/");
+    t.raw("a", tar::EntryType::Regular, 0o644, None, b"file now");
+    let mut h = tar::Header::new_gnu();
+    h.set_path("w").expect("path");
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_link_name("target").expect("link");
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    t.b.append(&h, io::empty()).expect("append");
+    let (d, _) = ok(&t.done());
+    assert_eq!(fs::read(d.path().join("a")).expect("read"), b"file now");
+    let m = fs::symlink_metadata(d.path().join("w")).expect("lstat");
+    assert!(m.file_type().is_symlink());
+    assert_eq!(m.mtime(), 1_700_000_000, "the symlink's own mtime");
+}
+

@@ -93,7 +93,11 @@ impl Writer<'_> {
     pub(super) fn clear(&mut self, full: &Path, new_is_dir: bool) -> Result<()> {
         match fs::symlink_metadata(full) {
             Ok(m) if m.is_dir() && new_is_dir => Ok(()),
-            Ok(m) if m.is_dir() => fs::remove_dir_all(full).ctx("replace directory", full),
+            Ok(m) if m.is_dir() => {
+                // The mtimes recorded for it and its subdirectories go too.
+                self.dirs.retain(|(p, _)| !p.starts_with(full));
+                fs::remove_dir_all(full).ctx("replace directory", full)
+            }
             Ok(_) => fs::remove_file(full).ctx("replace file", full),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).ctx("stat", full),
