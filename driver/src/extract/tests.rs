@@ -500,3 +500,28 @@ fn directory_times_skip_replaced_directories() {
     assert_eq!(m.mtime(), 1_700_000_000, "the symlink's own mtime");
 }
 
+#[test]
+fn corrupt_gzip_inside_file_data_is_a_corrupt_stream() {
+    // A flipped byte in the deflate data: flate2 reports the checksum
+    // mismatch as InvalidInput while the file's data is copied. That is the
+    // stream's fault, not a failed write on the tier.
+    let mut t = T::new();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    t.file("f", &data);
+    let tar = t.done();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gz");
+    let gz = gz.finish().expect("gz");
+    let mut seen = 0;
+    for i in (20..gz.len() - 8).step_by(97) {
+        let mut bad = gz.clone();
+        bad[i] ^= 0x40;
+        let (_d, r) = extract(&bad);
+        match r {
+            Err(Error::Corrupt(_)) => seen += 1,
+            Err(Error::Hostile(_)) | Err(Error::Digest { .. }) | Ok(_) => {}
+            Err(e) => panic!("byte {i}: {e:?}"),
+        }
+    }
+    assert!(seen > 0);
+}

@@ -8,7 +8,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::xattr;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -43,6 +43,24 @@ pub(super) fn set_times(path: &Path, mtime: i64) -> Result<()> {
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
     .ctx("set mtime", path)
+}
+
+/// Copy an entry's data into its file. A failed read is the stream's fault
+/// (truncated, corrupt: whatever error kind the decoder picked), a failed
+/// write the tier's.
+fn copy_data(from: &mut impl Read, to: &mut fs::File, rel: &Path, full: &Path) -> Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = match from.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Corrupt(format!("{}: {e}", rel.display()))),
+        };
+        to.write_all(&buf[..k]).ctx("write file", full)?;
+        n += k as u64;
+    }
 }
 
 /// The extraction state for one layer directory.
@@ -204,20 +222,7 @@ impl Writer<'_> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&full)
                     .ctx("create file", &full)?;
-                let n = io::copy(&mut e, &mut f).map_err(|err| {
-                    if err.kind() == io::ErrorKind::UnexpectedEof
-                        || err.kind() == io::ErrorKind::InvalidData
-                        || err.kind() == io::ErrorKind::Other
-                    {
-                        Error::Corrupt(format!("{}: {err}", rel.display()))
-                    } else {
-                        Error::Io {
-                            what: "write file",
-                            path: full.clone(),
-                            source: err,
-                        }
-                    }
-                })?;
+                let n = copy_data(&mut e, &mut f, &rel, &full)?;
                 if n != size {
                     return Err(Error::Corrupt(format!(
                         "{}: expected {size} bytes, got {n}",
