@@ -30,9 +30,10 @@ use stream::{check_sha256, corrupt, Decoder, HashRead};
 use writer::{set_times, Writer};
 
 /// Bytes a regular file of `size` bytes is charged against a tier budget:
-/// its data rounded up to 4 KiB blocks.
+/// its data rounded up to 4 KiB blocks (saturating: a PAX header can claim
+/// any 64-bit size).
 pub fn charged_bytes(size: u64) -> u64 {
-    size.div_ceil(4096) * 4096
+    size.div_ceil(4096).saturating_mul(4096)
 }
 
 /// What an extraction produced.

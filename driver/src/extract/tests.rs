@@ -525,3 +525,38 @@ fn corrupt_gzip_inside_file_data_is_a_corrupt_stream() {
     }
     assert!(seen > 0);
 }
+
+#[test]
+fn huge_pax_sizes_are_corrupt_not_a_panic() {
+    for size in [
+        "18446744073709551615",
+        "18446744073709547521",
+        "9223372036854775808",
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", size.as_bytes())])
+            .expect("pax");
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").expect("path");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(3);
+        h.set_cksum();
+        b.append(&h, &b"abc"[..]).expect("append");
+        let tar = b.into_inner().expect("tar");
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut charged = Vec::new();
+        let r = extract_layer(&tar[..], d.path(), &Expect::default(), &mut |n| {
+            charged.push(n);
+            Ok(())
+        });
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{size}: {r:?}");
+        assert!(
+            charged.iter().all(|&n| n >= 3),
+            "{size}: charged {charged:?}"
+        );
+    }
+}
