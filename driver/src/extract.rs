@@ -174,4 +174,6 @@ mod stream;
 mod writer;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
