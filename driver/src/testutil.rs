@@ -70,3 +70,22 @@ pub(crate) fn prop_check<S>(
         Err(e) => panic!("proptest {name}: {e}"),
     }
 }
+
+/// A store on scratch tiers (`<tmp>/{state,pmem,disk}`), for tests of
+/// records and paths.
+pub(crate) fn temp_store(budget: &str) -> (tempfile::TempDir, crate::store::Store) {
+    let d = tempfile::tempdir().expect("tmp");
+    for s in ["state", "pmem", "disk"] {
+        std::fs::create_dir(d.path().join(s)).expect("mkdir");
+    }
+    let p = |s: &str| d.path().join(s);
+    let text = format!(
+        "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = {budget:?}\n",
+        p("state"),
+        p("pmem"),
+        p("disk")
+    );
+    let cfg = crate::config::Config::parse(&p("config.toml"), &text).expect("config");
+    let store = crate::store::Store::open(&cfg).expect("store");
+    (d, store)
+}
