@@ -36,6 +36,8 @@ pub mod hot;
 pub mod journal;
 mod meta;
 pub mod profiles;
+#[cfg(test)]
+mod profiles_proptests;
 mod recover;
 
 pub use budget::Reservation;
