@@ -63,6 +63,12 @@ pub struct Expect<'a> {
 /// Normalise a tar path to a relative path inside the layer, rejecting
 /// absolute paths and `..`. Returns `None` for the layer root itself.
 pub fn safe_rel_path(p: &Path) -> Result<Option<PathBuf>> {
+    if p.as_os_str().as_bytes().contains(&0) {
+        return Err(Error::Hostile(format!(
+            "path {:?} contains a NUL byte",
+            p.display()
+        )));
+    }
     if p.as_os_str().as_bytes().first() == Some(&b'/') {
         return Err(Error::Hostile(format!(
             "absolute path {:?} in layer tar",

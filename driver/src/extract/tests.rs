@@ -560,3 +560,29 @@ fn huge_pax_sizes_are_corrupt_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn hostile_nul_in_pax_names() {
+    // A PAX `path` or `linkpath` can hold a NUL byte, which no path can.
+    for (key, kind) in [
+        ("path", tar::EntryType::Directory),
+        ("linkpath", tar::EntryType::Symlink),
+        ("linkpath", tar::EntryType::Link),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([(key, &b"a\0b"[..])]).expect("pax");
+        let mut h = tar::Header::new_gnu();
+        h.set_path("x").expect("path");
+        h.set_entry_type(kind);
+        h.set_link_name("t").expect("link");
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, io::empty()).expect("append");
+        let (_d, r) = extract(&b.into_inner().expect("tar"));
+        assert!(matches!(r, Err(Error::Hostile(_))), "{key} {kind:?}: {r:?}");
+    }
+}
