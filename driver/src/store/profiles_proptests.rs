@@ -157,7 +157,22 @@ fn prop_profiles_imported_are_sanitised_or_refused() {
             let path = profile_path(&store, IMAGE);
             prop_assert_eq!(path.parent(), Some(dir.as_path()));
             let back = load_profile(&store, IMAGE).expect("load").expect("saved");
-            prop_assert_eq!(&back, &p);
+            // (serde_json's float parsing may differ in the last digit.)
+            let key = |q: &nvtier_tracer::Profile| {
+                let mut q = q.clone();
+                for f in &mut q.files {
+                    f.first_access_ms = 0.0;
+                }
+                q
+            };
+            prop_assert_eq!(key(&back), key(&p));
+            for (a, b) in back.files.iter().zip(&p.files) {
+                let d = (a.first_access_ms - b.first_access_ms).abs();
+                prop_assert!(
+                    d <= 1e-12 * a.first_access_ms.abs().max(1e-300),
+                    "{a:?} {b:?}"
+                );
+            }
             // The next trace merges its run into it: huge counts saturate.
             let mut merged = back.clone();
             merged.merge(&p);
