@@ -927,7 +927,8 @@ impl Model {
                         )
                     }
                     Node::Symlink { target, mtime } => {
-                        format!("symlink {} mtime {mtime} -> {target:?}", 1000 + 0o777 % 7)
+                        // Owner 1000 + mode % 7, and a symlink's mode is 0o777.
+                        format!("symlink 1000 mtime {mtime} -> {target:?}")
                     }
                     Node::Whiteout { mtime } => format!("whiteout mtime {mtime}"),
                     Node::Fifo { mtime } => format!("fifo 620 mtime {mtime}"),

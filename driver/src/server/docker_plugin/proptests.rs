@@ -93,7 +93,7 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         3 => value.prop_map(|v| serde_json::to_vec(&v).expect("json")),
         2 => prop::collection::vec(any::<u8>(), 0..64),
         1 => Just(vec![b'['; 10_000]),
-        1 => Just(vec![b' '; (MAX_JSON_BODY + 1) as usize]),
+        1 => Just(vec![b' '; MAX_JSON_BODY + 1]),
     ]
 }
 
