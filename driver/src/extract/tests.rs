@@ -586,3 +586,23 @@ fn hostile_nul_in_pax_names() {
         assert!(matches!(r, Err(Error::Hostile(_))), "{key} {kind:?}: {r:?}");
     }
 }
+
+#[test]
+fn symlink_with_an_empty_pax_target_is_corrupt() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("linkpath", &b""[..])])
+        .expect("pax");
+    let mut h = tar::Header::new_gnu();
+    h.set_path("a").expect("path");
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_link_name("t").expect("link");
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, io::empty()).expect("append");
+    let (_d, r) = extract(&b.into_inner().expect("tar"));
+    assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+}

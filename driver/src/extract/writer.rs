@@ -243,6 +243,12 @@ impl Writer<'_> {
                     .map_err(corrupt)?
                     .ok_or_else(|| Error::Corrupt(format!("symlink {:?} without target", rel)))?
                     .into_owned();
+                if target.as_os_str().is_empty() {
+                    return Err(Error::Corrupt(format!(
+                        "symlink {:?} with an empty target",
+                        rel.display()
+                    )));
+                }
                 if target.as_os_str().as_bytes().contains(&0) {
                     return Err(Error::Hostile(format!(
                         "symlink {:?}: target contains a NUL byte",
