@@ -30,9 +30,10 @@ use stream::{check_sha256, corrupt, Decoder, HashRead};
 use writer::{set_times, Writer};
 
 /// Bytes a regular file of `size` bytes is charged against a tier budget:
-/// its data rounded up to 4 KiB blocks.
+/// its data rounded up to 4 KiB blocks (saturating: a PAX header can claim
+/// any 64-bit size).
 pub fn charged_bytes(size: u64) -> u64 {
-    size.div_ceil(4096) * 4096
+    size.div_ceil(4096).saturating_mul(4096)
 }
 
 /// What an extraction produced.
@@ -62,6 +63,12 @@ pub struct Expect<'a> {
 /// Normalise a tar path to a relative path inside the layer, rejecting
 /// absolute paths and `..`. Returns `None` for the layer root itself.
 pub fn safe_rel_path(p: &Path) -> Result<Option<PathBuf>> {
+    if p.as_os_str().as_bytes().contains(&0) {
+        return Err(Error::Hostile(format!(
+            "path {:?} contains a NUL byte",
+            p.display()
+        )));
+    }
     if p.as_os_str().as_bytes().first() == Some(&b'/') {
         return Err(Error::Hostile(format!(
             "absolute path {:?} in layer tar",
@@ -172,5 +179,7 @@ pub fn extract_file(
 mod stream;
 mod writer;
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -136,7 +136,7 @@ impl Profile {
                 Some(&i) => {
                     let e = &mut self.files[i];
                     e.kinds.extend(f.kinds.iter().copied());
-                    e.count += f.count;
+                    e.count = e.count.saturating_add(f.count);
                     e.first_access_ms = e.first_access_ms.min(f.first_access_ms);
                     e.bytes = e.bytes.or(f.bytes);
                 }
@@ -146,8 +146,9 @@ impl Profile {
                 }
             }
         }
-        self.runs += other.runs;
-        self.lost_events += other.lost_events;
+        // Saturating: an imported profile can carry any counts.
+        self.runs = self.runs.saturating_add(other.runs);
+        self.lost_events = self.lost_events.saturating_add(other.lost_events);
         self.tracer = other.tracer.clone();
         sort(&mut self.files);
     }
@@ -352,6 +353,27 @@ mod tests {
             .expect("json")
             .replace("/bin/sh", "../../etc/shadow");
         assert!(Profile::from_json(&bad).is_err());
+    }
+
+    #[test]
+    fn merging_huge_imported_counts_saturates() {
+        let (_t, idx) = image();
+        let mut p = Profile::from_events(
+            "img",
+            "ebpf",
+            &[inode_ev(&idx, 0, "bin/sh", Kind::Exec, 5_000_000)],
+            &idx,
+            0,
+            1,
+        );
+        p.files[0].count = u64::MAX;
+        p.runs = u32::MAX;
+        p.lost_events = u64::MAX;
+        let mut m = p.clone();
+        m.merge(&p);
+        assert_eq!(m.files[0].count, u64::MAX);
+        assert_eq!(m.runs, u32::MAX);
+        assert_eq!(m.lost_events, u64::MAX);
     }
 
     #[test]

@@ -441,3 +441,168 @@ fn safe_paths() {
     assert!(safe_rel_path(Path::new("/a")).is_err());
     assert!(safe_rel_path(Path::new("a/../b")).is_err());
 }
+
+#[test]
+fn hostile_whiteout_of_dot_or_dotdot() {
+    require_root("whiteouts");
+    // `.wh..` and `.wh...` name `.` and `..`: replacing them must never
+    // remove the layer directory or its parent.
+    for (name, leaf) in [
+        (".wh...", ".."),
+        (".wh..", "."),
+        ("a/.wh..", "."),
+        ("a/.wh...", ".."),
+    ] {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dest = d.path().join("dest");
+        let sentinel = d.path().join("sentinel");
+        fs::create_dir(&dest).expect("mkdir");
+        fs::create_dir(&sentinel).expect("mkdir");
+        fs::write(sentinel.join("f"), b"keep").expect("write");
+        let mut t = T::new();
+        t.dir("a/").file("a/kept", b"k").file(name, b"");
+        let r = extract_layer(&t.done()[..], &dest, &Expect::default(), &mut |_| Ok(()));
+        assert_eq!(
+            fs::read(sentinel.join("f")).expect("sentinel survives"),
+            b"keep",
+            "{name}"
+        );
+        assert!(dest.join("a/kept").is_file(), "{name}: layer emptied");
+        let e = r.expect_err(name);
+        assert!(e.to_string().contains(leaf), "{name}: {e}");
+        assert!(matches!(e, Error::Hostile(_)), "{name}: {e}");
+    }
+}
+
+#[test]
+fn directory_times_skip_replaced_directories() {
+    // A directory replaced by a later entry: its recorded mtime must not
+    // land on the replacement, and its removed subdirectories must not
+    // fail the extraction.
+    let mut t = T::new();
+    t.dir("a/").dir("a/b/").dir("w/");
+    t.raw("a", tar::EntryType::Regular, 0o644, None, b"file now");
+    let mut h = tar::Header::new_gnu();
+    h.set_path("w").expect("path");
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_link_name("target").expect("link");
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    h.set_cksum();
+    t.b.append(&h, io::empty()).expect("append");
+    let (d, _) = ok(&t.done());
+    assert_eq!(fs::read(d.path().join("a")).expect("read"), b"file now");
+    let m = fs::symlink_metadata(d.path().join("w")).expect("lstat");
+    assert!(m.file_type().is_symlink());
+    assert_eq!(m.mtime(), 1_700_000_000, "the symlink's own mtime");
+}
+
+#[test]
+fn corrupt_gzip_inside_file_data_is_a_corrupt_stream() {
+    // A flipped byte in the deflate data: flate2 reports the checksum
+    // mismatch as InvalidInput while the file's data is copied. That is the
+    // stream's fault, not a failed write on the tier.
+    let mut t = T::new();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    t.file("f", &data);
+    let tar = t.done();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).expect("gz");
+    let gz = gz.finish().expect("gz");
+    let mut seen = 0;
+    for i in (20..gz.len() - 8).step_by(97) {
+        let mut bad = gz.clone();
+        bad[i] ^= 0x40;
+        let (_d, r) = extract(&bad);
+        match r {
+            Err(Error::Corrupt(_)) => seen += 1,
+            Err(Error::Hostile(_)) | Err(Error::Digest { .. }) | Ok(_) => {}
+            Err(e) => panic!("byte {i}: {e:?}"),
+        }
+    }
+    assert!(seen > 0);
+}
+
+#[test]
+fn huge_pax_sizes_are_corrupt_not_a_panic() {
+    for size in [
+        "18446744073709551615",
+        "18446744073709547521",
+        "9223372036854775808",
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("size", size.as_bytes())])
+            .expect("pax");
+        let mut h = tar::Header::new_gnu();
+        h.set_path("f").expect("path");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(3);
+        h.set_cksum();
+        b.append(&h, &b"abc"[..]).expect("append");
+        let tar = b.into_inner().expect("tar");
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut charged = Vec::new();
+        let r = extract_layer(&tar[..], d.path(), &Expect::default(), &mut |n| {
+            charged.push(n);
+            Ok(())
+        });
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{size}: {r:?}");
+        assert!(
+            charged.iter().all(|&n| n >= 3),
+            "{size}: charged {charged:?}"
+        );
+    }
+}
+
+#[test]
+fn hostile_nul_in_pax_names() {
+    // A PAX `path` or `linkpath` can hold a NUL byte, which no path can.
+    for (key, kind) in [
+        ("path", tar::EntryType::Directory),
+        ("linkpath", tar::EntryType::Symlink),
+        ("linkpath", tar::EntryType::Link),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([(key, &b"a\0b"[..])]).expect("pax");
+        let mut h = tar::Header::new_gnu();
+        h.set_path("x").expect("path");
+        h.set_entry_type(kind);
+        h.set_link_name("t").expect("link");
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, io::empty()).expect("append");
+        let (_d, r) = extract(&b.into_inner().expect("tar"));
+        assert!(matches!(r, Err(Error::Hostile(_))), "{key} {kind:?}: {r:?}");
+    }
+}
+
+#[test]
+fn symlink_with_an_empty_pax_target_is_corrupt() {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("linkpath", &b""[..])])
+        .expect("pax");
+    let mut h = tar::Header::new_gnu();
+    h.set_path("a").expect("path");
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_link_name("t").expect("link");
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(0);
+    h.set_cksum();
+    b.append(&h, io::empty()).expect("append");
+    let (_d, r) = extract(&b.into_inner().expect("tar"));
+    assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+}

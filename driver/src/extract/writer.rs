@@ -8,7 +8,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil::xattr;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -43,6 +43,24 @@ pub(super) fn set_times(path: &Path, mtime: i64) -> Result<()> {
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
     .ctx("set mtime", path)
+}
+
+/// Copy an entry's data into its file. A failed read is the stream's fault
+/// (truncated, corrupt: whatever error kind the decoder picked), a failed
+/// write the tier's.
+fn copy_data(from: &mut impl Read, to: &mut fs::File, rel: &Path, full: &Path) -> Result<u64> {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = match from.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::Corrupt(format!("{}: {e}", rel.display()))),
+        };
+        to.write_all(&buf[..k]).ctx("write file", full)?;
+        n += k as u64;
+    }
 }
 
 /// The extraction state for one layer directory.
@@ -93,7 +111,11 @@ impl Writer<'_> {
     pub(super) fn clear(&mut self, full: &Path, new_is_dir: bool) -> Result<()> {
         match fs::symlink_metadata(full) {
             Ok(m) if m.is_dir() && new_is_dir => Ok(()),
-            Ok(m) if m.is_dir() => fs::remove_dir_all(full).ctx("replace directory", full),
+            Ok(m) if m.is_dir() => {
+                // The mtimes recorded for it and its subdirectories go too.
+                self.dirs.retain(|(p, _)| !p.starts_with(full));
+                fs::remove_dir_all(full).ctx("replace directory", full)
+            }
             Ok(_) => fs::remove_file(full).ctx("replace file", full),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).ctx("stat", full),
@@ -150,6 +172,15 @@ impl Writer<'_> {
                 // Other AUFS metadata (.wh..wh.plnk etc.): not content.
                 return Ok(());
             }
+            if target == b"." || target == b".." {
+                // Replacing `.` or `..` would remove the directory itself
+                // or its parent, above the layer root for a top-level entry.
+                return Err(Error::Hostile(format!(
+                    "whiteout {:?} names {:?}",
+                    rel.display(),
+                    OsStr::from_bytes(target)
+                )));
+            }
             let target_rel = rel.with_file_name(OsStr::from_bytes(target));
             let full = self.prepare_parents(&target_rel)?;
             self.clear(&full, false)?;
@@ -191,20 +222,7 @@ impl Writer<'_> {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&full)
                     .ctx("create file", &full)?;
-                let n = io::copy(&mut e, &mut f).map_err(|err| {
-                    if err.kind() == io::ErrorKind::UnexpectedEof
-                        || err.kind() == io::ErrorKind::InvalidData
-                        || err.kind() == io::ErrorKind::Other
-                    {
-                        Error::Corrupt(format!("{}: {err}", rel.display()))
-                    } else {
-                        Error::Io {
-                            what: "write file",
-                            path: full.clone(),
-                            source: err,
-                        }
-                    }
-                })?;
+                let n = copy_data(&mut e, &mut f, &rel, &full)?;
                 if n != size {
                     return Err(Error::Corrupt(format!(
                         "{}: expected {size} bytes, got {n}",
@@ -225,6 +243,18 @@ impl Writer<'_> {
                     .map_err(corrupt)?
                     .ok_or_else(|| Error::Corrupt(format!("symlink {:?} without target", rel)))?
                     .into_owned();
+                if target.as_os_str().is_empty() {
+                    return Err(Error::Corrupt(format!(
+                        "symlink {:?} with an empty target",
+                        rel.display()
+                    )));
+                }
+                if target.as_os_str().as_bytes().contains(&0) {
+                    return Err(Error::Hostile(format!(
+                        "symlink {:?}: target contains a NUL byte",
+                        rel.display()
+                    )));
+                }
                 self.clear(&full, false)?;
                 std::os::unix::fs::symlink(&target, &full).ctx("create symlink", &full)?;
                 lchown(&full, uid, gid)?;

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use graph::Graph;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -108,7 +108,23 @@ struct Req {
     opts: Option<Vec<String>>,
 }
 
-async fn read_json(body: Incoming) -> std::result::Result<Req, Response<Body>> {
+/// What a request body must be: hyper's socket body, or any other (the
+/// tests drive [`handle`] with in-memory bodies, without a socket).
+pub trait ReqBody:
+    hyper::body::Body<Data = Bytes, Error = Self::E> + Send + Unpin + 'static
+{
+    type E: Into<Box<dyn std::error::Error + Send + Sync>> + Send;
+}
+
+impl<B> ReqBody for B
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type E = B::Error;
+}
+
+async fn read_json(body: impl ReqBody) -> std::result::Result<Req, Response<Body>> {
     let bytes = match Limited::new(body, MAX_JSON_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
@@ -133,7 +149,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .unwrap_or_else(|e| Err(Error::Other(format!("internal error: {e}"))))
 }
 
-async fn handle(g: Arc<Graph>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// One plugin call: `POST /<Method>` with its body, to its response.
+async fn handle(g: Arc<Graph>, req: Request<impl ReqBody>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let method = path.trim_start_matches('/').to_string();
     tracing::debug!(%method, "plugin call");
@@ -305,7 +322,7 @@ fn apply_params(query: &str) -> Result<(String, String)> {
     Ok((id, parent.unwrap_or_default()))
 }
 
-async fn apply_diff(g: Arc<Graph>, req: Request<Incoming>) -> Response<Body> {
+async fn apply_diff(g: Arc<Graph>, req: Request<impl ReqBody>) -> Response<Body> {
     let (id, parent) = match apply_params(req.uri().query().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => return err(StatusCode::BAD_REQUEST, e),
@@ -376,5 +393,7 @@ impl Read for ChanReader {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -40,6 +40,8 @@ pub mod journal;
 mod leftovers;
 mod meta;
 pub mod profiles;
+#[cfg(test)]
+mod profiles_proptests;
 mod recover;
 
 pub use budget::Reservation;

@@ -17,44 +17,80 @@ pub fn filter_matches(filters: &[String], info: &Info) -> bool {
     })
 }
 
+/// The byte offsets of `s`'s characters outside `"…"` quotes (a `\`
+/// inside quotes escapes the next character).
+fn unquoted(s: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let (mut quoted, mut escaped) = (false, false);
+    s.char_indices().filter(move |&(_, ch)| {
+        if escaped {
+            escaped = false;
+            return false;
+        }
+        match ch {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            _ => return !quoted,
+        }
+        false
+    })
+}
+
 pub(super) fn split_clauses(f: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for ch in f.chars() {
-        match ch {
-            '"' => {
-                quoted = !quoted;
-                cur.push(ch);
-            }
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(ch),
+    let mut start = 0;
+    for (i, ch) in unquoted(f) {
+        if ch == ',' {
+            out.push(f[start..i].to_string());
+            start = i + 1;
         }
     }
-    out.push(cur);
+    out.push(f[start..].to_string());
     out
 }
 
+/// A `"…"` string with its `\\` and `\"` escapes undone (other escapes
+/// are kept as written); anything else as it is, trimmed.
 pub(super) fn unquote(s: &str) -> String {
     let s = s.trim();
-    s.strip_prefix('"')
-        .and_then(|x| x.strip_suffix('"'))
-        .unwrap_or(s)
-        .replace("\\\"", "\"")
+    let Some(inner) = s.strip_prefix('"').and_then(|x| x.strip_suffix('"')) else {
+        return s.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut it = inner.chars();
+    while let Some(ch) = it.next() {
+        match (ch, it.clone().next()) {
+            ('\\', Some(n @ ('\\' | '"'))) => {
+                out.push(n);
+                it.next();
+            }
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// The first operator (`==`, `!=`, `~=`) outside quotes: (field, op, value).
+fn split_op(c: &str) -> Option<(&str, &str, &str)> {
+    let mut prev: Option<(usize, char)> = None;
+    for (i, ch) in unquoted(c) {
+        if let Some((j, p)) = prev {
+            if ch == '=' && j + p.len_utf8() == i && matches!(p, '=' | '!' | '~') {
+                return Some((&c[..j], &c[j..i + 1], &c[i + 1..]));
+            }
+        }
+        prev = Some((i, ch));
+    }
+    None
 }
 
 pub(super) fn clause_matches(c: &str, info: &Info) -> bool {
     if c.is_empty() {
         return true;
     }
-    let (field, op, value) = if let Some((f, v)) = c.split_once("!=") {
-        (f, "!=", Some(unquote(v)))
-    } else if let Some((f, v)) = c.split_once("==") {
-        (f, "==", Some(unquote(v)))
-    } else if c.contains("~=") {
-        return true;
-    } else {
-        (c, "", None)
+    let (field, op, value) = match split_op(c) {
+        Some((_, "~=", _)) => return true,
+        Some((f, op, v)) => (f, op, Some(unquote(v))),
+        None => (c, "", None),
     };
     let field = field.trim();
     let actual: Option<String> = if let Some(l) = field.strip_prefix("labels.") {

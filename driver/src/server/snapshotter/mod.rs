@@ -43,6 +43,8 @@ mod cleanup;
 mod errors;
 mod filters;
 mod mounts;
+#[cfg(test)]
+mod proptests;
 mod pull;
 mod records;
 mod service;

@@ -127,3 +127,23 @@ fn filters() {
         &i
     ));
 }
+
+#[test]
+fn filters_with_quoted_operators_commas_and_escapes() {
+    let mut i = Info {
+        kind: Kind::Active,
+        name: "a!=b".into(),
+        ..Default::default()
+    };
+    i.labels.insert("k\"q".into(), "x,y==z\\".into());
+    let f = |s: &str| vec![s.to_string()];
+    // An escaped quote does not end the quoted part: the `,` after it
+    // separates clauses.
+    assert!(!filter_matches(&f(r#"labels."\""!="",name==a"#), &i));
+    assert!(filter_matches(&f(r#"labels."\""!="",name=="a!=b""#), &i));
+    // Operators inside quotes are text.
+    assert!(filter_matches(&f(r#"name=="a!=b""#), &i));
+    assert!(!filter_matches(&f(r#"name!="a!=b""#), &i));
+    assert!(filter_matches(&f(r#"labels."k\"q"=="x,y==z\\""#), &i));
+    assert!(!filter_matches(&f(r#"labels."k\"q"!="x,y==z\\""#), &i));
+}
