@@ -69,9 +69,66 @@ pub fn du_many(dirs: &[std::path::PathBuf]) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// The regular file at `rel` under `root`, with its metadata, reached
+/// without following any symlink and without `..`; `None` otherwise. For
+/// paths that come from outside (profiles): a symlink in the image, even an
+/// absolute one, never leads out of `root`.
+pub fn regular_file_beneath(root: &Path, rel: &str) -> Option<(std::path::PathBuf, fs::Metadata)> {
+    let comps: Vec<&str> = rel
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if comps.is_empty() || comps.contains(&"..") {
+        return None;
+    }
+    let mut p = root.to_path_buf();
+    for (i, c) in comps.iter().enumerate() {
+        p.push(c);
+        let md = fs::symlink_metadata(&p).ok()?;
+        if i + 1 == comps.len() {
+            return md.is_file().then_some((p, md));
+        }
+        if !md.is_dir() {
+            return None;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regular_file_beneath_never_follows_symlinks_or_dotdot() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path().join("root");
+        fs::create_dir_all(root.join("usr/lib")).expect("mkdir");
+        fs::write(root.join("usr/lib/libc.so"), b"image").expect("file");
+        let host = d.path().join("host");
+        fs::create_dir_all(&host).expect("mkdir");
+        fs::write(host.join("secret"), b"host").expect("file");
+        // An absolute symlink in the image, and a relative one.
+        std::os::unix::fs::symlink(&host, root.join("abs")).expect("symlink");
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).expect("symlink");
+        std::os::unix::fs::symlink("/etc/hostname", root.join("f")).expect("symlink");
+        let (p, md) = regular_file_beneath(&root, "/usr/lib/libc.so").expect("found");
+        assert_eq!(p, root.join("usr/lib/libc.so"));
+        assert_eq!(md.len(), 5);
+        assert!(regular_file_beneath(&root, "usr//./lib/libc.so").is_some());
+        for bad in [
+            "/abs/secret",
+            "/lib/libc.so",
+            "/f",
+            "/usr/../usr/lib/libc.so",
+            "/",
+            "",
+            "/usr/lib",
+            "/nope",
+        ] {
+            assert!(regular_file_beneath(&root, bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn hardlinks_count_once_and_symlinks_are_not_followed() {

@@ -5,6 +5,7 @@
 use super::copy::{copy_data, copy_tree, Limiter};
 use super::ensure_meta;
 use crate::error::{Error, IoContext, Result};
+use crate::fsutil::walk::regular_file_beneath;
 use crate::fsutil::xattr;
 use crate::store::hot::{
     current_hot, gen_dir, hot_root, journal_dir, layer_placement, meta_dir, meta_record,
@@ -102,14 +103,12 @@ fn meta_estimate(store: &Store, img: &ImageRecord) -> Result<u64> {
 
 /// Where a merged-view path's data sits: the stub's redirect, or the path.
 /// `None` when the merged view has no regular file there (a stale profile).
+/// Profile paths come from outside: they are resolved without following
+/// symlinks (an image's `/lib -> /usr/lib` must not lead to the host).
 fn data_path(meta: &Path, path: &str) -> Result<Option<String>> {
-    let stub = meta.join(path.trim_start_matches('/'));
-    let Ok(md) = fs::symlink_metadata(&stub) else {
+    let Some((stub, _)) = regular_file_beneath(meta, path) else {
         return Ok(None);
     };
-    if !md.file_type().is_file() {
-        return Ok(None);
-    }
     Ok(
         match xattr::get(&stub, "trusted.overlay.redirect").map_err(Error::Xattr)? {
             Some(v) => String::from_utf8(v).ok(),
@@ -273,13 +272,11 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
             let Some(l) = store.layer(&f.key.layer)? else {
                 continue;
             };
-            let src = store.layer_dir(&l)?.join(dp.trim_start_matches('/'));
-            let Ok(md) = fs::symlink_metadata(&src) else {
-                continue; // stale profile: the layer does not hold it
-            };
-            if !md.is_file() {
+            // Stale profile (the layer does not hold it), or a path through
+            // a symlink: skipped.
+            let Some((_, md)) = regular_file_beneath(&store.layer_dir(&l)?, &dp) else {
                 continue;
-            }
+            };
             targets.entry(f.key.layer.clone()).or_default().insert(
                 dp.clone(),
                 HotEntry {
