@@ -116,6 +116,22 @@ fn files_left(bed: &Bed) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Wait (up to 30 s) until the log file holds `needle`.
+fn wait_for_log(log: &Path, needle: &str) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{needle:?} not logged within 30 s:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn pull_json(bed: &Bed, args: &[&str]) -> Value {
     let mut a = vec!["pull"];
     a.extend_from_slice(args);
@@ -264,6 +280,17 @@ fn missing_pmem_at_start_degrades_then_the_tier_is_used_again() {
         &listing(&reference_rootfs("degdisk")),
         &mounted_listing(&bed, &on_disk, "a"),
     );
+    // The daemon starts too, degraded, and says so.
+    let sock = bed.state.parent().expect("p").join("snap.sock");
+    let mut cfg = fs::read_to_string(&bed.config).expect("cfg");
+    cfg.push_str(&format!(
+        "snapshotter_socket = {sock:?}\ndocker_plugin_socket = \"\"\nrepair_interval_s = 1\n"
+    ));
+    fs::write(&bed.config, cfg).expect("cfg");
+    let log = bed.state.parent().expect("p").join("serve.log");
+    let serve = Serve::start(&bed, Some(&log));
+    wait_for_log(&log, "running degraded");
+    assert!(sock.exists(), "the degraded daemon serves");
     let err = mount_fails(&bed, &on_pmem, "b");
     assert!(err.contains("pmem tier, which is missing"), "{err}");
     // New pulls go to the disk tier, whatever the placement says.
@@ -285,6 +312,8 @@ fn missing_pmem_at_start_degrades_then_the_tier_is_used_again() {
         hold.to_str().expect("utf8"),
         bed.pmem.to_str().expect("utf8"),
     ]);
+    wait_for_log(&log, "the pmem tier is back");
+    drop(serve);
     let st = bed.nvtier_json(&["status"]);
     assert_eq!(pmem_tier(&st)["state"], "ok", "{st}");
     assert_eq!(st["damaged_images"], serde_json::json!({}), "{st}");
