@@ -8,7 +8,11 @@ impl Inner {
     /// Remove snapshot directories and links no record owns.
     pub(super) fn cleanup(&self) -> Result<()> {
         let snaps = self.lock();
-        let ids: std::collections::HashSet<&str> = snaps.values().map(|r| r.id.as_str()).collect();
+        // The lock is held over the scan (the pmem tier and the links
+        // directory; the disk tier only after a failure): a directory or
+        // link is an orphan only if no record and no claimed key (a record
+        // being written) owns its id.
+        let ids: std::collections::HashSet<&str> = snaps.ids().collect();
         let disk = self
             .disk_scan
             .swap(false, std::sync::atomic::Ordering::SeqCst);
