@@ -3,28 +3,66 @@
 use crate::error::{IoContext, Result};
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Write `data` to `path` atomically: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    Staged::write(path, data)?.publish()?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let r = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("write", path)
+}
+
+/// [`write_atomic`] in steps, so that a caller can publish under a lock
+/// without holding it over the fsync: [`Staged::write`] writes and syncs
+/// the temp file, [`Staged::publish`] renames it into place (visible from
+/// then on), and the caller syncs the directory (durable from then on).
+/// Dropped unpublished, the temp file is removed; a crash leaves it to
+/// [`remove_stale_temps`].
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    published: bool,
+}
+
+impl Staged {
+    pub fn write(path: &Path, data: &[u8]) -> Result<Staged> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let staged = Staged {
+            tmp,
+            path: path.to_path_buf(),
+            published: false,
+        };
+        (|| {
+            let mut f = File::create(&staged.tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })()
+        .ctx("write", path)?;
+        Ok(staged)
     }
-    r.ctx("write", path)
+
+    /// Rename the synced temp file into place.
+    pub fn publish(mut self) -> Result<()> {
+        fs::rename(&self.tmp, &self.path).ctx("write", &self.path)?;
+        self.published = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Remove the temp files of [`write_atomic`] in `dir` whose writer is

@@ -198,8 +198,10 @@ pub fn usage(store: &Store, manifest: &str) -> Result<Usage> {
 }
 
 /// Count a start of the image (best effort; the policy's heat ranking).
+/// The read-modify-write is serialised by its own lock.
 pub fn note_start(store: &Store, manifest: &str) {
     let r = (|| {
+        let _l = store.lock_usage()?;
         let p = usage_path(store, manifest)?;
         let mut u: Usage = meta_read(&p)?.unwrap_or_default();
         u.starts = u.starts.saturating_add(1);

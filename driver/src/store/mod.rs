@@ -267,6 +267,11 @@ impl Store {
     pub fn lock_store(&self) -> Result<Lock> {
         Self::must(self.lock_file("store.lock", FlockArg::LockExclusive)?)
     }
+    /// Serialises the updates of images' start counts
+    /// ([`hot::note_start`]); taken last, held briefly.
+    pub(crate) fn lock_usage(&self) -> Result<Lock> {
+        Self::must(self.lock_file("usage.lock", FlockArg::LockExclusive)?)
+    }
     /// Held shared by pulls for their whole duration.
     pub fn lock_pull(&self) -> Result<Lock> {
         Self::must(self.lock_file("gc.lock", FlockArg::LockShared)?)

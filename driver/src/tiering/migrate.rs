@@ -3,7 +3,6 @@
 //! of the layers' hot data layers and relocate pmem layer bases to disk.
 
 use super::copy::{copy_data, copy_tree, Limiter};
-use super::ensure_meta;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::walk::regular_file_beneath;
 use crate::fsutil::xattr;
@@ -245,10 +244,7 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
             if meta_record(store, &i.img.manifest_digest)?.is_none() {
                 meta_built.push(i.img.name.clone());
             }
-            let built = {
-                let _s = store.lock_store()?;
-                ensure_meta(store, &i.img)
-            };
+            let built = super::ensure_meta_for_migration(store, &i.img);
             match built {
                 Ok(m) => m,
                 Err(e) => {
@@ -505,14 +501,21 @@ fn relocate_base(
     };
     fault("layer_copied");
     journal.step(&format!("layer_copied:{chain}"))?;
+    // The disk copy goes into place without the store lock: until the
+    // metadata switch below nothing reads it (mounts and GC follow the
+    // metadata, which still says pmem; we hold the chain lock), and a crash
+    // before the switch leaves a disk directory that start-up recovery
+    // removes ("undoing an unfinished relocation").
+    let dest = store.disk.layer_dir(digest_hex(chain)?);
+    if dest.exists() {
+        fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
+    }
+    fs::rename(&staging, &dest).ctx("publish relocated layer", &dest)?;
+    crate::fsutil::fsync_dir(&store.disk.layers_dir())?;
     {
+        // The switch (the commit point) and the retirement of the pmem copy
+        // are one step for mounts and GC.
         let _s = store.lock_store()?;
-        let dest = store.disk.layer_dir(digest_hex(chain)?);
-        if dest.exists() {
-            fs::remove_dir_all(&dest).ctx("remove stale layer directory", &dest)?;
-        }
-        fs::rename(&staging, &dest).ctx("publish relocated layer", &dest)?;
-        crate::fsutil::fsync_dir(&store.disk.layers_dir())?;
         let bytes = m.charged_bytes;
         m.tier = TierKind::Disk;
         store.put_layer_meta(&m)?;

@@ -88,10 +88,42 @@ pub fn enabled(store: &Store) -> std::result::Result<(), String> {
 /// The image's metadata layer, built on first use. The caller holds the
 /// store lock (so a mount never sees a half-published one).
 pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
-    let dir = meta_dir(store, &img.manifest_digest)?;
-    if dir.is_dir() && meta_record(store, &img.manifest_digest)?.is_some() {
+    if let Some(dir) = meta_present(store, img)? {
         return Ok(dir);
     }
+    publish_meta(store, img, stage_meta(store, img)?)
+}
+
+/// [`ensure_meta`] for a migration: the caller holds the migrate lock (so
+/// start-up recovery leaves the staging directory alone) and not the store
+/// lock. The layer is built, charged and synced without the store lock,
+/// which is taken only to publish it, so Prepares and mounts do not wait
+/// for the build.
+pub(crate) fn ensure_meta_for_migration(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
+    if let Some(dir) = meta_present(store, img)? {
+        return Ok(dir);
+    }
+    let staged = stage_meta(store, img)?;
+    let _s = store.lock_store()?;
+    publish_meta(store, img, staged)
+}
+
+/// The metadata layer, when it is published (directory and record).
+fn meta_present(store: &Store, img: &ImageRecord) -> Result<Option<PathBuf>> {
+    let dir = meta_dir(store, &img.manifest_digest)?;
+    Ok((dir.is_dir() && meta_record(store, &img.manifest_digest)?.is_some()).then_some(dir))
+}
+
+/// A metadata layer built and synced in its staging directory (a dot
+/// name, which GC skips), its pmem charged to a reservation.
+struct StagedMeta {
+    staging: PathBuf,
+    owners: Vec<u8>,
+    rec: MetaRecord,
+    res: crate::store::Reservation,
+}
+
+fn stage_meta(store: &Store, img: &ImageRecord) -> Result<StagedMeta> {
     let t0 = std::time::Instant::now();
     let base = store.pmem.root.join("meta");
     std::fs::create_dir_all(&base).ctx("create", &base)?;
@@ -101,7 +133,6 @@ pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
         std::process::id(),
         rand::random::<u32>()
     ));
-    std::fs::create_dir(&staging).ctx("create", &staging)?;
     let mut dirs = Vec::with_capacity(img.chain_ids.len());
     for c in &img.chain_ids {
         let m = store.layer(c)?.ok_or_else(|| {
@@ -111,27 +142,15 @@ pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
         })?;
         dirs.push(store.layer_dir(&m)?);
     }
+    std::fs::create_dir(&staging).ctx("create", &staging)?;
     let built = (|| {
         let stats = crate::flatten::build_meta_layer(&dirs, &staging)?;
-        // The owner map first: a metadata record without one only costs
-        // disk reads (interleaved data layers), never a wrong view.
-        let op = owners_path(store, &img.manifest_digest)?;
-        if let Some(d) = op.parent() {
-            std::fs::create_dir_all(d).ctx("create", d)?;
-        }
-        write_atomic(
-            &op,
-            &serde_json::to_vec(&stats.owners).map_err(|e| Error::Other(e.to_string()))?,
-        )?;
+        let owners = serde_json::to_vec(&stats.owners).map_err(|e| Error::Other(e.to_string()))?;
         let (du_bytes, inodes) = du(&staging);
         let charged = du_bytes + inodes * INODE_COST;
         let mut res = store.reserve();
         res.charge(charged)?;
         crate::fsutil::syncfs(&staging)?;
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).ctx("remove stale metadata layer", &dir)?;
-        }
-        std::fs::rename(&staging, &dir).ctx("publish metadata layer", &dir)?;
         let rec = MetaRecord {
             manifest_digest: img.manifest_digest.clone(),
             inodes,
@@ -139,14 +158,60 @@ pub fn ensure_meta(store: &Store, img: &ImageRecord) -> Result<PathBuf> {
             charged_bytes: charged,
             build_ms: t0.elapsed().as_millis() as u64,
         };
-        let p = meta_record_path(store, &img.manifest_digest)?;
-        res.convert_with(|| write_json(&p, &rec))
+        Ok((owners, rec, res))
     })();
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&staging);
-        return Err(e);
+    match built {
+        Ok((owners, rec, res)) => Ok(StagedMeta {
+            staging,
+            owners,
+            rec,
+            res,
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
     }
-    Ok(dir)
+}
+
+/// Publish a staged metadata layer. The caller holds the store lock: the
+/// owner map, the rename and the record happen as one step for mounts and
+/// GC. If another builder published the layer meanwhile, this one is
+/// dropped.
+fn publish_meta(store: &Store, img: &ImageRecord, s: StagedMeta) -> Result<PathBuf> {
+    let dir = meta_dir(store, &img.manifest_digest)?;
+    let published = (|| {
+        if meta_present(store, img)?.is_some() {
+            return Ok(false);
+        }
+        // Built without the store lock: the layers must still be there.
+        for c in &img.chain_ids {
+            if store.layer(c)?.is_none() {
+                return Err(Error::Other(format!(
+                    "layer {c} was removed while the metadata layer of {} was built",
+                    img.name
+                )));
+            }
+        }
+        // The owner map first: a metadata record without one only costs
+        // disk reads (interleaved data layers), never a wrong view.
+        let op = owners_path(store, &img.manifest_digest)?;
+        if let Some(d) = op.parent() {
+            std::fs::create_dir_all(d).ctx("create", d)?;
+        }
+        write_atomic(&op, &s.owners)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).ctx("remove stale metadata layer", &dir)?;
+        }
+        std::fs::rename(&s.staging, &dir).ctx("publish metadata layer", &dir)?;
+        let p = meta_record_path(store, &img.manifest_digest)?;
+        s.res.convert_with(|| write_json(&p, &s.rec))?;
+        Ok(true)
+    })();
+    if !matches!(published, Ok(true)) {
+        let _ = std::fs::remove_dir_all(&s.staging);
+    }
+    published.map(|_| dir)
 }
 
 /// The overlay layers of a tiered mount of `img`: the metadata layer as the

@@ -21,7 +21,13 @@ pub fn snapshot_records(bed: &Bed) -> Vec<Value> {
     {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "json") {
-            let t = fs::read_to_string(&p).expect("record");
+            // A record removed between the listing and the read (the
+            // snapshotter removes records concurrently) is gone.
+            let t = match fs::read_to_string(&p) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("record {}: {e}", p.display()),
+            };
             v.push(
                 serde_json::from_str(&t)
                     .unwrap_or_else(|e| panic!("torn snapshot record {}: {e}", p.display())),

@@ -32,12 +32,12 @@
 //! spec with many layers stays below the one-page limit of mount(2) options
 //! (containerd performs the mount itself, with the legacy API).
 
-use crate::store::{SnapshotRecord, Store};
+use crate::store::Store;
 use errors::SResult;
 use pull::PullCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 mod cleanup;
 mod errors;
@@ -57,7 +57,7 @@ mod validate;
 pub use errors::SnapError;
 pub use filters::filter_matches;
 pub use mounts::build_mounts;
-use records::{info_of, new_id, tree_charge};
+use records::{info_of, new_id, tree_charge, Busy, Claim, Snaps};
 pub use tiered::build_tiered_mount;
 pub use unpack::unpack_chain;
 pub use validate::{validate_key, validate_labels, MAX_KEY_BYTES, MAX_LABELS, MAX_LABEL_BYTES};
@@ -68,9 +68,16 @@ pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-diges
 pub const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
 /// The snapshotter state shared by all requests.
+///
+/// `snaps` is held only for in-memory work: never across disk I/O or a
+/// store lock (flock) wait, so Stat, List and Mounts never queue behind a
+/// slow writer. A writer claims the keys it writes (see [`Snaps::busy`]),
+/// does its disk work without the lock, and then updates the table; other
+/// writers of the same keys wait on `idle`.
 pub struct Inner {
     store: Store,
-    snaps: Mutex<BTreeMap<String, SnapshotRecord>>,
+    snaps: Mutex<Snaps>,
+    idle: Condvar,
     pulls: tokio::sync::Mutex<HashMap<String, PullCell>>,
     ingest_dir: PathBuf,
     /// Whether the next cleanup must look for orphans on the disk tier:

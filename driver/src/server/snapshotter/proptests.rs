@@ -6,6 +6,7 @@ use crate::testutil::{prop_check, temp_store};
 use containerd_snapshots::{Info, Kind};
 use proptest::prelude::*;
 use proptest::sample::select;
+use std::collections::BTreeMap;
 
 /// Strings with what a key can hold: path syntax, quotes, operators,
 /// control characters, non-ASCII, and sometimes far too many bytes.

@@ -1,7 +1,7 @@
 //! Remote-snapshotter pull: nvtier pulls the whole image itself and
 //! attaches the committed snapshot of a layer.
 
-use super::{new_id, Inner, NvSnapshotter, SResult, SnapError, LABEL_REF};
+use super::{new_id, Busy, Claim, Inner, NvSnapshotter, SResult, SnapError, LABEL_REF};
 use crate::error::{Error, IoContext};
 use crate::fsutil::write_atomic;
 use crate::pull::{pull, PullOptions};
@@ -23,58 +23,80 @@ impl Inner {
         target: &str,
         labels: &BTreeMap<String, String>,
     ) -> SResult<bool> {
-        let mut snaps = self.lock();
-        if snaps.contains_key(key) {
-            return Err(SnapError::AlreadyExists(key.to_string()));
-        }
-        if snaps.values().any(|r| {
-            r.kind == SnapshotKind::Committed
-                && r.parent == parent
-                && r.labels.get(LABEL_REF).map(String::as_str) == Some(target)
-        }) {
-            return Ok(true);
-        }
-        let Some(layer) = self.store.layer(target)? else {
-            return Ok(false);
-        };
-        let parent_layer = if parent.is_empty() {
-            None
-        } else {
-            match snaps.get(parent) {
-                Some(p) if p.kind == SnapshotKind::Committed => p.layer.clone(),
-                Some(_) => {
-                    return Err(SnapError::FailedPrecondition(format!(
-                        "parent {parent:?} is not a committed snapshot"
-                    )))
-                }
-                None => return Err(SnapError::NotFound(parent.to_string())),
+        // Read before the table is locked (disk I/O); checked again under
+        // the GC lock before the record is written.
+        let layer = self.store.layer(target)?;
+        let (r, claim) = {
+            // Concurrent attaches of one layer on one parent are serialised,
+            // so that the second finds the first's committed snapshot.
+            let mut snaps = self.lock_idle(|s| {
+                s.busy.contains_key(key)
+                    || s.busy.contains_key(parent)
+                    || s.busy
+                        .values()
+                        .any(|b| b.parent == parent && b.attach.as_deref() == Some(target))
+            });
+            if snaps.contains_key(key) {
+                return Err(SnapError::AlreadyExists(key.to_string()));
             }
-        };
-        if parent_layer != layer.parent {
-            return Ok(false);
-        }
-        // Name it by the chainID; containerd's own names are
-        // `<namespace>/<n>/<name>`, so a bare chainID never collides with
-        // them. Another parent (another namespace) gets a suffix.
-        let mut name = target.to_string();
-        while snaps.contains_key(&name) {
-            name = format!("{target}@{}", new_id());
-        }
-        let now = now_ms();
-        let mut l = labels.clone();
-        l.retain(|k, _| k == LABEL_REF || !k.starts_with("containerd.io/snapshot/"));
-        l.insert(LABEL_REF.into(), target.into());
-        let r = SnapshotRecord {
-            key: name.clone(),
-            id: self.unique_id(&snaps),
-            kind: SnapshotKind::Committed,
-            parent: parent.to_string(),
-            labels: l,
-            created_ms: now,
-            updated_ms: now,
-            tier: layer.tier,
-            layer: Some(target.to_string()),
-            tiering: None,
+            if snaps.recs.values().any(|r| {
+                r.kind == SnapshotKind::Committed
+                    && r.parent == parent
+                    && r.labels.get(LABEL_REF).map(String::as_str) == Some(target)
+            }) {
+                return Ok(true);
+            }
+            let Some(layer) = layer else {
+                return Ok(false);
+            };
+            let parent_layer = if parent.is_empty() {
+                None
+            } else {
+                match snaps.get(parent) {
+                    Some(p) if p.kind == SnapshotKind::Committed => p.layer.clone(),
+                    Some(_) => {
+                        return Err(SnapError::FailedPrecondition(format!(
+                            "parent {parent:?} is not a committed snapshot"
+                        )))
+                    }
+                    None => return Err(SnapError::NotFound(parent.to_string())),
+                }
+            };
+            if parent_layer != layer.parent {
+                return Ok(false);
+            }
+            // Name it by the chainID; containerd's own names are
+            // `<namespace>/<n>/<name>`, so a bare chainID never collides with
+            // them. Another parent (another namespace) gets a suffix.
+            let mut name = target.to_string();
+            while snaps.contains_key(&name) {
+                name = format!("{target}@{}", new_id());
+            }
+            let now = now_ms();
+            let mut l = labels.clone();
+            l.retain(|k, _| k == LABEL_REF || !k.starts_with("containerd.io/snapshot/"));
+            l.insert(LABEL_REF.into(), target.into());
+            let r = SnapshotRecord {
+                key: name.clone(),
+                id: self.unique_id(&snaps),
+                kind: SnapshotKind::Committed,
+                parent: parent.to_string(),
+                labels: l,
+                created_ms: now,
+                updated_ms: now,
+                tier: layer.tier,
+                layer: Some(target.to_string()),
+                tiering: None,
+            };
+            // The committed name is claimed while its record is written
+            // without the table's lock (the Prepare's key is not created).
+            let busy = Busy {
+                parent: parent.to_string(),
+                id: r.id.clone(),
+                attach: Some(target.to_string()),
+            };
+            let claim = Claim::new(self, &mut snaps, vec![(name, busy)]);
+            (r, claim)
         };
         {
             // The record must exist before GC can run again.
@@ -84,9 +106,10 @@ impl Inner {
             }
             self.save(&r)?;
         }
-        self.ensure_link(&r)?;
-        tracing::info!(key, name = %name, layer = target, tier = %layer.tier, "layer provided by nvtier; containerd skips it");
-        snaps.insert(name, r);
+        let linked = self.ensure_link(&r);
+        tracing::info!(key, name = %r.key, layer = target, tier = %r.tier, "layer provided by nvtier; containerd skips it");
+        claim.finish(|s| s.recs.insert(r.key.clone(), r));
+        linked?;
         Ok(true)
     }
 }

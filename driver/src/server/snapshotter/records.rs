@@ -4,6 +4,7 @@
 use super::{validate_key, validate_labels, Inner, SResult, SnapError};
 use crate::error::{Error, IoContext, Result};
 use crate::extract::charged_bytes;
+use crate::fsutil::atomic::Staged;
 use crate::fsutil::{fsync_dir, write_atomic};
 use crate::store::{now_ms, SnapshotKind, SnapshotRecord};
 use crate::tier::TierKind;
@@ -66,9 +67,131 @@ pub(super) fn tree_charge(dir: &Path) -> std::io::Result<(u64, u64, u64)> {
     Ok((n, bytes, charged))
 }
 
+/// The in-memory snapshot table: the records on disk, plus the keys whose
+/// records a call is writing right now.
+#[derive(Default)]
+pub(crate) struct Snaps {
+    pub(super) recs: BTreeMap<String, SnapshotRecord>,
+    /// Keys claimed by a call that writes their records outside the lock:
+    /// a Prepare/View creating its key, a Commit (its key and the new
+    /// name), a Remove, an Update, a remote-snapshot attach (its key and
+    /// the committed name). While claimed, a key counts as taken
+    /// (AlreadyExists), its id as used (no reuse, and Cleanup keeps its
+    /// directory and link), and a key being created counts as a child of its
+    /// parent (Remove of the parent waits for it). Writers of a claimed key
+    /// wait until it is released, so calls on one key stay serialised as
+    /// before; calls on different keys run their disk work concurrently.
+    pub(super) busy: BTreeMap<String, Busy>,
+}
+
+/// A claimed key: the parent and directory id of the record being written.
+pub(crate) struct Busy {
+    pub(super) parent: String,
+    pub(super) id: String,
+    /// For a remote-snapshot attach: the chainID being attached.
+    pub(super) attach: Option<String>,
+}
+
+impl Snaps {
+    pub(super) fn get(&self, key: &str) -> Option<&SnapshotRecord> {
+        self.recs.get(key)
+    }
+    pub(super) fn contains_key(&self, key: &str) -> bool {
+        self.recs.contains_key(key) || self.busy.contains_key(key)
+    }
+    /// A record or a claimed key (being created) has `key` as its parent.
+    pub(super) fn has_child(&self, key: &str) -> Option<&str> {
+        self.recs
+            .values()
+            .find(|c| c.parent == key)
+            .map(|c| c.key.as_str())
+            .or_else(|| {
+                self.busy
+                    .iter()
+                    .find(|(_, b)| b.parent == key)
+                    .map(|(k, _)| k.as_str())
+            })
+    }
+    pub(super) fn ids(&self) -> impl Iterator<Item = &str> {
+        self.recs
+            .values()
+            .map(|r| r.id.as_str())
+            .chain(self.busy.values().map(|b| b.id.as_str()))
+    }
+    /// The records of `parent` and its ancestors (what mounts need), cloned
+    /// so that mounts are built without the lock. Stops at a missing
+    /// record or after 4097 (a cycle; `lowers` reports it).
+    pub(super) fn chain(&self, parent: &str) -> BTreeMap<String, SnapshotRecord> {
+        let mut m = BTreeMap::new();
+        let mut p = parent;
+        while let Some(r) = self.recs.get(p) {
+            if m.insert(p.to_string(), r.clone()).is_some() || m.len() > 4097 {
+                break;
+            }
+            p = &r.parent;
+        }
+        m
+    }
+}
+
+/// Keys claimed in [`Snaps::busy`]; released (unchanged records) on drop,
+/// or with the table's update by [`Claim::finish`].
+pub(crate) struct Claim<'a> {
+    inner: &'a Inner,
+    keys: Vec<String>,
+}
+
+impl<'a> Claim<'a> {
+    /// Claim `claims` (key, busy entry) in `s`, the locked table.
+    pub(super) fn new(inner: &'a Inner, s: &mut Snaps, claims: Vec<(String, Busy)>) -> Claim<'a> {
+        let keys = claims.iter().map(|(k, _)| k.clone()).collect();
+        s.busy.extend(claims);
+        Claim { inner, keys }
+    }
+    /// Apply `f` to the table and release the keys, in one step.
+    pub(super) fn finish<T>(mut self, f: impl FnOnce(&mut Snaps) -> T) -> T {
+        let inner = self.inner;
+        let mut s = inner.lock();
+        let out = f(&mut s);
+        self.release(&mut s);
+        drop(s);
+        inner.idle.notify_all();
+        out
+    }
+    fn release(&mut self, s: &mut Snaps) {
+        for k in self.keys.drain(..) {
+            s.busy.remove(&k);
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let inner = self.inner;
+        let mut s = inner.lock();
+        self.release(&mut s);
+        drop(s);
+        inner.idle.notify_all();
+    }
+}
+
 impl Inner {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SnapshotRecord>> {
+    /// The table, for in-memory work only (see [`Inner`]).
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, Snaps> {
         self.snaps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The table, once `busy` (a test on the claimed keys) is false.
+    pub(super) fn lock_idle(
+        &self,
+        busy: impl Fn(&Snaps) -> bool,
+    ) -> std::sync::MutexGuard<'_, Snaps> {
+        self.idle
+            .wait_while(self.lock(), |s| busy(s))
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn snap_dir(&self, r: &SnapshotRecord) -> PathBuf {
@@ -147,6 +270,12 @@ impl Inner {
         write_atomic(&self.store.snapshot_path(&r.key), &json)
     }
 
+    /// [`Inner::save`] up to the rename (see [`Staged`]).
+    pub(super) fn stage(&self, r: &SnapshotRecord) -> Result<Staged> {
+        let json = serde_json::to_vec_pretty(r).map_err(|e| Error::Other(e.to_string()))?;
+        Staged::write(&self.store.snapshot_path(&r.key), &json)
+    }
+
     pub(super) fn delete_record(&self, key: &str) -> Result<()> {
         let p = self.store.snapshot_path(key);
         match fs::remove_file(&p) {
@@ -157,10 +286,10 @@ impl Inner {
         fsync_dir(&self.store.snapshots_dir())
     }
 
-    pub(super) fn unique_id(&self, snaps: &BTreeMap<String, SnapshotRecord>) -> String {
+    pub(super) fn unique_id(&self, snaps: &Snaps) -> String {
         loop {
             let id = new_id();
-            if !snaps.values().any(|r| r.id == id) && !self.store.links_dir().join(&id).exists() {
+            if !snaps.ids().any(|i| i == id) && !self.store.links_dir().join(&id).exists() {
                 return id;
             }
         }
@@ -174,55 +303,100 @@ impl Inner {
         kind: SnapshotKind,
         tier: TierKind,
     ) -> SResult<Vec<Mount>> {
-        let mut snaps = self.lock();
-        if snaps.contains_key(key) {
-            return Err(SnapError::AlreadyExists(key.to_string()));
-        }
-        if !parent.is_empty() {
-            let p = snaps
-                .get(parent)
-                .ok_or_else(|| SnapError::NotFound(parent.to_string()))?;
-            if p.kind != SnapshotKind::Committed {
-                return Err(SnapError::FailedPrecondition(format!(
-                    "parent {parent:?} is not a committed snapshot"
-                )));
+        let (mut r, chain, claim) = {
+            let mut snaps =
+                self.lock_idle(|s| s.busy.contains_key(key) || s.busy.contains_key(parent));
+            if snaps.contains_key(key) {
+                return Err(SnapError::AlreadyExists(key.to_string()));
             }
-        }
-        let now = now_ms();
-        let mut r = SnapshotRecord {
-            key: key.to_string(),
-            id: self.unique_id(&snaps),
-            kind,
-            parent: parent.to_string(),
-            labels,
-            created_ms: now,
-            updated_ms: now,
-            tier,
-            layer: None,
-            tiering: None,
-        };
-        // Tiered mounts: decided and recorded under the store lock, so that
-        // a concurrent migration's GC sees the generations this snapshot
-        // uses before it frees any.
-        let _store_lock = if kind == SnapshotKind::Active && !parent.is_empty() {
-            let l = self.store.lock_store()?;
-            match self.tiering_for(&snaps, parent) {
-                Ok(t) => r.tiering = t,
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "tiered mount not possible; mounting whole layers")
+            if !parent.is_empty() {
+                let p = snaps
+                    .get(parent)
+                    .ok_or_else(|| SnapError::NotFound(parent.to_string()))?;
+                if p.kind != SnapshotKind::Committed {
+                    return Err(SnapError::FailedPrecondition(format!(
+                        "parent {parent:?} is not a committed snapshot"
+                    )));
                 }
             }
-            Some(l)
-        } else {
-            None
+            let now = now_ms();
+            let r = SnapshotRecord {
+                key: key.to_string(),
+                id: self.unique_id(&snaps),
+                kind,
+                parent: parent.to_string(),
+                labels,
+                created_ms: now,
+                updated_ms: now,
+                tier,
+                layer: None,
+                tiering: None,
+            };
+            // The parent chain cannot change while the key is claimed: its
+            // records are committed (immutable but for labels) and cannot be
+            // removed while they have a child.
+            let chain = snaps.chain(parent);
+            let busy = Busy {
+                parent: parent.to_string(),
+                id: r.id.clone(),
+                attach: None,
+            };
+            let claim = Claim::new(self, &mut snaps, vec![(key.to_string(), busy)]);
+            (r, chain, claim)
         };
         let d = self.snap_dir(&r);
-        let mk = || -> Result<()> {
+        let mut started = None;
+        let mut mk = || -> Result<()> {
+            // The directories need no lock: the claim keeps Cleanup away from
+            // them, and a crash leaves an orphan that start-up removes.
             fs::create_dir_all(d.join("fs")).ctx("create snapshot dir", d.join("fs"))?;
             if kind == SnapshotKind::Active {
                 fs::create_dir_all(d.join("work")).ctx("create snapshot dir", d.join("work"))?;
             }
-            self.save(&r)
+            if kind != SnapshotKind::Active || parent.is_empty() {
+                return self.save(&r);
+            }
+            // The tiered mount is planned without the store lock (it reads
+            // the image's records), and the record written and synced; then,
+            // under the store lock, what the plan names is checked to still
+            // exist and the record is renamed into place. So, as if it had
+            // all run under the lock, the record is visible before the lock
+            // is released (and durable before Prepare returns):
+            // - tiered mounts: a concurrent migration's GC
+            //   (`gc_hot_locked`) sees the generations and metadata layer
+            //   this snapshot uses before it frees any;
+            // - a pmem layer's retirement (`retire_pmem_copy`) either lists
+            //   this snapshot among the users of the retired copy, or has
+            //   re-pointed the parents' links to the disk copy before the
+            //   mounts below are built.
+            let tiering = |started: &mut Option<String>| match self
+                .tiering_for(&chain, parent, started)
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "tiered mount not possible; mounting whole layers");
+                    None
+                }
+            };
+            r.tiering = tiering(&mut started);
+            let staged = self.stage(&r)?;
+            {
+                let _store = self.store.lock_store()?;
+                let present = match &r.tiering {
+                    Some(t) => self.tiering_present(t)?,
+                    None => true,
+                };
+                if present {
+                    staged.publish()?;
+                } else {
+                    // A migration replaced and freed what was planned: plan
+                    // again, under the lock.
+                    drop(staged);
+                    r.tiering = tiering(&mut None);
+                    self.stage(&r)?.publish()?;
+                }
+            }
+            fsync_dir(&self.store.snapshots_dir())
         };
         if let Err(e) = mk() {
             if fs::remove_dir_all(&d).is_err() && r.tier == crate::tier::TierKind::Disk {
@@ -233,59 +407,82 @@ impl Inner {
         }
         // The record is on disk: keep memory in step even if building the
         // mounts fails (containerd can ask again with Mounts, or Remove).
-        snaps.insert(key.to_string(), r.clone());
-        self.mounts_of(&snaps, &r)
+        claim.finish(|s| s.recs.insert(key.to_string(), r.clone()));
+        if let Some(manifest) = started {
+            // The start count only feeds the migration planner's heat
+            // ranking: it is written off the Prepare's path.
+            let store = self.store.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    h.spawn_blocking(move || crate::store::hot::note_start(&store, &manifest));
+                }
+                Err(_) => crate::store::hot::note_start(&store, &manifest),
+            }
+        }
+        self.mounts_of(&chain, &r)
     }
 
     pub(super) fn remove(&self, key: &str) -> SResult<()> {
-        let mut snaps = self.lock();
-        let r = snaps
-            .get(key)
-            .cloned()
-            .ok_or_else(|| SnapError::NotFound(key.to_string()))?;
-        if let Some(child) = snaps.values().find(|c| c.parent == key) {
-            return Err(SnapError::FailedPrecondition(format!(
-                "cannot remove snapshot {key:?}: it has children (e.g. {:?})",
-                child.key
-            )));
-        }
-        self.delete_record(key)?;
-        snaps.remove(key);
-        let _ = fs::remove_file(self.link_path(&r));
-        if r.layer.is_some() {
-            drop(snaps);
-            let g = self.store.gc()?;
-            if !g.removed.is_empty() {
-                tracing::info!(layers = g.removed.len(), "freed layers no longer used");
+        let (r, claim) = {
+            // A key being created on top of `key` is a child: wait for it.
+            let mut snaps = self.lock_idle(|s| {
+                s.busy.contains_key(key) || s.busy.values().any(|b| b.parent == key)
+            });
+            let r = snaps
+                .get(key)
+                .cloned()
+                .ok_or_else(|| SnapError::NotFound(key.to_string()))?;
+            if let Some(child) = snaps.has_child(key) {
+                return Err(SnapError::FailedPrecondition(format!(
+                    "cannot remove snapshot {key:?}: it has children (e.g. {child:?})"
+                )));
             }
-        } else {
-            // The disk tier's snapshots directory is scanned for orphans
-            // only after a failure (and once at start): a scan after every
-            // removal reads the HDD while the node is cold-starting others.
-            let d = self.snap_dir(&r);
-            match fs::remove_dir_all(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            let busy = Busy {
+                parent: r.parent.clone(),
+                id: r.id.clone(),
+                attach: None,
+            };
+            let claim = Claim::new(self, &mut snaps, vec![(key.to_string(), busy)]);
+            (r, claim)
+        };
+        self.delete_record(key)?;
+        let _ = fs::remove_file(self.link_path(&r));
+        // The directory goes while the key is still claimed, so that a
+        // concurrent Cleanup does not take it for an orphan half-way.
+        // The disk tier's snapshots directory is scanned for orphans only
+        // after a failure (and once at start): a scan after every removal
+        // reads the HDD while the node is cold-starting others.
+        let d = self.snap_dir(&r);
+        let removed = match r.layer {
+            Some(_) => Ok(()),
+            None => match fs::remove_dir_all(&d) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => {
                     if r.tier == crate::tier::TierKind::Disk {
                         self.disk_scan
                             .store(true, std::sync::atomic::Ordering::SeqCst);
                     }
-                    return Err(Error::Io {
+                    Err(Error::Io {
                         what: "remove snapshot dir",
                         path: d,
                         source: e,
-                    }
-                    .into());
+                    })
                 }
+            },
+        };
+        claim.finish(|s| s.recs.remove(key));
+        removed?;
+        if r.layer.is_some() {
+            let g = self.store.gc()?;
+            if !g.removed.is_empty() {
+                tracing::info!(layers = g.removed.len(), "freed layers no longer used");
             }
+        } else if r.kind != SnapshotKind::Committed {
             // The last container on a retired pmem copy or an old hot
             // generation may just have gone: free what nobody uses now.
-            if r.kind != SnapshotKind::Committed {
-                drop(snaps);
-                if let Err(e) = self.store.gc() {
-                    tracing::warn!(error = %e, "garbage collection after removing a snapshot");
-                }
+            if let Err(e) = self.store.gc() {
+                tracing::warn!(error = %e, "garbage collection after removing a snapshot");
             }
         }
         Ok(())
@@ -294,10 +491,20 @@ impl Inner {
     pub(super) fn update(&self, info: Info, paths: Option<Vec<String>>) -> SResult<Info> {
         validate_key("name", &info.name)?;
         validate_labels(info.labels.iter())?;
-        let mut snaps = self.lock();
-        let r = snaps
-            .get_mut(&info.name)
-            .ok_or_else(|| SnapError::NotFound(info.name.clone()))?;
+        let (r, claim) = {
+            let mut snaps = self.lock_idle(|s| s.busy.contains_key(&info.name));
+            let r = snaps
+                .get(&info.name)
+                .cloned()
+                .ok_or_else(|| SnapError::NotFound(info.name.clone()))?;
+            let busy = Busy {
+                parent: r.parent.clone(),
+                id: r.id.clone(),
+                attach: None,
+            };
+            let claim = Claim::new(self, &mut snaps, vec![(info.name.clone(), busy)]);
+            (r, claim)
+        };
         let mut labels = r.labels.clone();
         let paths = paths.unwrap_or_default();
         if paths.is_empty() {
@@ -327,8 +534,9 @@ impl Inner {
         nr.labels = labels;
         nr.updated_ms = now_ms();
         self.save(&nr)?;
-        *r = nr.clone();
-        Ok(info_of(&nr))
+        let out = info_of(&nr);
+        claim.finish(|s| s.recs.insert(nr.key.clone(), nr));
+        Ok(out)
     }
 
     pub(super) fn usage(&self, key: &str) -> SResult<Usage> {

@@ -2,7 +2,7 @@
 
 use super::{
     filter_matches, info_of, unpack_chain, validate_key, validate_labels, Inner, NvSnapshotter,
-    SResult, SnapError, LABEL_CRI_IMAGE_REF, LABEL_REF,
+    SResult, SnapError, Snaps, LABEL_CRI_IMAGE_REF, LABEL_REF,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::store::{SnapshotKind, SnapshotRecord, Store};
@@ -11,7 +11,7 @@ use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::{Info, Snapshotter, Usage};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// The target of the per-call latency events: `NVTIER_LOG=info,nvtier::latency=debug`
@@ -43,9 +43,9 @@ impl NvSnapshotter {
             let d = t.root.join("snapshots");
             fs::create_dir_all(&d).ctx("create", &d)?;
         }
-        let mut snaps = BTreeMap::new();
+        let mut snaps = Snaps::default();
         for r in store.snapshots()? {
-            snaps.insert(r.key.clone(), r);
+            snaps.recs.insert(r.key.clone(), r);
         }
         let ingest_dir = store
             .cfg
@@ -54,11 +54,12 @@ impl NvSnapshotter {
         let inner = Arc::new(Inner {
             store,
             snaps: Mutex::new(snaps),
+            idle: Condvar::new(),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
             ingest_dir,
             disk_scan: std::sync::atomic::AtomicBool::new(true),
         });
-        let recs: Vec<SnapshotRecord> = inner.lock().values().cloned().collect();
+        let recs: Vec<SnapshotRecord> = inner.lock().recs.values().cloned().collect();
         for r in &recs {
             if r.kind == SnapshotKind::Committed {
                 if let Err(e) = inner.ensure_link(r) {
@@ -151,6 +152,8 @@ impl Snapshotter for NvSnapshotter {
 
     async fn stat(&self, key: String) -> SResult<Info> {
         let t = Instant::now();
+        // On the async worker: the table's lock is only ever held for
+        // in-memory work (see `Inner`).
         let r = validate_key("key", &key).and_then(|()| {
             self.inner
                 .lock()
@@ -181,11 +184,19 @@ impl Snapshotter for NvSnapshotter {
         let r = match validate_key("key", &key) {
             Ok(()) => {
                 self.blocking(move |i| {
-                    let snaps = i.lock();
-                    let r = snaps
-                        .get(&key)
-                        .ok_or_else(|| SnapError::NotFound(key.clone()))?;
-                    i.mounts_of(&snaps, r)
+                    // The record and its parent chain are copied out, and the
+                    // mounts built without the table's lock: Mounts of an
+                    // existing snapshot never waits behind a writer.
+                    let (r, chain) = {
+                        let snaps = i.lock();
+                        let r = snaps
+                            .get(&key)
+                            .cloned()
+                            .ok_or_else(|| SnapError::NotFound(key.clone()))?;
+                        let chain = snaps.chain(&r.parent);
+                        (r, chain)
+                    };
+                    i.mounts_of(&chain, &r)
                 })
                 .await
             }
@@ -262,6 +273,7 @@ impl Snapshotter for NvSnapshotter {
         let infos: Vec<SResult<Info>> = self
             .inner
             .lock()
+            .recs
             .values()
             .map(info_of)
             .filter(|i| filter_matches(&filters, i))

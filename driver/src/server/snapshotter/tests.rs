@@ -1,6 +1,7 @@
 use super::*;
 use crate::store::SnapshotKind;
 use containerd_snapshots::{Info, Kind};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[test]
@@ -146,4 +147,46 @@ fn filters_with_quoted_operators_commas_and_escapes() {
     assert!(!filter_matches(&f(r#"name!="a!=b""#), &i));
     assert!(filter_matches(&f(r#"labels."k\"q"=="x,y==z\\""#), &i));
     assert!(!filter_matches(&f(r#"labels."k\"q"!="x,y==z\\""#), &i));
+}
+
+fn rec(key: &str, parent: &str, id: &str) -> crate::store::SnapshotRecord {
+    crate::store::SnapshotRecord {
+        key: key.into(),
+        id: id.into(),
+        kind: SnapshotKind::Committed,
+        parent: parent.into(),
+        labels: BTreeMap::new(),
+        created_ms: 0,
+        updated_ms: 0,
+        tier: crate::tier::TierKind::Disk,
+        layer: None,
+        tiering: None,
+    }
+}
+
+#[test]
+fn claimed_keys_count_as_taken_children_and_ids() {
+    let mut s = Snaps::default();
+    for (k, p, id) in [("a", "", "ia"), ("b", "a", "ib"), ("x", "", "ix")] {
+        s.recs.insert(k.into(), rec(k, p, id));
+    }
+    // A Prepare creating "c" on top of "b".
+    s.busy.insert(
+        "c".into(),
+        Busy {
+            parent: "b".into(),
+            id: "ic".into(),
+            attach: None,
+        },
+    );
+    assert!(s.contains_key("c") && s.get("c").is_none());
+    assert_eq!(s.has_child("b"), Some("c"));
+    assert_eq!(s.has_child("a"), Some("b"));
+    assert_eq!(s.has_child("x"), None);
+    let ids: Vec<&str> = s.ids().collect();
+    assert!(ids.contains(&"ic") && ids.contains(&"ia"));
+    // The parent chain, copied for mounts built without the lock.
+    let chain = s.chain("b");
+    assert_eq!(chain.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(s.chain("").is_empty() && s.chain("gone").is_empty());
 }

@@ -123,12 +123,15 @@ impl Inner {
 
     /// An active snapshot on top of an image nvtier pulled (possibly with
     /// committed snapshots in between), with a metadata layer: what its
-    /// tiered mount uses. Counts the start for the
-    /// migration policy. The caller holds the store lock.
+    /// tiered mount uses. Sets `started` to the image's manifest digest:
+    /// the caller counts the start for the migration policy. Without the
+    /// store lock, the caller checks [`Inner::tiering_present`] under it
+    /// before saving the record.
     pub(super) fn tiering_for(
         &self,
         snaps: &BTreeMap<String, SnapshotRecord>,
         parent: &str,
+        started: &mut Option<String>,
     ) -> Result<Option<MountTiering>> {
         let mut chain = Vec::new();
         let mut links = Vec::new();
@@ -170,7 +173,25 @@ impl Inner {
         let Some(img) = chosen.or(images.first()) else {
             return Ok(None);
         };
-        crate::store::hot::note_start(&self.store, &img.manifest_digest);
+        *started = Some(img.manifest_digest.clone());
         Ok(crate::tiering::mount_layers(&self.store, img, &links, false)?.map(|(_, _, t)| t))
+    }
+
+    /// Whether the metadata layer and hot generations `t` names still
+    /// exist. The caller holds the store lock: what exists now cannot be
+    /// freed (GC runs under that lock) before the record naming it is saved.
+    pub(super) fn tiering_present(&self, t: &MountTiering) -> Result<bool> {
+        let manifest = format!("sha256:{}", t.meta);
+        if !crate::store::hot::meta_dir(&self.store, &manifest)?.is_dir()
+            || !crate::store::hot::meta_record_path(&self.store, &manifest)?.is_file()
+        {
+            return Ok(false);
+        }
+        for (c, g) in &t.hot {
+            if !crate::store::hot::gen_dir(&self.store, c, *g)?.is_dir() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }

@@ -1,7 +1,7 @@
 //! Unpacked image layers: the tier a layer is unpacked to (LASS on the
 //! engine's unpack path), and its publication as a store layer at Commit.
 
-use super::{tree_charge, Inner, SResult, SnapError, LABEL_REF};
+use super::{tree_charge, Busy, Claim, Inner, SResult, SnapError, LABEL_REF};
 use crate::error::{Error, IoContext, Result};
 use crate::store::{digest_hex, now_ms, LayerMeta, SnapshotKind, SnapshotRecord};
 use crate::tier::TierKind;
@@ -74,38 +74,69 @@ impl Inner {
         key: &str,
         labels: BTreeMap<String, String>,
     ) -> SResult<()> {
-        let mut snaps = self.lock();
-        let r = snaps
-            .get(key)
-            .cloned()
-            .ok_or_else(|| SnapError::NotFound(key.to_string()))?;
-        if r.kind != SnapshotKind::Active {
-            return Err(SnapError::FailedPrecondition(format!(
-                "snapshot {key:?} is not active; only active snapshots can be committed"
-            )));
-        }
-        if snaps.contains_key(name) {
-            return Err(SnapError::AlreadyExists(name.to_string()));
-        }
-        let chain = labels
-            .get(LABEL_REF)
-            .filter(|c| digest_hex(c).is_ok())
-            .cloned()
-            .or_else(|| unpack_chain(key, &r.labels));
-        let parent_layer = match snaps.get(&r.parent) {
-            Some(p) => p.layer.clone().map(Some),
-            None => Some(None),
-        };
-        let now = now_ms();
-        let mut c = SnapshotRecord {
-            key: name.to_string(),
-            kind: SnapshotKind::Committed,
-            labels,
-            updated_ms: now,
-            created_ms: now,
-            // Committed snapshots mount whole layers.
-            tiering: None,
-            ..r.clone()
+        let (r, chain, parent_layer, mut c, claim) = {
+            let mut snaps =
+                self.lock_idle(|s| s.busy.contains_key(key) || s.busy.contains_key(name));
+            let r = snaps
+                .get(key)
+                .cloned()
+                .ok_or_else(|| SnapError::NotFound(key.to_string()))?;
+            if r.kind != SnapshotKind::Active {
+                return Err(SnapError::FailedPrecondition(format!(
+                    "snapshot {key:?} is not active; only active snapshots can be committed"
+                )));
+            }
+            if snaps.contains_key(name) {
+                return Err(SnapError::AlreadyExists(name.to_string()));
+            }
+            let chain = labels
+                .get(LABEL_REF)
+                .filter(|c| digest_hex(c).is_ok())
+                .cloned()
+                .or_else(|| unpack_chain(key, &r.labels));
+            let parent_layer = match snaps.get(&r.parent) {
+                Some(p) => p.layer.clone().map(Some),
+                None => Some(None),
+            };
+            let now = now_ms();
+            let mut c = SnapshotRecord {
+                key: name.to_string(),
+                kind: SnapshotKind::Committed,
+                labels,
+                updated_ms: now,
+                created_ms: now,
+                // Committed snapshots mount whole layers.
+                tiering: None,
+                ..r.clone()
+            };
+            if chain.is_some() && parent_layer.is_some() {
+                // A fresh id: if we crash between the two record writes
+                // below, the stale active record shares nothing (link,
+                // directory) with the committed one.
+                c.id = self.unique_id(&snaps);
+            }
+            // Both keys are claimed while the layer is published and the
+            // records are written, without the table's lock.
+            let claims = vec![
+                (
+                    key.to_string(),
+                    Busy {
+                        parent: r.parent.clone(),
+                        id: r.id.clone(),
+                        attach: None,
+                    },
+                ),
+                (
+                    name.to_string(),
+                    Busy {
+                        parent: r.parent.clone(),
+                        id: c.id.clone(),
+                        attach: None,
+                    },
+                ),
+            ];
+            let claim = Claim::new(self, &mut snaps, claims);
+            (r, chain, parent_layer, c, claim)
         };
         let d = self.snap_dir(&r);
         match (chain, parent_layer) {
@@ -123,10 +154,6 @@ impl Inner {
                     }
                 }
                 c.layer = Some(chain);
-                // A fresh id: if we crash between the two record writes
-                // below, the stale active record shares nothing (link,
-                // directory) with the committed one.
-                c.id = self.unique_id(&snaps);
                 // Referenced from here on (we still hold the GC lock).
                 self.save(&c)?;
                 self.delete_record(key)?;
@@ -138,9 +165,12 @@ impl Inner {
                 let _ = fs::remove_dir_all(d.join("work"));
             }
         }
-        snaps.remove(key);
-        self.ensure_link(&c)?;
-        snaps.insert(name.to_string(), c);
+        let linked = self.ensure_link(&c);
+        claim.finish(|s| {
+            s.recs.remove(key);
+            s.recs.insert(name.to_string(), c);
+        });
+        linked?;
         Ok(())
     }
 
