@@ -110,6 +110,7 @@ pub async fn repair(store: &Store, opts: &RepairOptions) -> Result<RepairReport>
             progress: false,
             auth: opts.auth.clone(),
             pin_digest: Some(rec.manifest_digest.clone()),
+            origin: rec.origin,
         };
         tracing::warn!(image = %name, ?reasons, "repairing a damaged image");
         let mut out = ImageRepair {

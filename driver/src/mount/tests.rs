@@ -70,6 +70,7 @@ impl Bed {
                 diff_ids: chain.clone(),
                 blob_digests: Vec::new(),
                 created_ms: 0,
+                origin: Default::default(),
             })
             .expect("image");
         let target = std::fs::canonicalize(p("target")).expect("canonical target");

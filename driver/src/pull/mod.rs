@@ -7,7 +7,7 @@
 //! image has finished, and `nvtier_policy::decide` picks the tier.
 
 use crate::error::{Error, Result};
-use crate::store::{chain_ids, digest_hex, now_ms, ImageRecord, Store};
+use crate::store::{chain_ids, digest_hex, now_ms, ImageOrigin, ImageRecord, Store};
 use crate::tier::TierKind;
 use download::download;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -360,7 +360,14 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     while tasks.join_next().await.is_some() {}
     let stored_done_ms = ms(t0);
 
+    // A record that `nvtier pull` made stays the CLI's: engine activity
+    // never removes it.
+    let origin = match store.image(&name)? {
+        Some(old) if old.origin == ImageOrigin::Cli => ImageOrigin::Cli,
+        _ => opts.origin,
+    };
     let rec = ImageRecord {
+        origin,
         name: name.clone(),
         manifest_digest: manifest_digest.clone(),
         config_digest: manifest.config.digest.clone(),

@@ -1,5 +1,6 @@
 //! What a pull is asked to do and what it reports.
 
+use crate::store::ImageOrigin;
 use crate::tier::TierKind;
 use nvtier_policy::{DiskReason, Placement};
 use oci_client::secrets::RegistryAuth;
@@ -14,6 +15,9 @@ pub struct PullOptions {
     /// Fetch this manifest digest instead of what the tag names now, and
     /// keep the image's name (a repair restores what was pulled).
     pub pin_digest: Option<String>,
+    /// Who asks. An engine's pull never takes over the record of an image
+    /// that `nvtier pull` made (see [`ImageOrigin`]).
+    pub origin: ImageOrigin,
 }
 
 /// Per-layer outcome, in chain order. Times are ms since the pull started.

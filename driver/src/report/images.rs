@@ -21,6 +21,10 @@ pub struct ImageRow {
     pub layers: usize,
     pub manifest_digest: String,
     pub name: String,
+    /// Who pulled it: `cli` (`nvtier pull`; removed by `nvtier rm`) or
+    /// `engine` (the snapshotter's remote-snapshot pull; removed with the
+    /// engine's image).
+    pub origin: crate::store::ImageOrigin,
     /// Bytes charged to the pmem tier by the image's pmem-tier layers.
     pub pmem_bytes: u64,
 }
@@ -58,6 +62,7 @@ impl ImageRow {
                 layers: i.chain_ids.len(),
                 manifest_digest: i.manifest_digest,
                 name: i.name,
+                origin: i.origin,
                 pmem_bytes,
             });
         }
@@ -104,6 +109,7 @@ mod tests {
                 layers: 4,
                 manifest_digest: "sha256:aa".into(),
                 name: "10.77.3.2:5000/demo:latest".into(),
+                origin: crate::store::ImageOrigin::Cli,
                 pmem_bytes: 0,
             },
             ImageRow {
@@ -113,6 +119,7 @@ mod tests {
                 layers: 12,
                 manifest_digest: "sha256:bb".into(),
                 name: "registry.example/app:1".into(),
+                origin: crate::store::ImageOrigin::Engine,
                 pmem_bytes: 1536,
             },
         ];
@@ -146,13 +153,14 @@ mod tests {
             layers: 3,
             manifest_digest: "sha256:aa".into(),
             name: "n".into(),
+            origin: crate::store::ImageOrigin::Engine,
             pmem_bytes: 4,
         })
         .expect("json");
         assert_eq!(
             v,
             serde_json::json!({"created_ms": 1, "damaged": null, "disk_bytes": 2, "layers": 3,
-                "manifest_digest": "sha256:aa", "name": "n", "pmem_bytes": 4})
+                "manifest_digest": "sha256:aa", "name": "n", "origin": "engine", "pmem_bytes": 4})
         );
     }
 }

@@ -45,6 +45,22 @@ pub struct ImageRecord {
     pub diff_ids: Vec<String>,
     pub blob_digests: Vec<String>,
     pub created_ms: u64,
+    /// Who made the record. Records older than the field are `cli`.
+    #[serde(default)]
+    pub origin: ImageOrigin,
+}
+
+/// Who pulled an image, which decides who removes its record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageOrigin {
+    /// `nvtier pull` (or a record from before origins): removed only by
+    /// `nvtier rm`.
+    #[default]
+    Cli,
+    /// The snapshotter's remote-snapshot pull for containerd: removed with
+    /// the engine's last committed snapshot of the image's top layer.
+    Engine,
 }
 
 /// One overlay mount made by nvtier.

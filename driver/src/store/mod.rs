@@ -48,8 +48,8 @@ pub use budget::Reservation;
 pub use durable::{boot_id, SyncReport, Unsynced};
 pub use gc::GcReport;
 pub use meta::{
-    read_all as meta_read_all, read_json as meta_read, ImageRecord, LayerMeta, MountRecord,
-    SnapshotKind, SnapshotRecord,
+    read_all as meta_read_all, read_json as meta_read, ImageOrigin, ImageRecord, LayerMeta,
+    MountRecord, SnapshotKind, SnapshotRecord,
 };
 pub(crate) use recover::{gc_hot, retire_pmem_copy};
 

@@ -25,6 +25,7 @@ fn image() -> ImageRecord {
         diff_ids: vec![digest('a'), digest('b')],
         blob_digests: vec![digest('x'), digest('y')],
         created_ms: 0,
+        origin: Default::default(),
     }
 }
 

@@ -5,7 +5,7 @@ use super::{new_id, Busy, Claim, Inner, NvSnapshotter, SResult, SnapError, LABEL
 use crate::error::{Error, IoContext};
 use crate::fsutil::write_atomic;
 use crate::pull::{pull, PullOptions};
-use crate::store::{now_ms, SnapshotKind, SnapshotRecord};
+use crate::store::{now_ms, ImageOrigin, SnapshotKind, SnapshotRecord};
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -131,6 +131,7 @@ impl NvSnapshotter {
                     progress: false,
                     auth: oci_client::secrets::RegistryAuth::Anonymous,
                     pin_digest: None,
+                    origin: ImageOrigin::Engine,
                 };
                 tracing::info!(image, "pulling for containerd (remote snapshot)");
                 match pull(&store, image, &opts).await {

@@ -43,6 +43,7 @@ pub fn run(cfg: &Config, store: &Store, a: Args) -> Result<()> {
         progress: !a.json && std::io::stderr().is_terminal(),
         auth,
         pin_digest: None,
+        origin: nvtier::store::ImageOrigin::Cli,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
