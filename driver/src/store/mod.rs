@@ -466,6 +466,33 @@ impl Store {
         self.gc_locked(&gc)
     }
 
+    /// Remove the records of the images an engine had nvtier pull
+    /// ([`ImageOrigin::Engine`]) whose top layer is `top`; the caller has
+    /// seen that no containerd snapshot is backed by `top` any more. The
+    /// records of `nvtier pull` are never touched. Returns the names
+    /// removed; the caller collects the layers.
+    pub fn remove_engine_images_on(&self, top: &str) -> Result<Vec<String>> {
+        let _l = self.lock_store()?;
+        let mut gone = Vec::new();
+        for i in self.images()? {
+            if i.origin != ImageOrigin::Engine
+                || i.chain_ids.last().map(String::as_str) != Some(top)
+            {
+                continue;
+            }
+            let p = self.image_path(&i.name);
+            match fs::remove_file(&p) {
+                Ok(()) => gone.push(i.name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).ctx("remove image record", &p),
+            }
+        }
+        if !gone.is_empty() {
+            fsync_dir(&self.images_dir())?;
+        }
+        Ok(gone)
+    }
+
     // ---- mounts ----
 
     pub fn mount_record_path(&self, target: &Path) -> PathBuf {

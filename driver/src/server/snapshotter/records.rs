@@ -473,7 +473,10 @@ impl Inner {
         };
         claim.finish(|s| s.recs.remove(key));
         removed?;
-        if r.layer.is_some() {
+        if let Some(layer) = r.layer.as_deref() {
+            if r.kind == SnapshotKind::Committed {
+                self.release_engine_images(layer);
+            }
             let g = self.store.gc()?;
             if !g.removed.is_empty() {
                 tracing::info!(layers = g.removed.len(), "freed layers no longer used");
@@ -486,6 +489,34 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// containerd removed a committed snapshot of `layer`. When no snapshot
+    /// is backed by it any more (nor is being attached to it), the engine
+    /// no longer has any image whose top layer it is: the records of the
+    /// images nvtier pulled for an engine with that top layer go, and the
+    /// caller's GC frees what nothing else references. A running
+    /// container's snapshot keeps its parents (containerd does not remove
+    /// a snapshot with children), and with them the image.
+    fn release_engine_images(&self, layer: &str) {
+        {
+            let s = self.lock();
+            if s.recs.values().any(|r| r.layer.as_deref() == Some(layer))
+                || s.busy.values().any(|b| b.attach.as_deref() == Some(layer))
+            {
+                return;
+            }
+        }
+        match self.store.remove_engine_images_on(layer) {
+            Ok(names) => {
+                for image in names {
+                    tracing::info!(%image, layer, "the engine removed the image; its nvtier record goes too");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(layer, error = %e, "removing the records of images the engine removed")
+            }
+        }
     }
 
     pub(super) fn update(&self, info: Info, paths: Option<Vec<String>>) -> SResult<Info> {

@@ -190,3 +190,114 @@ fn claimed_keys_count_as_taken_children_and_ids() {
     assert_eq!(chain.keys().collect::<Vec<_>>(), ["a", "b"]);
     assert!(s.chain("").is_empty() && s.chain("gone").is_empty());
 }
+
+/// The records of images nvtier pulled for an engine go with the engine's
+/// last committed snapshot of their top layer, and GC frees their layers;
+/// `nvtier pull`'s records stay; a running container keeps its image.
+#[test]
+fn engine_images_go_with_their_last_top_snapshot() {
+    use crate::store::{ImageOrigin, ImageRecord, LayerMeta};
+    let (_d, store) = crate::testutil::temp_store("64M");
+    let c = |ch: char| format!("sha256:{}", ch.to_string().repeat(64));
+    let (a, b, x) = (c('a'), c('b'), c('f'));
+    for (l, parent) in [(&a, None), (&b, Some(&a)), (&x, Some(&a))] {
+        let meta = LayerMeta {
+            chain_id: l.clone(),
+            diff_id: l.clone(),
+            blob_digest: None,
+            media_type: None,
+            parent: parent.cloned(),
+            tier: crate::tier::TierKind::Disk,
+            compressed_bytes: 0,
+            uncompressed_bytes: 0,
+            file_bytes: 0,
+            charged_bytes: 0,
+            file_count: 0,
+            created_ms: 0,
+            store_ms: 0,
+        };
+        std::fs::create_dir_all(store.layer_dir(&meta).expect("dir")).expect("mkdir layer");
+        store.put_layer_meta(&meta).expect("layer meta");
+    }
+    let image = |name: &str, chain: Vec<String>, origin| ImageRecord {
+        name: name.into(),
+        manifest_digest: c('d'),
+        config_digest: c('e'),
+        config: serde_json::json!({}),
+        diff_ids: chain.clone(),
+        blob_digests: Vec::new(),
+        chain_ids: chain,
+        created_ms: 0,
+        origin,
+    };
+    store
+        .put_image(&image(
+            "reg/engine:1",
+            vec![a.clone(), b.clone()],
+            ImageOrigin::Engine,
+        ))
+        .expect("image");
+    store
+        .put_image(&image(
+            "reg/cli:1",
+            vec![a.clone(), x.clone()],
+            ImageOrigin::Cli,
+        ))
+        .expect("image");
+    // A record from before origins is the CLI's.
+    let mut old = serde_json::to_value(image("reg/old:1", vec![a.clone()], ImageOrigin::Engine))
+        .expect("json");
+    old.as_object_mut().expect("object").remove("origin");
+    let old: ImageRecord = serde_json::from_value(old).expect("old record");
+    assert_eq!(old.origin, ImageOrigin::Cli);
+    // containerd's snapshots: the base, both tops, and a running container
+    // on the engine image.
+    for (key, parent, id, layer) in [
+        ("ns/1/a", "", "ia00000000", Some(&a)),
+        ("ns/2/b", "ns/1/a", "ib00000000", Some(&b)),
+        ("ns/3/x", "ns/1/a", "ix00000000", Some(&x)),
+        ("ns/4/ctr", "ns/2/b", "ic00000000", None),
+    ] {
+        let mut r = rec(key, parent, id);
+        r.layer = layer.cloned();
+        if layer.is_none() {
+            r.kind = SnapshotKind::Active;
+        }
+        std::fs::create_dir_all(store.snapshots_dir()).expect("mkdir");
+        std::fs::write(
+            store.snapshot_path(key),
+            serde_json::to_vec(&r).expect("json"),
+        )
+        .expect("record");
+    }
+    let snap = NvSnapshotter::open(store.clone()).expect("open");
+    let names = || -> Vec<String> {
+        store
+            .images()
+            .expect("images")
+            .into_iter()
+            .map(|i| i.name)
+            .collect()
+    };
+    let has = |l: &str| store.layer(l).expect("layer").is_some();
+
+    // The running container's parent cannot go, nor the image with it.
+    assert!(matches!(
+        snap.inner.remove("ns/2/b"),
+        Err(SnapError::FailedPrecondition(_))
+    ));
+    snap.inner.remove("ns/4/ctr").expect("remove the container");
+    assert_eq!(names(), ["reg/cli:1", "reg/engine:1"]);
+    // The CLI's image stays when the engine drops its snapshots.
+    snap.inner.remove("ns/3/x").expect("remove x");
+    assert_eq!(names(), ["reg/cli:1", "reg/engine:1"]);
+    assert!(has(&x));
+    // The engine image's top snapshot goes: its record and its own layer
+    // go; the shared base stays.
+    snap.inner.remove("ns/2/b").expect("remove b");
+    assert_eq!(names(), ["reg/cli:1"]);
+    assert!(!has(&b) && has(&a) && has(&x));
+    snap.inner.remove("ns/1/a").expect("remove a");
+    assert_eq!(names(), ["reg/cli:1"]);
+    assert!(has(&a) && has(&x));
+}
