@@ -349,16 +349,126 @@ fn docker26_containerd_store() {
     });
     dockerd.docker_ok(&["rm", "-f", &new]);
 
-    // docker rmi drops containerd's snapshots; the layers stay while
-    // nvtier's own image record holds them, and `nvtier rm` frees them.
+    // docker rmi drops containerd's snapshots; nvtier pulled the image for
+    // the engine, so its own record goes with them and the layers are freed.
+    assert_eq!(images[0]["origin"], "engine", "{images}");
     dockerd.docker_ok(&["rmi", &img]);
     wait_for("snapshots to be removed", 30, || {
         snapshot_records(&bed).is_empty()
     });
-    assert_eq!(layers_json(&bed).len(), 6);
-    let name = images[0]["name"].as_str().expect("name").to_string();
-    bed.nvtier_ok(&["rm", &name]);
+    wait_for("the engine image's record to go", 10, || {
+        bed.nvtier_json(&["images"])
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
+    assert!(dockerd.docker(&["version"]).status.success());
+    drop(dockerd);
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}
+
+/// Image GC by the engine: images nvtier pulled for dockerd 26 (remote
+/// snapshot) go from nvtier's store when containerd removes them and its
+/// GC drops their snapshots, but not while a container uses them; an image
+/// pulled with `nvtier pull` stays until `nvtier rm`.
+#[test]
+fn docker26_image_removal_frees_engine_images() {
+    let eng = trixie_engines();
+    let bin = PathBuf::from(&eng["ENGINES_BIN"]);
+    let bed = Bed::up("dkgc", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
+    let nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, Some(&bin));
+    let dockerd = Dockerd::start(&bed, &ctd);
+    let eimg = bed.push("dkgc1", "busybox,2M,1M");
+    let cimg = bed.push("dkgc2", "busybox,1M");
+
+    // cimg by the CLI, then both by dockerd (eimg through nvtier's own
+    // pull, cimg from the layers already stored).
+    bed.nvtier_json(&["pull", &cimg]);
+    dockerd.docker_ok(&["pull", &eimg]);
+    dockerd.docker_ok(&["pull", &cimg]);
+    let images = bed.nvtier_json(&["images"]);
+    let origins: Vec<(String, String)> = images
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().expect("name").to_string(),
+                i["origin"].as_str().expect("origin").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(origins.len(), 2, "{images}");
+    let origin_of = |tag: &str| {
+        origins
+            .iter()
+            .find(|(n, _)| n.contains(&format!("/{tag}:")))
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| panic!("no record of {tag}: {images}"))
+    };
+    assert_eq!(origin_of("dkgc1"), "engine");
+    assert_eq!(origin_of("dkgc2"), "cli");
+    let layers = layers_json(&bed);
+    assert_eq!(layers.len(), 4, "busybox base shared: {layers:?}");
+
+    // A running container keeps the image it runs: containerd keeps the
+    // parents of its snapshot, and nvtier keeps the record and layers.
+    let cid = dockerd.docker_ok(&["run", "-d", "--network", "none", &eimg, "sleep", "300"]);
+    let cid = cid.trim().to_string();
+    ctd.ctr_ok(&["-n", "moby", "images", "rm", "--sync", &eimg]);
+    let o = dockerd.docker_ok(&["exec", &cid, "cat", "/data/layer2.txt"]);
+    assert!(o.contains("nvtier testbed layer 2"), "{o}");
+    assert!(
+        bed.nvtier_json(&["images"])
+            .as_array()
+            .is_some_and(|a| a.len() == 2),
+        "the running container's image must stay"
+    );
+    assert_eq!(layers_json(&bed).len(), 4);
+
+    // The container goes; containerd's GC (run by removing cimg from the
+    // engine) drops eimg's snapshots, and with them nvtier's record of
+    // eimg and its own layers. cimg's record is the CLI's and stays.
+    dockerd.docker_ok(&["rm", "-f", &cid]);
+    ctd.ctr_ok(&["-n", "moby", "images", "rm", "--sync", &cimg]);
+    wait_for("snapshots to be removed", 30, || {
+        snapshot_records(&bed).is_empty()
+    });
+    wait_for("eimg's record to go", 10, || {
+        bed.nvtier_json(&["images"])
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    });
+    let left = bed.nvtier_json(&["images"]);
+    assert_eq!(left[0]["origin"], "cli", "{left}");
+    assert!(
+        left[0]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("/dkgc2:")),
+        "{left}"
+    );
+    wait_for("eimg's layers to be freed", 10, || {
+        layers_json(&bed).len() == 2
+    });
+    for l in layers_json(&bed) {
+        assert_eq!(l["refs"], 1, "only cimg's record references it: {l}");
+    }
+    let dirs = entries_under(&[bed.pmem.join("layers"), bed.disk.join("layers")]);
+    assert_eq!(dirs.len(), 2, "layer directories left: {dirs:?}");
+    assert!(
+        nv.log_text().contains("its nvtier record goes too"),
+        "{}",
+        nv.log_text()
+    );
+    // `nvtier rm` frees the rest.
+    bed.nvtier_ok(&["rm", left[0]["name"].as_str().expect("name")]);
     assert!(layers_json(&bed).is_empty());
+    assert!(entries_under(&[bed.pmem.join("layers"), bed.disk.join("layers")]).is_empty());
     assert!(dockerd.docker(&["version"]).status.success());
     drop(dockerd);
     drop(ctd);
