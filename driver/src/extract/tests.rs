@@ -569,40 +569,33 @@ fn hostile_nul_in_pax_names() {
         ("linkpath", tar::EntryType::Symlink),
         ("linkpath", tar::EntryType::Link),
     ] {
-        let mut b = tar::Builder::new(Vec::new());
-        b.append_pax_extensions([(key, &b"a\0b"[..])]).expect("pax");
-        let mut h = tar::Header::new_gnu();
-        h.set_path("x").expect("path");
-        h.set_entry_type(kind);
-        h.set_link_name("t").expect("link");
-        h.set_mode(0o755);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(0);
-        h.set_cksum();
-        b.append(&h, io::empty()).expect("append");
-        let (_d, r) = extract(&b.into_inner().expect("tar"));
+        let (_d, r) = extract(&pax_link_tar(key, b"a\0b", "x", kind, 0o755));
         assert!(matches!(r, Err(Error::Hostile(_))), "{key} {kind:?}: {r:?}");
     }
 }
 
-#[test]
-fn symlink_with_an_empty_pax_target_is_corrupt() {
+/// A tar of one empty entry `path` of `kind` (link target "t") after a PAX
+/// header setting `key` to `value`.
+fn pax_link_tar(key: &str, value: &[u8], path: &str, kind: tar::EntryType, mode: u32) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    b.append_pax_extensions([("linkpath", &b""[..])])
-        .expect("pax");
+    b.append_pax_extensions([(key, value)]).expect("pax");
     let mut h = tar::Header::new_gnu();
-    h.set_path("a").expect("path");
-    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_path(path).expect("path");
+    h.set_entry_type(kind);
     h.set_link_name("t").expect("link");
-    h.set_mode(0o777);
+    h.set_mode(mode);
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(0);
     h.set_size(0);
     h.set_cksum();
     b.append(&h, io::empty()).expect("append");
-    let (_d, r) = extract(&b.into_inner().expect("tar"));
+    b.into_inner().expect("tar")
+}
+
+#[test]
+fn symlink_with_an_empty_pax_target_is_corrupt() {
+    let tar = pax_link_tar("linkpath", b"", "a", tar::EntryType::Symlink, 0o777);
+    let (_d, r) = extract(&tar);
     assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
 }

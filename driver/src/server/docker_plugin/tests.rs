@@ -355,19 +355,7 @@ fn changes_against_the_parent_chain() {
 }
 
 fn temp_graph(budget: &str) -> (tempfile::TempDir, graph::Graph) {
-    let d = tempfile::tempdir().expect("tmp");
-    for s in ["state", "pmem", "disk"] {
-        std::fs::create_dir(d.path().join(s)).expect("mkdir");
-    }
-    let p = |s: &str| d.path().join(s);
-    let text = format!(
-        "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = {budget:?}\n",
-        p("state"),
-        p("pmem"),
-        p("disk")
-    );
-    let cfg = crate::config::Config::parse(&p("config.toml"), &text).expect("config");
-    let store = Store::open(&cfg).expect("store");
+    let (d, store) = crate::testutil::temp_store(budget);
     let g = graph::Graph::new(store).expect("graph");
     (d, g)
 }
