@@ -53,6 +53,15 @@ pub struct Config {
     /// write-back is done, see `store::durable`) or `before-publish`
     /// (`syncfs` first, as pmem layers always are).
     pub disk_layer_sync: DiskLayerSync,
+    /// Registry credentials, the way Docker keeps them: `docker login`'s
+    /// `config.json` (inline `auth`, `credsStore`, `credHelpers`). `None` =
+    /// not read. Default: `$DOCKER_CONFIG/config.json`, else
+    /// `$HOME/.docker/config.json`, else `/root/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// containerd's own config file: its CRI registry `auth` entries and
+    /// the `Authorization` headers of its `config_path` hosts files are
+    /// used for registries with no Docker credentials. `None` = not read.
+    pub containerd_config: Option<PathBuf>,
 }
 
 /// See [`Config::disk_layer_sync`].
@@ -68,6 +77,19 @@ pub const DEFAULT_DOCKER_PLUGIN_SOCKET: &str = "/run/docker/plugins/nvtier.sock"
 pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
 /// 256 MiB/s: a fraction of a pmem tier's bandwidth, about an HDD's.
 pub const DEFAULT_MIGRATE_RATE: u64 = 256 << 20;
+pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// Where Docker's CLI keeps `docker login` credentials for this process:
+/// `$DOCKER_CONFIG/config.json`, `$HOME/.docker/config.json`, or root's.
+pub fn default_docker_config() -> PathBuf {
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("config.json");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".docker/config.json"),
+        None => PathBuf::from("/root/.docker/config.json"),
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +113,8 @@ struct Raw {
     repair_interval_s: Option<u64>,
     upper_tier: Option<String>,
     disk_layer_sync: Option<String>,
+    docker_config: Option<String>,
+    containerd_config: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +285,31 @@ impl Config {
                 )))
             }
         };
+        let optional_file = |v: Option<String>,
+                             key: &str,
+                             default: PathBuf|
+         -> Result<Option<PathBuf>> {
+            match v {
+                None => Ok(Some(default)),
+                Some(v) if v.is_empty() => Ok(None),
+                Some(v) => {
+                    let p = PathBuf::from(&v);
+                    if !p.is_absolute() {
+                        return Err(err(format!(
+                            "key `{key}` must be an absolute path (or \"\" to not read one), got {v:?}"
+                        )));
+                    }
+                    Ok(Some(p))
+                }
+            }
+        };
+        let docker_config =
+            optional_file(raw.docker_config, "docker_config", default_docker_config())?;
+        let containerd_config = optional_file(
+            raw.containerd_config,
+            "containerd_config",
+            PathBuf::from(DEFAULT_CONTAINERD_CONFIG),
+        )?;
         Ok(Config {
             file: file.to_path_buf(),
             state_dir,
@@ -281,6 +330,8 @@ impl Config {
             repair_interval_s: raw.repair_interval_s.unwrap_or(30),
             upper_tier,
             disk_layer_sync,
+            docker_config,
+            containerd_config,
         })
     }
 }
@@ -312,6 +363,27 @@ disk_dir = "/var/lib/nvtier/disk"
 pmem_budget = "4G"
 insecure_registries = ["10.0.0.2:5000"]
 "#;
+
+    #[test]
+    fn credential_files() {
+        let c = parse(OK).expect("ok");
+        assert_eq!(
+            c.containerd_config.as_deref(),
+            Some(Path::new(DEFAULT_CONTAINERD_CONFIG))
+        );
+        assert!(c.docker_config.is_some());
+        let c = parse(&format!(
+            "{OK}docker_config = \"/etc/nvtier/docker.json\"\ncontainerd_config = \"\"\n"
+        ))
+        .expect("set");
+        assert_eq!(
+            c.docker_config.as_deref(),
+            Some(Path::new("/etc/nvtier/docker.json"))
+        );
+        assert_eq!(c.containerd_config, None);
+        let e = parse(&format!("{OK}docker_config = \"docker.json\"\n")).expect_err("relative");
+        assert!(e.to_string().contains("docker_config"), "{e}");
+    }
 
     #[test]
     fn disk_layer_sync() {

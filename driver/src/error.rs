@@ -56,6 +56,14 @@ pub enum Error {
     #[error("registry: {0}")]
     Registry(String),
 
+    /// The registry refused the pull's credentials, or wants some.
+    #[error("registry {registry} refused access to {image}: {msg}")]
+    RegistryAuth {
+        registry: String,
+        image: String,
+        msg: String,
+    },
+
     #[error("image {0} not found in the store (run `nvtier images` to list)")]
     ImageNotFound(String),
 

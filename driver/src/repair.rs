@@ -11,12 +11,12 @@
 //! background, and `nvtier pull IMAGE` restores that image's lost layers.
 
 use crate::error::Result;
+use crate::pull::Credentials;
 use crate::pull::{pull, PullOptions};
 use crate::store::health::{forget_lost_tiering, scan, Forgotten, Health};
 use crate::store::identity::{check_and_adopt, TierState};
 use crate::store::Store;
 use crate::tier::TierKind;
-use oci_client::secrets::RegistryAuth;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -30,7 +30,7 @@ pub struct RepairOptions {
     pub include_missing: bool,
     /// Rebuild hot copies and metadata layers (a migration) afterwards.
     pub rebuild_hot: bool,
-    pub auth: RegistryAuth,
+    pub auth: Credentials,
 }
 
 /// The outcome for one image.

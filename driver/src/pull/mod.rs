@@ -19,13 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
 
+pub mod auth;
 mod download;
 mod layer;
 mod registry;
 mod report;
 
+pub use auth::Credentials;
 pub use registry::normalize;
-use registry::{client_for, parse_ref, registry_err};
+use registry::{access_err, client_for, parse_ref, registry_err};
 pub use report::{LayerReport, PullOptions, PullReport};
 
 fn ms(t0: Instant) -> f64 {
@@ -68,14 +70,18 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         None => reference,
     };
     let client = Arc::new(client_for(store, &reference)?);
+    let creds = auth::resolve(&store.cfg, &opts.auth, reference.resolve_registry())?;
+    if let Some(src) = &creds.source {
+        tracing::debug!(image = %name, source = %src, "registry credentials");
+    }
     client
-        .auth(&reference, &opts.auth, RegistryOperation::Pull)
+        .auth(&reference, &creds.auth, RegistryOperation::Pull)
         .await
-        .map_err(|e| registry_err("authenticating for", &reference, e))?;
+        .map_err(|e| access_err("authenticating", &reference, &creds, e))?;
     let (manifest, manifest_digest, config_text, _list) = client
-        .pull_manifest_and_config_and_list_digest(&reference, &opts.auth)
+        .pull_manifest_and_config_and_list_digest(&reference, &creds.auth)
         .await
-        .map_err(|e| registry_err("fetching manifest of", &reference, e))?;
+        .map_err(|e| access_err("fetching the manifest", &reference, &creds, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| Error::Registry(format!("image config of {name} is not JSON: {e}")))?;
     let diff_ids: Vec<String> = config
@@ -411,5 +417,6 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         stored_done_ms,
         pmem_bytes,
         disk_bytes,
+        credentials: creds.source,
     })
 }

@@ -1,8 +1,10 @@
 //! Image references and the registry client.
 
+use super::auth::Resolved;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::{Client, Reference};
 
 /// Normalise a reference the way the store names images.
@@ -59,6 +61,56 @@ pub(super) fn client_for(store: &Store, reference: &Reference) -> Result<Client>
     })
 }
 
+/// Does `e` say the registry wants (other) credentials?
+pub(super) fn is_auth_error(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => true,
+        OciDistributionError::ServerError { code, .. } => matches!(code, 401 | 403),
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
+    }
+}
+
+/// A registry error that names the fix: for a refusal, where credentials
+/// were looked for (or which ones were refused).
+pub(super) fn access_err(
+    what: &str,
+    reference: &Reference,
+    creds: &Resolved,
+    e: OciDistributionError,
+) -> Error {
+    if !is_auth_error(&e) {
+        return registry_err(what, reference, e);
+    }
+    let registry = reference.resolve_registry().to_string();
+    let fix = match &creds.source {
+        Some(src) => format!(
+            "the credentials from {src} were refused; log in again (`docker login {registry}`) or fix them there"
+        ),
+        None if creds.looked_in.is_empty() => format!(
+            "no credentials were given; pass `--creds-file FILE` (USER:PASSWORD) or run `docker login {registry}`"
+        ),
+        None => format!(
+            "nvtier found no credentials for {registry} (looked in {}); run `docker login {registry}` as the user nvtier runs as, add them to containerd's CRI registry config, or set `docker_config`",
+            creds
+                .looked_in
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Error::RegistryAuth {
+        registry,
+        image: reference.whole(),
+        msg: format!("{what}: {e}; {fix}"),
+    }
+}
+
 pub(super) fn registry_err(what: &str, reference: &Reference, e: impl std::fmt::Display) -> Error {
     Error::Registry(format!(
         "{what} {}: {e} (is the registry reachable? plain-HTTP registries must be listed in `insecure_registries`)",
@@ -78,6 +130,58 @@ mod tests {
         assert!(is_loopback("[::1]:5000"));
         assert!(!is_loopback("10.77.3.2:5000"));
         assert!(!is_loopback("registry.example.com"));
+    }
+
+    #[test]
+    fn auth_errors_are_told_apart() {
+        assert!(is_auth_error(&OciDistributionError::UnauthorizedError {
+            url: "u".into()
+        }));
+        assert!(is_auth_error(&OciDistributionError::ServerError {
+            code: 403,
+            url: "u".into(),
+            message: "m".into()
+        }));
+        assert!(!is_auth_error(&OciDistributionError::ServerError {
+            code: 500,
+            url: "u".into(),
+            message: "m".into()
+        }));
+        let r = parse_ref("10.0.0.2:5000/app:v1").expect("ref");
+        let none = Resolved {
+            auth: oci_client::secrets::RegistryAuth::Anonymous,
+            source: None,
+            looked_in: vec!["/root/.docker/config.json".into()],
+        };
+        let e = access_err(
+            "fetching manifest of",
+            &r,
+            &none,
+            OciDistributionError::UnauthorizedError { url: "u".into() },
+        );
+        let t = e.to_string();
+        assert!(matches!(e, Error::RegistryAuth { .. }), "{t}");
+        assert!(t.contains("docker login 10.0.0.2:5000"), "{t}");
+        assert!(t.contains("/root/.docker/config.json"), "{t}");
+        let given = Resolved {
+            source: Some("docker config /x.json".into()),
+            ..none.clone()
+        };
+        let t = access_err(
+            "fetching manifest of",
+            &r,
+            &given,
+            OciDistributionError::AuthenticationFailure("bad".into()),
+        )
+        .to_string();
+        assert!(t.contains("from docker config /x.json were refused"), "{t}");
+        let other = access_err(
+            "fetching manifest of",
+            &r,
+            &none,
+            OciDistributionError::UrlParseError("x".into()),
+        );
+        assert!(matches!(other, Error::Registry(_)), "{other}");
     }
 
     #[test]

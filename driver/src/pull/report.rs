@@ -1,9 +1,9 @@
 //! What a pull is asked to do and what it reports.
 
+use super::auth::Credentials;
 use crate::store::ImageOrigin;
 use crate::tier::TierKind;
 use nvtier_policy::{DiskReason, Placement};
-use oci_client::secrets::RegistryAuth;
 use serde::Serialize;
 
 /// Options of one pull.
@@ -11,7 +11,8 @@ use serde::Serialize;
 pub struct PullOptions {
     pub placement: Placement,
     pub progress: bool,
-    pub auth: RegistryAuth,
+    /// Credentials: given, the node's (Docker/containerd config) or none.
+    pub auth: Credentials,
     /// Fetch this manifest digest instead of what the tag names now, and
     /// keep the image's name (a repair restores what was pulled).
     pub pin_digest: Option<String>,
@@ -60,4 +61,6 @@ pub struct PullReport {
     pub stored_done_ms: f64,
     pub pmem_bytes: u64,
     pub disk_bytes: u64,
+    /// Where the credentials came from (`None`: anonymous).
+    pub credentials: Option<String>,
 }

@@ -72,6 +72,9 @@ pub struct Status {
     pub disk_layers: usize,
     /// Bytes charged to the disk tier by disk-tier layers.
     pub disk_used_bytes: u64,
+    /// Engine pulls that nvtier could not do (containerd unpacked those
+    /// images itself, without LASS), newest first.
+    pub engine_fallbacks: Vec<crate::store::fallbacks::Fallback>,
     pub images: usize,
     /// Tiered mounts whose hot data layers are interleaved with the bases:
     /// those may read the disk tier for a lower layer's hot file.
@@ -143,6 +146,7 @@ impl Status {
             disk_layer_sync: cfg.disk_layer_sync,
             disk_layers: on(TierKind::Disk).count(),
             disk_used_bytes: on(TierKind::Disk).map(|l| l.charged_bytes).sum(),
+            engine_fallbacks: store.fallbacks()?,
             images: store.images()?.len(),
             interleaved_mounts,
             layers: layers.len(),
@@ -271,7 +275,22 @@ impl fmt::Display for Status {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "disabled".into())
-        )
+        )?;
+        for fb in &self.engine_fallbacks {
+            writeln!(
+                f,
+                "  fallback  {}: containerd unpacked it itself, without LASS ({} time(s)){}: {}",
+                fb.image,
+                fb.count,
+                if fb.auth {
+                    "; registry credentials"
+                } else {
+                    ""
+                },
+                fb.reason
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -292,6 +311,7 @@ mod tests {
             disk_layer_sync: DiskLayerSync::Background,
             disk_layers: 3,
             disk_used_bytes: 3 << 20,
+            engine_fallbacks: Vec::new(),
             images: 2,
             interleaved_mounts: 1,
             layers: 5,
@@ -407,6 +427,28 @@ mod tests {
             "damaged    r/demo:1: layer 0123456789ab lost from the pmem tier; run `nvtier repair r/demo:1`"
         );
         let v = serde_json::to_value(&s).expect("json");
+        let fb = Status {
+            engine_fallbacks: vec![crate::store::fallbacks::Fallback {
+                image: "r/private:1".into(),
+                auth: true,
+                reason: "registry r refused access".into(),
+                at_ms: 1,
+                count: 2,
+            }],
+            ..status()
+        };
+        let text = fb.to_string();
+        assert_eq!(
+            text.lines().last(),
+            Some(
+                "  fallback  r/private:1: containerd unpacked it itself, without LASS (2 time(s)); \
+                 registry credentials: registry r refused access"
+            )
+        );
+        assert_eq!(
+            serde_json::to_value(&fb).expect("json")["engine_fallbacks"][0]["auth"],
+            true
+        );
         assert_eq!(v["tiers"][0]["state"], "replaced");
         assert_eq!(v["tiers"][0]["previous_id"], "00ff");
         assert_eq!(v["tiers"][0]["lost_layers"], 2);
@@ -423,7 +465,7 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort_unstable();
         assert_eq!(keys, sorted);
-        assert_eq!(keys.len(), 34);
+        assert_eq!(keys.len(), 35);
         assert!(v.get("unsynced_dir").is_none());
         assert_eq!(v["dax"], "emulated");
         assert_eq!(v["placement"], "lass");

@@ -157,7 +157,7 @@ async fn repair_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>) 
         image: None,
         include_missing: false,
         rebuild_hot: true,
-        auth: oci_client::secrets::RegistryAuth::Anonymous,
+        auth: crate::pull::Credentials::Node,
     };
     let mut was_available = store.pmem_available();
     let mut first = true;

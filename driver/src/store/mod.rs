@@ -32,6 +32,7 @@
 
 mod budget;
 mod durable;
+pub mod fallbacks;
 mod gc;
 pub mod health;
 pub mod hot;

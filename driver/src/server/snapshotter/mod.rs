@@ -79,6 +79,8 @@ pub struct Inner {
     snaps: Mutex<Snaps>,
     idle: Condvar,
     pulls: tokio::sync::Mutex<HashMap<String, PullCell>>,
+    /// Images whose failed pull was logged as a warning (once each).
+    fallbacks_logged: Mutex<std::collections::HashSet<String>>,
     ingest_dir: PathBuf,
     /// Whether the next cleanup must look for orphans on the disk tier:
     /// set at start-up (and consumed by the cleanup `open` runs) and

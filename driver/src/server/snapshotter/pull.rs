@@ -129,7 +129,7 @@ impl NvSnapshotter {
                 let opts = PullOptions {
                     placement: store.cfg.placement,
                     progress: false,
-                    auth: oci_client::secrets::RegistryAuth::Anonymous,
+                    auth: crate::pull::Credentials::Node,
                     pin_digest: None,
                     origin: ImageOrigin::Engine,
                 };
@@ -154,9 +154,18 @@ impl NvSnapshotter {
                         if let Err(e) = saved {
                             tracing::warn!(error = %e, "saving the pull report");
                         }
+                        if let Err(e) = store.clear_fallback(image) {
+                            tracing::warn!(error = %e, "removing the fallback record");
+                        }
                         Ok(())
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => {
+                        let auth = matches!(e, Error::RegistryAuth { .. });
+                        if let Err(re) = store.record_fallback(image, auth, &e.to_string()) {
+                            tracing::warn!(error = %re, "saving the fallback record");
+                        }
+                        Err(e.to_string())
+                    }
                 }
             })
             .await
@@ -166,5 +175,14 @@ impl NvSnapshotter {
             m.remove(image);
         }
         r
+    }
+
+    /// Whether this is the first failed nvtier pull of `image` since the
+    /// daemon started (it is logged as a warning once; later ones at debug).
+    pub(super) fn first_fallback(&self, image: &str) -> bool {
+        match self.inner.fallbacks_logged.lock() {
+            Ok(mut s) => s.insert(image.to_string()),
+            Err(p) => p.into_inner().insert(image.to_string()),
+        }
     }
 }

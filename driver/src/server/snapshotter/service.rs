@@ -56,6 +56,7 @@ impl NvSnapshotter {
             snaps: Mutex::new(snaps),
             idle: Condvar::new(),
             pulls: tokio::sync::Mutex::new(HashMap::new()),
+            fallbacks_logged: std::sync::Mutex::new(Default::default()),
             ingest_dir,
             disk_scan: std::sync::atomic::AtomicBool::new(true),
         });
@@ -125,8 +126,11 @@ impl NvSnapshotter {
                         }
                         tracing::warn!(image = %image, layer = %target, "pulled image does not provide this layer; containerd unpacks it");
                     }
+                    Err(e) if self.first_fallback(image) => {
+                        tracing::warn!(image = %image, error = %e, "nvtier could not pull the image; containerd fetches and unpacks it itself, without LASS (shown in `nvtier status` until nvtier pulls it)");
+                    }
                     Err(e) => {
-                        tracing::warn!(image = %image, error = %e, "nvtier pull failed; containerd fetches and unpacks the layer itself");
+                        tracing::debug!(image = %image, error = %e, "nvtier pull failed again; containerd unpacks the layer");
                     }
                 }
             }

@@ -3,11 +3,13 @@
 use crate::output::print_json;
 use anyhow::{Context, Result};
 use nvtier::config::Config;
-use nvtier::pull::{pull, PullOptions};
+use nvtier::pull::auth::read_creds_file;
+use nvtier::pull::{pull, Credentials, PullOptions};
 use nvtier::store::Store;
 use nvtier_policy::Placement;
 use oci_client::secrets::RegistryAuth;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,9 +18,19 @@ pub struct Args {
     /// Override the configured placement: lass, pmem (all NVM) or disk (all HDD).
     #[arg(long)]
     placement: Option<Placement>,
-    /// Registry credentials USER:PASSWORD (bearer-token auth is negotiated).
+    /// Registry credentials as USER:PASSWORD. Visible to every user in
+    /// `ps`: prefer --creds-file, or `docker login` (nvtier reads Docker's
+    /// config.json and containerd's registry config when no credentials
+    /// are given).
     #[arg(long, env = "NVTIER_REGISTRY_AUTH", hide_env_values = true)]
     creds: Option<String>,
+    /// Read the credentials (one line USER:PASSWORD) from FILE, or from
+    /// stdin with `-`.
+    #[arg(long, value_name = "FILE", conflicts_with = "creds")]
+    creds_file: Option<PathBuf>,
+    /// Pull anonymously: do not look for the node's credentials.
+    #[arg(long, conflicts_with_all = ["creds", "creds_file"])]
+    anonymous: bool,
     /// Print one JSON object (the timeline and placement) instead of text.
     #[arg(long)]
     json: bool,
@@ -31,12 +43,14 @@ pub struct Args {
 }
 
 pub fn run(cfg: &Config, store: &Store, a: Args) -> Result<()> {
-    let auth = match a.creds {
-        None => RegistryAuth::Anonymous,
-        Some(c) => {
+    let auth = match (a.creds, a.creds_file) {
+        (Some(c), _) => {
             let (u, p) = c.split_once(':').context("--creds must be USER:PASSWORD")?;
-            RegistryAuth::Basic(u.to_string(), p.to_string())
+            Credentials::Given(RegistryAuth::Basic(u.to_string(), p.to_string()))
         }
+        (None, Some(f)) => Credentials::Given(read_creds_file(&f)?),
+        (None, None) if a.anonymous => Credentials::Anonymous,
+        (None, None) => Credentials::Node,
     };
     let opts = PullOptions {
         placement: a.placement.unwrap_or(cfg.placement),

@@ -2,9 +2,9 @@
 
 use crate::output::{human, print_json, resolve_image};
 use anyhow::{bail, Result};
+use nvtier::pull::Credentials;
 use nvtier::repair::{repair, RepairOptions};
 use nvtier::store::Store;
-use oci_client::secrets::RegistryAuth;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,7 +25,7 @@ pub fn run(store: &Store, a: Args) -> Result<()> {
         image,
         include_missing: true,
         rebuild_hot: true,
-        auth: RegistryAuth::Anonymous,
+        auth: Credentials::Node,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
