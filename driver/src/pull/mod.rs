@@ -39,6 +39,12 @@ fn ms(t0: Instant) -> f64 {
 /// store as it was.
 pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullReport> {
     let r = pull_inner(store, reference, opts).await;
+    if let Ok(rep) = &r {
+        // The image is nvtier's now: an engine's earlier fallback is over.
+        if let Err(e) = store.clear_fallback(&rep.image) {
+            tracing::warn!(error = %e, "removing the fallback record");
+        }
+    }
     if r.is_err() {
         match store.gc() {
             Ok(g) if !g.removed.is_empty() => {

@@ -354,6 +354,11 @@ pub struct Dockerd {
 
 impl Dockerd {
     pub fn start(bed: &Bed, ctd: &Containerd) -> Dockerd {
+        Self::start_with(bed, ctd, &[])
+    }
+
+    /// [`Dockerd::start`] with more `dockerd` arguments.
+    pub fn start_with(bed: &Bed, ctd: &Containerd, extra: &[&str]) -> Dockerd {
         let run = run_dir(bed);
         let cfg = run.join("daemon.json");
         fs::write(
@@ -380,6 +385,7 @@ impl Dockerd {
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             .arg("--insecure-registry")
             .arg(&bed.registry)
+            .args(extra)
             .env("PATH", &ctd.path_env);
         let daemon = Daemon::spawn("dockerd", cmd, &run.join("dockerd.log"));
         let d = Dockerd {
