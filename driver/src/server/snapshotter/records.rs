@@ -519,6 +519,59 @@ impl Inner {
         }
     }
 
+    /// At start-up: the records of engine images whose top layer backs no
+    /// snapshot. The engine removed them while `nvtier serve` was down, or
+    /// `serve` died between removing the last top snapshot and the image
+    /// record, or between a pull and its attach (the engine's retry pulls
+    /// again). They go, and GC frees what nothing else references.
+    pub(super) fn sweep_engine_images(&self) {
+        let images = match self.store.images() {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing images for the start-up sweep");
+                return;
+            }
+        };
+        let mut removed = 0;
+        for i in images {
+            if i.origin != crate::store::ImageOrigin::Engine {
+                continue;
+            }
+            let Some(top) = i.chain_ids.last() else {
+                continue;
+            };
+            let backed = self
+                .lock()
+                .recs
+                .values()
+                .any(|r| r.layer.as_deref() == Some(top.as_str()));
+            if backed {
+                continue;
+            }
+            match self.store.remove_engine_images_on(top) {
+                Ok(names) => {
+                    for image in names {
+                        removed += 1;
+                        tracing::info!(%image, "no containerd snapshot uses this engine image any more; its nvtier record goes");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(image = %i.name, error = %e, "start-up sweep of engine images")
+                }
+            }
+        }
+        if removed > 0 {
+            match self.store.gc() {
+                Ok(g) => tracing::info!(
+                    images = removed,
+                    layers = g.removed.len(),
+                    "start-up sweep freed engine images"
+                ),
+                Err(e) => tracing::warn!(error = %e, "garbage collection after the start-up sweep"),
+            }
+        }
+    }
+
     pub(super) fn update(&self, info: Info, paths: Option<Vec<String>>) -> SResult<Info> {
         validate_key("name", &info.name)?;
         validate_labels(info.labels.iter())?;

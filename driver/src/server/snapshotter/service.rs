@@ -73,6 +73,7 @@ impl NvSnapshotter {
         if let Err(e) = inner.cleanup() {
             tracing::warn!(error = %e, "removing orphaned snapshot directories at start");
         }
+        inner.sweep_engine_images();
         tracing::info!(snapshots = recs.len(), "snapshotter state loaded");
         Ok(NvSnapshotter { inner })
     }

@@ -199,8 +199,8 @@ fn engine_images_go_with_their_last_top_snapshot() {
     use crate::store::{ImageOrigin, ImageRecord, LayerMeta};
     let (_d, store) = crate::testutil::temp_store("64M");
     let c = |ch: char| format!("sha256:{}", ch.to_string().repeat(64));
-    let (a, b, x) = (c('a'), c('b'), c('f'));
-    for (l, parent) in [(&a, None), (&b, Some(&a)), (&x, Some(&a))] {
+    let (a, b, x, y) = (c('a'), c('b'), c('f'), c('9'));
+    for (l, parent) in [(&a, None), (&b, Some(&a)), (&x, Some(&a)), (&y, Some(&a))] {
         let meta = LayerMeta {
             chain_id: l.clone(),
             diff_id: l.clone(),
@@ -244,6 +244,15 @@ fn engine_images_go_with_their_last_top_snapshot() {
             ImageOrigin::Cli,
         ))
         .expect("image");
+    // An engine image whose top layer backs no snapshot (the engine
+    // removed it while nvtier was down).
+    store
+        .put_image(&image(
+            "reg/gone:1",
+            vec![a.clone(), y.clone()],
+            ImageOrigin::Engine,
+        ))
+        .expect("image");
     // A record from before origins is the CLI's.
     let mut old = serde_json::to_value(image("reg/old:1", vec![a.clone()], ImageOrigin::Engine))
         .expect("json");
@@ -280,6 +289,9 @@ fn engine_images_go_with_their_last_top_snapshot() {
             .collect()
     };
     let has = |l: &str| store.layer(l).expect("layer").is_some();
+    // The start-up sweep removed the unbacked engine image and its layer.
+    assert_eq!(names(), ["reg/cli:1", "reg/engine:1"]);
+    assert!(!has(&y) && has(&a) && has(&b));
 
     // The running container's parent cannot go, nor the image with it.
     assert!(matches!(
