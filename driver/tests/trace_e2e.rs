@@ -282,6 +282,19 @@ fn ebpf_profile_is_exact_and_complete() {
         .map(|f| f["path"].as_str().expect("path").to_string())
         .collect();
     let prof = bed.nvtier_json(&["profile", "show", &r]);
+    // `profile list` agrees with the profile.
+    let list = bed.nvtier_json(&["profile", "list"]);
+    let row = list
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|x| x["image"] == r.as_str())
+        .expect("the image is listed");
+    assert_eq!(row["profiled"], true, "{row}");
+    assert_eq!(row["files"], prof["files"].as_array().expect("files").len());
+    assert_eq!(row["runs"], prof["runs"]);
+    assert_eq!(row["tracer"], prof["tracer"]);
+    assert!(row["recorded_ms"].as_u64().is_some_and(|t| t > 0), "{row}");
     let got = files(&prof, &layers);
     let names: BTreeSet<&str> = got.keys().map(String::as_str).collect();
     let want: BTreeSet<&str> = [

@@ -5,6 +5,7 @@
 //! - [`status`]: `nvtier status`.
 //! - [`images`]: `nvtier images`.
 //! - [`layers`]: `nvtier layers`.
+//! - [`profiles`]: `nvtier profile list`.
 //! - [`pull`]: the text of `nvtier pull` ([`crate::pull::PullReport`]).
 //!
 //! The JSON keys of [`Status`], [`ImageRow`] and [`LayerRow`] are in
@@ -12,11 +13,13 @@
 
 pub mod images;
 pub mod layers;
+pub mod profiles;
 pub mod pull;
 pub mod status;
 
 pub use images::ImageRow;
 pub use layers::LayerRow;
+pub use profiles::ProfileRow;
 pub use status::{FsSpace, Status};
 
 /// A byte count for people: `512 B`, `1.5 MiB`.

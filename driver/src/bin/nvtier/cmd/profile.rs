@@ -1,4 +1,4 @@
-//! `nvtier profile show|export|import`.
+//! `nvtier profile list|show|export|import`.
 
 use crate::output::{human, print_json, resolve_image, short};
 use anyhow::{Context, Result};
@@ -7,6 +7,13 @@ use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum ProfileCmd {
+    /// List every image with its hot profile: files, bytes, runs, the
+    /// tracer and when it was last recorded (`stale` once older than
+    /// `profile_max_age_s`; `never` for images without one).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an image's hot profile, in first-access order.
     Show {
         image: String,
@@ -32,10 +39,21 @@ pub enum ProfileCmd {
 
 pub fn run(store: &Store, c: ProfileCmd) -> Result<()> {
     match c {
+        ProfileCmd::List { json } => list(store, json),
         ProfileCmd::Show { image, json } => show(store, &image, json),
         ProfileCmd::Export { image, output } => export(store, &image, output),
         ProfileCmd::Import { file, image, json } => import(store, file, image, json),
     }
+}
+
+fn list(store: &Store, json: bool) -> Result<()> {
+    let now = nvtier::store::now_ms();
+    let rows = nvtier::report::ProfileRow::gather(store, now)?;
+    if json {
+        return print_json(&rows);
+    }
+    print!("{}", nvtier::report::ProfileRow::render_text(&rows, now));
+    Ok(())
 }
 
 fn show(store: &Store, image: &str, json: bool) -> Result<()> {
