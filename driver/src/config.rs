@@ -62,6 +62,16 @@ pub struct Config {
     /// the `Authorization` headers of its `config_path` hosts files are
     /// used for registries with no Docker credentials. `None` = not read.
     pub containerd_config: Option<PathBuf>,
+    /// Pulls look up the image's hot profile in the registry (an OCI
+    /// artifact referring to the image) and place its hot files on pmem
+    /// at once. Default on.
+    pub profiles_from_registry: bool,
+    /// `nvtier serve` pushes a profile to the registry when it changes.
+    /// Default off: it writes to a registry.
+    pub profile_push: bool,
+    /// `HOST/REPO` where profiles are pushed and also looked up (default:
+    /// the image's own repository only).
+    pub profiles_repo: Option<String>,
 }
 
 /// See [`Config::disk_layer_sync`].
@@ -115,6 +125,9 @@ struct Raw {
     disk_layer_sync: Option<String>,
     docker_config: Option<String>,
     containerd_config: Option<String>,
+    profiles_from_registry: Option<bool>,
+    profile_push: Option<bool>,
+    profiles_repo: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +323,23 @@ impl Config {
             "containerd_config",
             PathBuf::from(DEFAULT_CONTAINERD_CONFIG),
         )?;
+        let profiles_repo = match raw.profiles_repo {
+            None => None,
+            Some(r) if r.is_empty() => None,
+            Some(r) => {
+                let last = r.rsplit('/').next().unwrap_or("");
+                let ok = r.contains('/')
+                    && !r.contains('@')
+                    && !last.contains(':')
+                    && oci_client::Reference::try_from(format!("{r}:latest").as_str()).is_ok();
+                if !ok {
+                    return Err(err(format!(
+                        "key `profiles_repo` must be HOST/REPOSITORY without tag or digest, got {r:?}"
+                    )));
+                }
+                Some(r)
+            }
+        };
         Ok(Config {
             file: file.to_path_buf(),
             state_dir,
@@ -332,6 +362,9 @@ impl Config {
             disk_layer_sync,
             docker_config,
             containerd_config,
+            profiles_from_registry: raw.profiles_from_registry.unwrap_or(true),
+            profile_push: raw.profile_push.unwrap_or(false),
+            profiles_repo,
         })
     }
 }
@@ -363,6 +396,26 @@ disk_dir = "/var/lib/nvtier/disk"
 pmem_budget = "4G"
 insecure_registries = ["10.0.0.2:5000"]
 "#;
+
+    #[test]
+    fn profile_keys() {
+        let c = parse(OK).expect("ok");
+        assert!(c.profiles_from_registry && !c.profile_push);
+        assert_eq!(c.profiles_repo, None);
+        let c = parse(&format!(
+            "{OK}profiles_from_registry = false\nprofile_push = true\nprofiles_repo = \"10.0.0.2:5000/team/profiles\"\n"
+        ))
+        .expect("set");
+        assert!(!c.profiles_from_registry && c.profile_push);
+        assert_eq!(
+            c.profiles_repo.as_deref(),
+            Some("10.0.0.2:5000/team/profiles")
+        );
+        for bad in ["noslash", "10.0.0.2:5000/p@sha256:ab", "Bad Repo/x"] {
+            let e = parse(&format!("{OK}profiles_repo = {bad:?}\n")).expect_err(bad);
+            assert!(e.to_string().contains("profiles_repo"), "{e}");
+        }
+    }
 
     #[test]
     fn credential_files() {

@@ -22,13 +22,15 @@ use tokio::sync::{oneshot, Semaphore};
 pub mod auth;
 mod download;
 mod layer;
+mod profile;
+pub mod profile_artifact;
 mod registry;
 mod report;
 
 pub use auth::Credentials;
 pub use registry::normalize;
 use registry::{access_err, client_for, parse_ref, registry_err};
-pub use report::{LayerReport, PullOptions, PullReport};
+pub use report::{LayerReport, ProfileUse, PullOptions, PullReport};
 
 fn ms(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3
@@ -38,8 +40,10 @@ fn ms(t0: Instant) -> f64 {
 /// collected again (nothing references them), so a failed pull leaves the
 /// store as it was.
 pub async fn pull(store: &Store, reference: &str, opts: &PullOptions) -> Result<PullReport> {
-    let r = pull_inner(store, reference, opts).await;
-    if let Ok(rep) = &r {
+    let t0 = Instant::now();
+    let mut r = pull_inner(store, reference, opts).await;
+    if let Ok(rep) = &mut r {
+        profile::tier_now(store, rep, t0).await;
         // The image is nvtier's now: an engine's earlier fallback is over.
         if let Err(e) = store.clear_fallback(&rep.image) {
             tracing::warn!(error = %e, "removing the fallback record");
@@ -114,6 +118,24 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     }
     let chains = chain_ids(&diff_ids);
     let n = chains.len();
+
+    // The image's hot profile, from the registry: with it, the image is
+    // tiered at pull time (bases to disk here, hot files to pmem after).
+    let registry_profile = if store.cfg.profiles_from_registry && opts.placement == Placement::Lass
+    {
+        profile_artifact::lookup(store, &client, &reference, &manifest_digest, &creds.auth).await
+    } else {
+        None
+    };
+    let profiled = registry_profile.is_some()
+        && store.pmem_available()
+        && match crate::tiering::enabled(store) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::info!(image = %name, %why, "a registry profile was found, but tiering is off: LASS places the layers");
+                false
+            }
+        };
 
     // Pulls hold the GC lock shared, so nothing they store is collected
     // before the image record exists.
@@ -305,7 +327,11 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 expected_bytes: rep.size,
                 pmem_free: free,
             };
-            let mut decision = decide(opts.placement, moment);
+            let mut decision = if profiled {
+                Decision::Disk(DiskReason::Profiled)
+            } else {
+                decide(opts.placement, moment)
+            };
             if decision == Decision::Disk(DiskReason::BelowLdl) && promoted.contains(&i) {
                 decision = decide(Placement::Pmem, moment);
                 if decision == Decision::Pmem {
@@ -390,6 +416,10 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         created_ms: now_ms(),
     };
     store.put_image(&rec)?;
+    let profile = match registry_profile {
+        Some(found) => Some(profile::adopt(store, &rec, found, profiled)?),
+        None => None,
+    };
 
     let timeline: Vec<Option<nvtier_policy::lass::LayerTimes>> = reports
         .iter()
@@ -424,5 +454,6 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         pmem_bytes,
         disk_bytes,
         credentials: creds.source,
+        profile,
     })
 }

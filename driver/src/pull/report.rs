@@ -63,4 +63,30 @@ pub struct PullReport {
     pub disk_bytes: u64,
     /// Where the credentials came from (`None`: anonymous).
     pub credentials: Option<String>,
+    /// The hot profile found in the registry, and what the pull did with it.
+    pub profile: Option<ProfileUse>,
+}
+
+/// A registry profile used by a pull.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProfileUse {
+    pub artifact_digest: String,
+    pub repository: String,
+    /// Files and bytes of the image's profile after the merge with the
+    /// local one.
+    pub files: usize,
+    pub bytes: u64,
+    /// The layers' bases went to disk and the hot files are copied to pmem
+    /// before the pull returns (false: tiering is off or pmem is missing;
+    /// LASS placed the layers and the profile is kept for later).
+    pub tiered: bool,
+    /// When the hot data and metadata layers were in place, ms since the
+    /// pull started (the deploy's end for a profiled pull).
+    pub tiered_done_ms: Option<f64>,
+    /// Hot bytes copied to pmem, and the image's metadata layer built.
+    pub hot_bytes: u64,
+    pub meta_built: bool,
+    /// Why the hot copies could not be made (the pull still succeeded;
+    /// the daemon's migration retries).
+    pub error: Option<String>,
 }

@@ -45,7 +45,32 @@ impl fmt::Display for PullReport {
             self.stored_done_ms - self.download_done_ms,
             human(self.pmem_bytes),
             human(self.disk_bytes)
-        )
+        )?;
+        if let Some(p) = &self.profile {
+            write!(
+                f,
+                "hot profile {} from {}: {} files, {}",
+                short(&p.artifact_digest),
+                p.repository,
+                p.files,
+                human(p.bytes)
+            )?;
+            match (&p.error, p.tiered, p.tiered_done_ms) {
+                (Some(e), _, _) => writeln!(f, "; not tiered at pull time: {e}")?,
+                (None, true, Some(t)) => writeln!(
+                    f,
+                    "; hot data {} on pmem{} at {t:.0} ms",
+                    human(p.hot_bytes),
+                    if p.meta_built {
+                        " with the metadata layer"
+                    } else {
+                        ""
+                    }
+                )?,
+                _ => writeln!(f, "; kept for the next migration (tiering is off here)")?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -103,6 +128,7 @@ mod tests {
             pmem_bytes: 2 << 20,
             disk_bytes: 1 << 20,
             credentials: None,
+            profile: None,
         };
         let text = rep.to_string();
         let lines: Vec<&str> = text.lines().collect();

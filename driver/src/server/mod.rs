@@ -11,6 +11,7 @@
 
 pub mod docker_plugin;
 pub mod pins;
+pub mod publish;
 pub mod snapshotter;
 pub mod writeback;
 
@@ -293,6 +294,14 @@ pub async fn serve(store: Store) -> Result<()> {
         let (store, mut rx) = (store.clone(), rx.clone());
         tasks.spawn(async move {
             repair_loop(store, &mut rx).await;
+            Ok(())
+        });
+    }
+
+    if cfg.profile_push {
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            publish::publish_loop(store, &mut rx).await;
             Ok(())
         });
     }

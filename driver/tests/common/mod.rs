@@ -142,6 +142,7 @@ fn pull_report_shape_matches_the_testbed() {
         pmem_bytes: 100,
         disk_bytes: 100,
         credentials: None,
+        profile: None,
     };
     let v = serde_json::to_value(&report).expect("serialize");
     check_pull_report(&v);

@@ -14,6 +14,26 @@ pub enum ProfileCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Push the image's profile to the registry as an OCI artifact that
+    /// refers to the image's manifest (artifactType
+    /// application/vnd.nvtier.profile.v1+json), so pulls on other nodes
+    /// place its hot files on pmem at once. Uses the referrers API, or the
+    /// referrers tag schema (`sha256-<hex>` index) where the registry lacks
+    /// it. Only the portable profile is pushed: layer diffIDs, paths,
+    /// bytes, first-access order and run count.
+    Push {
+        image: String,
+        /// HOST/REPOSITORY to push to (default: `profiles_repo`, else the
+        /// image's own repository).
+        #[arg(long)]
+        repo: Option<String>,
+        /// Credentials (one line USER:PASSWORD) from FILE, or stdin with
+        /// `-`; default: the node's (Docker config.json, containerd config).
+        #[arg(long, value_name = "FILE")]
+        creds_file: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show an image's hot profile, in first-access order.
     Show {
         image: String,
@@ -40,10 +60,52 @@ pub enum ProfileCmd {
 pub fn run(store: &Store, c: ProfileCmd) -> Result<()> {
     match c {
         ProfileCmd::List { json } => list(store, json),
+        ProfileCmd::Push {
+            image,
+            repo,
+            creds_file,
+            json,
+        } => push(store, &image, repo, creds_file, json),
         ProfileCmd::Show { image, json } => show(store, &image, json),
         ProfileCmd::Export { image, output } => export(store, &image, output),
         ProfileCmd::Import { file, image, json } => import(store, file, image, json),
     }
+}
+
+fn push(
+    store: &Store,
+    image: &str,
+    repo: Option<String>,
+    creds_file: Option<PathBuf>,
+    json: bool,
+) -> Result<()> {
+    use nvtier::pull::profile_artifact::{push_profile, PushOptions};
+    let name = resolve_image(store, image)?;
+    let auth = match creds_file {
+        Some(f) => nvtier::pull::Credentials::Given(nvtier::pull::auth::read_creds_file(&f)?),
+        None => nvtier::pull::Credentials::Node,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let rep = rt.block_on(push_profile(store, &name, &PushOptions { repo, auth }))?;
+    if json {
+        return print_json(&rep);
+    }
+    println!(
+        "pushed the profile of {} ({} files, {}) to {} as {} ({})",
+        rep.image,
+        rep.files,
+        human(rep.bytes),
+        rep.repository,
+        rep.artifact_digest,
+        if rep.method == "referrers" {
+            "listed by the referrers API"
+        } else {
+            "referrers tag schema"
+        }
+    );
+    Ok(())
 }
 
 fn list(store: &Store, json: bool) -> Result<()> {
