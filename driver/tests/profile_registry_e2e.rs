@@ -4,6 +4,7 @@
 //! place the hot files on pmem, with no trace and no migration on B.
 
 mod common;
+mod engines;
 
 use common::{listing, reference_rootfs, Bed};
 use serde_json::Value;
@@ -254,4 +255,70 @@ fn daemon_publishes_changed_profiles() {
         .filter(|l| l.contains("published the profile"))
         .count();
     assert_eq!(published, 1);
+}
+
+/// The remote-snapshot path: `docker pull` on dockerd 26 + containerd 1.7
+/// makes nvtier pull the image itself; with a profile in the registry the
+/// image is tiered at pull time, and containers run on it.
+#[test]
+fn docker_pull_uses_the_registry_profile() {
+    use engines::*;
+    let eng = trixie_engines();
+    let bin = std::path::PathBuf::from(&eng["ENGINES_BIN"]);
+    let a = Bed::up("prfe", "none", "4G");
+    let b = Bed::up("prfk", "none", "256M");
+    let r = a.push("prfe1", "busybox,1M,1M,8M,1M");
+    let host = r.split_once('/').expect("host/path").0;
+    a.nvtier_ok(&["pull", &r]);
+    let t = a.nvtier_json(&["trace", &r, "--", "/bin/sh", "-c", READS]);
+    assert_eq!(t["exit_code"], 0, "{t}");
+    let push = a.nvtier_json(&["profile", "push", &r]);
+
+    let rd = make_run_dir(&b);
+    let sock = write_serve_config(&b, "256M", &containerd_root(&b));
+    let text = fs::read_to_string(&b.config).expect("config");
+    let text = text.replace(
+        &format!("insecure_registries = [{:?}]", b.registry),
+        &format!("insecure_registries = [{host:?}]"),
+    );
+    fs::write(
+        &b.config,
+        format!("{text}docker_config = \"\"\ncontainerd_config = \"\"\n"),
+    )
+    .expect("config");
+    let nv = start_nvtier(&b, &sock, "nvtier");
+    let ctd = Containerd::start(&b, &sock, Some(&bin));
+    let dockerd = Dockerd::start_with(&b, &ctd, &["--insecure-registry", host]);
+    dockerd.docker_ok(&["pull", &r]);
+    let reports: Vec<Value> = fs::read_dir(b.state.join("pulls"))
+        .expect("pull reports")
+        .flatten()
+        .map(|e| serde_json::from_str(&fs::read_to_string(e.path()).expect("read")).expect("json"))
+        .collect();
+    assert_eq!(reports.len(), 1);
+    let p = &reports[0]["profile"];
+    assert_eq!(p["artifact_digest"], push["artifact_digest"], "{p}");
+    assert_eq!(p["tiered"], true, "{p}");
+    assert!(p["error"].is_null(), "{p}");
+    assert!(p["hot_bytes"].as_u64().is_some_and(|h| h >= 8 << 20), "{p}");
+    let st = b.nvtier_json(&["status"]);
+    assert_eq!(st["pmem_layer_bytes"], 0, "{st}");
+    // A container's mount is tiered from the first start, and reads right.
+    let want = fs::read(reference_rootfs("prfe1").join("data/layer3.bin")).expect("ref");
+    let want = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&want));
+    let cid = dockerd.docker_ok(&["run", "-d", "--network", "none", &r, "sleep", "300"]);
+    let cid = cid.trim();
+    let st = b.nvtier_json(&["status"]);
+    assert!(
+        st["tiered_mounts"].as_u64().is_some_and(|n| n >= 1),
+        "the container's mount is not tiered: {st}"
+    );
+    let out = dockerd.docker_ok(&["exec", cid, "sha256sum", "/data/layer3.bin"]);
+    assert!(out.starts_with(&want), "{out} vs {want}");
+    dockerd.docker_ok(&["rm", "-f", cid]);
+    dockerd.docker_ok(&["rmi", &r]);
+    drop(dockerd);
+    drop(ctd);
+    drop(nv);
+    drop(rd);
 }
