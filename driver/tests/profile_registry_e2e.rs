@@ -42,6 +42,131 @@ fn configure_node_b(b: &Bed, registry: &str, extra: &str) {
     .expect("config");
 }
 
+/// Upload `body` as a blob of `repo`; returns its digest.
+fn put_blob(host: &str, repo: &str, body: &[u8]) -> String {
+    let digest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(body));
+    let o = Command::new("curl")
+        .args(["--noproxy", "*", "-s", "-i", "-X", "POST"])
+        .arg(format!("http://{host}/v2/{repo}/blobs/uploads/"))
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    let loc = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .expect("upload location");
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let url = if loc.starts_with("http") {
+        format!("{loc}{sep}digest={digest}")
+    } else {
+        format!("http://{host}{loc}{sep}digest={digest}")
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("blob");
+    fs::write(&f, body).expect("blob");
+    let o = Command::new("curl")
+        .args([
+            "--noproxy",
+            "*",
+            "-sf",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", f.display()))
+        .arg(&url)
+        .output()
+        .expect("curl");
+    assert!(
+        o.status.success(),
+        "blob upload: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    digest
+}
+
+/// PUT a manifest (or index) at `reference` (tag or digest).
+fn put_manifest(host: &str, repo: &str, reference: &str, media: &str, body: &[u8]) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("m");
+    fs::write(&f, body).expect("manifest");
+    let o = Command::new("curl")
+        .args(["--noproxy", "*", "-sf", "-X", "PUT", "-H"])
+        .arg(format!("Content-Type: {media}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", f.display()))
+        .arg(format!("http://{host}/v2/{repo}/manifests/{reference}"))
+        .output()
+        .expect("curl");
+    assert!(
+        o.status.success(),
+        "manifest put: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A newer profile artifact for `subject` whose content is hostile (a
+/// path outside the image), listed in the referrers tag index.
+fn push_hostile_artifact(host: &str, repo: &str, subject: &str) -> String {
+    let body = serde_json::json!({
+        "schema_version": 1, "diff_ids": ["sha256:00"], "runs": 1, "tracer": "ebpf",
+        "files": [{"diff_id": "sha256:00", "path": "/../../etc/shadow", "bytes": 1,
+                   "first_access_ms": 0.0, "kinds": ["open"], "count": 1}]
+    })
+    .to_string();
+    let blob = put_blob(host, repo, body.as_bytes());
+    let empty = put_blob(host, repo, b"{}");
+    let kind = "application/vnd.nvtier.profile.v1+json";
+    let created = "2999-01-01T00:00:00.000Z";
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": kind,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": kind, "digest": blob, "size": body.len()}],
+        "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": 1},
+        "annotations": {"org.opencontainers.image.created": created}
+    })
+    .to_string();
+    let digest = format!(
+        "sha256:{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(m.as_bytes())
+    );
+    put_manifest(
+        host,
+        repo,
+        &digest,
+        "application/vnd.oci.image.manifest.v1+json",
+        m.as_bytes(),
+    );
+    let tag = subject.replace(':', "-");
+    let (_, mut index) = curl_json(
+        &format!("http://{host}/v2/{repo}/manifests/{tag}"),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+            "size": m.len(), "artifactType": kind,
+            "annotations": {"org.opencontainers.image.created": created}
+        }));
+    put_manifest(
+        host,
+        repo,
+        &tag,
+        "application/vnd.oci.image.index.v1+json",
+        index.to_string().as_bytes(),
+    );
+    digest
+}
+
 fn layer_paths(v: &Value) -> Vec<(String, String)> {
     v.as_array()
         .expect("layers")
@@ -121,6 +246,8 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
     // Pushing again adds a second artifact; the newest wins on pulls.
     let push2 = a.nvtier_json(&["profile", "push", &r]);
     assert_ne!(push2["artifact_digest"], push["artifact_digest"]);
+    // A newer, hostile artifact: pulls skip it for the newest valid one.
+    let hostile = push_hostile_artifact(host, repo, &subject);
 
     // Node B, with registry profiles off: LASS as before, no profile.
     configure_node_b(&b, host, "profiles_from_registry = false\n");
@@ -135,9 +262,16 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
 
     // Node B, default: the first pull is tiered.
     configure_node_b(&b, host, "");
-    let rep = b.nvtier_json(&["pull", &r]);
+    let o = b.nvtier(&["pull", "--json", &r]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: Value = serde_json::from_slice(&o.stdout).expect("report");
     let p = &rep["profile"];
     assert_eq!(p["artifact_digest"], push2["artifact_digest"], "{rep}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("skipping an invalid profile artifact") && err.contains(&hostile),
+        "{err}"
+    );
     assert_eq!(p["tiered"], true, "{rep}");
     assert!(p["error"].is_null(), "{rep}");
     assert_eq!(p["meta_built"], true, "{rep}");
