@@ -72,6 +72,9 @@ pub struct Config {
     /// `HOST/REPO` where profiles are pushed and also looked up (default:
     /// the image's own repository only).
     pub profiles_repo: Option<String>,
+    /// `nvtier serve`: where Prometheus scrapes `GET /metrics` (host:port);
+    /// `None` = off (the default).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// See [`Config::disk_layer_sync`].
@@ -128,6 +131,7 @@ struct Raw {
     profiles_from_registry: Option<bool>,
     profile_push: Option<bool>,
     profiles_repo: Option<String>,
+    metrics_address: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,6 +344,14 @@ impl Config {
                 Some(r)
             }
         };
+        let metrics_address = match raw.metrics_address.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(a.parse().map_err(|e| {
+                err(format!(
+                    "key `metrics_address` must be HOST:PORT with an IP address, e.g. \"127.0.0.1:9464\", got {a:?}: {e}"
+                ))
+            })?),
+        };
         Ok(Config {
             file: file.to_path_buf(),
             state_dir,
@@ -365,6 +377,7 @@ impl Config {
             profiles_from_registry: raw.profiles_from_registry.unwrap_or(true),
             profile_push: raw.profile_push.unwrap_or(false),
             profiles_repo,
+            metrics_address,
         })
     }
 }
@@ -396,6 +409,15 @@ disk_dir = "/var/lib/nvtier/disk"
 pmem_budget = "4G"
 insecure_registries = ["10.0.0.2:5000"]
 "#;
+
+    #[test]
+    fn metrics_address() {
+        assert_eq!(parse(OK).expect("ok").metrics_address, None);
+        let c = parse(&format!("{OK}metrics_address = \"127.0.0.1:9464\"\n")).expect("set");
+        assert_eq!(c.metrics_address.map(|a| a.port()), Some(9464));
+        let e = parse(&format!("{OK}metrics_address = \"localhost\"\n")).expect_err("bad");
+        assert!(e.to_string().contains("metrics_address"), "{e}");
+    }
 
     #[test]
     fn profile_keys() {

@@ -347,10 +347,15 @@ fn daemon_publishes_changed_profiles() {
     let (host, path) = r.split_once('/').expect("host/path");
     let repo = path.split(':').next().expect("repo");
     let text = fs::read_to_string(&a.config).expect("config");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
     fs::write(
         &a.config,
         format!(
-            "{text}snapshotter_socket = \"\"\ndocker_plugin_socket = {:?}\nmigrate_interval_s = 1\nprofile_push = true\ndocker_config = \"\"\ncontainerd_config = \"\"\n",
+            "{text}snapshotter_socket = \"\"\ndocker_plugin_socket = {:?}\nmigrate_interval_s = 1\nprofile_push = true\ndocker_config = \"\"\ncontainerd_config = \"\"\nmetrics_address = \"127.0.0.1:{port}\"\n",
             a.state.join("plugin.sock")
         ),
     )
@@ -389,6 +394,33 @@ fn daemon_publishes_changed_profiles() {
         .filter(|l| l.contains("published the profile"))
         .count();
     assert_eq!(published, 1);
+    // The metrics endpoint counts the push and reads the store.
+    let metrics = |path: &str| {
+        let o = Command::new("curl")
+            .args(["--noproxy", "*", "-s", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let text = metrics("/metrics");
+    assert!(text.ends_with("\n200"), "{text}");
+    for line in [
+        "nvtier_profile_pushes_total{result=\"ok\"} 1",
+        "nvtier_images 1",
+        "nvtier_pmem_budget_bytes 4294967296",
+        "nvtier_tier_available{tier=\"pmem\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    let hot: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("nvtier_pmem_hot_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("hot bytes");
+    let st = a.nvtier_json(&["status"]);
+    assert_eq!(Some(hot), st["pmem_hot_bytes"].as_u64(), "{st}");
+    assert!(metrics("/").ends_with("\n404"));
 }
 
 /// The remote-snapshot path: `docker pull` on dockerd 26 + containerd 1.7

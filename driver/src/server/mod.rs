@@ -10,6 +10,7 @@
 //! snapshots (and containers run on them) leaves them intact.
 
 pub mod docker_plugin;
+pub mod metrics;
 pub mod pins;
 pub mod publish;
 pub mod snapshotter;
@@ -141,9 +142,13 @@ async fn migrate_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>)
                     pmem_used = rep.pmem_used_after,
                     "background migration done"
                 );
+                metrics::metrics().migration(true, rep.copied_bytes, rep.relocated_bytes);
                 last = Some(sig);
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "background migration failed; retrying later"),
+            Ok(Err(e)) => {
+                metrics::metrics().migration(false, 0, 0);
+                tracing::warn!(error = %e, "background migration failed; retrying later")
+            }
             Err(e) => tracing::warn!(error = %e, "background migration panicked"),
         }
     }
@@ -203,7 +208,9 @@ async fn repair_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>) 
             .iter()
             .any(|t| !t.state.is_missing() && !t.lost.is_empty_but_snapshots());
         if replaced || lost {
-            match crate::repair::repair(&store, &opts).await {
+            let r = crate::repair::repair(&store, &opts).await;
+            metrics::metrics().repair(r.is_ok());
+            match r {
                 Ok(r) => tracing::info!(
                     images = r.images.len(),
                     restored_layers = r.images.iter().map(|i| i.restored_layers).sum::<usize>(),
@@ -295,6 +302,23 @@ pub async fn serve(store: Store) -> Result<()> {
         tasks.spawn(async move {
             repair_loop(store, &mut rx).await;
             Ok(())
+        });
+    }
+
+    if let Some(addr) = cfg.metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Config {
+                file: cfg.file.clone(),
+                msg: format!("key `metrics_address`: cannot listen on {addr}: {e}"),
+            })?;
+        tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        let (store, mut rx) = (store.clone(), rx.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                r = metrics::serve_metrics(listener, store) => r,
+                _ = rx.wait_for(|v| *v) => Ok(()),
+            }
         });
     }
 

@@ -76,7 +76,9 @@ pub async fn publish_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bo
                 repo: None,
                 auth: Credentials::Node,
             };
-            match push_profile(&store, &image, &opts).await {
+            let r = push_profile(&store, &image, &opts).await;
+            super::metrics::metrics().profile_push(r.is_ok());
+            match r {
                 Ok(rep) => {
                     if let Err(e) = mark(&store, &image, &hash) {
                         tracing::warn!(%image, error = %e, "remembering the pushed profile");

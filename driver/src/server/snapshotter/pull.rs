@@ -134,7 +134,12 @@ impl NvSnapshotter {
                     origin: ImageOrigin::Engine,
                 };
                 tracing::info!(image, "pulling for containerd (remote snapshot)");
-                match pull(&store, image, &opts).await {
+                let r = pull(&store, image, &opts).await;
+                crate::server::metrics::metrics().engine_pull(
+                    r.is_ok(),
+                    r.as_ref().is_ok_and(|rep| rep.profile.as_ref().is_some_and(|p| p.tiered)),
+                );
+                match r {
                     Ok(rep) => {
                         tracing::info!(image, ldl = ?rep.ldl_index, pmem = rep.pmem_bytes, disk = rep.disk_bytes, ms = rep.stored_done_ms, "pulled");
                         // The last report per image, for `nvtier`/tests:
