@@ -744,6 +744,11 @@ fn cri_image_in_use_stays() {
     assert_eq!(images_json(&n.bed).len(), 1, "another name still uses it");
     assert_eq!(stored_chain_ids(&n.bed), a_layers);
 
+    // Both names again (containerd has every layer: nvtier pulls nothing).
+    assert_eq!(n.cri.pull(&a), id1);
+    assert_eq!(n.cri.image_status(&a).expect("status").repo_tags.len(), 2);
+    assert_eq!(images_json(&n.bed).len(), 1);
+
     // A running container keeps its image after RemoveImage.
     let pod_cfg = n.pod("p2");
     let pod = n.cri.run_pod(&pod_cfg);
@@ -756,6 +761,11 @@ fn cri_image_in_use_stays() {
     // kubelet's image GC does): the last name of cria goes, and crib goes
     // from containerd while its container runs.
     n.cri.remove_image(&a2);
+    assert!(
+        n.cri.image_status(&a).is_none(),
+        "RemoveImage removes every name"
+    );
+    assert!(n.cri.image_status(&id1).is_none());
     n.wait_images("cria's record to go", 2);
     wait_for("cria's own layers to be freed", 30, || {
         !stored_chain_ids(&n.bed).contains(a_layers.last().expect("top"))
