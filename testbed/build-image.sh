@@ -18,7 +18,7 @@ APPLETS=(sh ls cat echo sleep true false sha256sum find env head tail wc stat
 usage() {
     cat <<'EOF'
 Usage:
-  build-image.sh --out DIR --tag TAG --layers SPEC [--seed N]
+  build-image.sh --out DIR --tag TAG --layers SPEC [--seed N] [--cmd 'WORD...']
   build-image.sh --help
 
 Builds (or reuses) image TAG in the OCI image layout DIR and prints its
@@ -46,24 +46,27 @@ same seed share identical leading layers (layer 0 is the same everywhere).
 All timestamps are fixed, so the same SPEC+seed gives byte-identical layer
 blobs, config and manifest. If DIR already holds TAG built from the same
 SPEC+seed (stamp in DIR/.nvtier-stamps/TAG), nothing is rebuilt.
-The config is linux/amd64, Cmd ["/bin/sh"].
+The config is linux/amd64, Cmd ["/bin/sh"] unless --cmd is given.
 
 Options:
   --out DIR      OCI image layout directory (created if missing)
   --tag TAG      tag (org.opencontainers.image.ref.name) to build
   --layers SPEC  layer spec, see above
   --seed N       data seed, non-negative integer (default 1)
+  --cmd 'WORD...' the config's Cmd, split at spaces (default /bin/sh), e.g.
+                 --cmd 'sleep 3600' for a pause image that stays alive
 EOF
 }
 
-OUT='' TAG='' SPEC='' SEED=1
+OUT='' TAG='' SPEC='' SEED=1 CMD=''
 while (($#)); do
     case $1 in
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --tag) TAG=${2:?--tag needs a value}; shift 2 ;;
         --layers) SPEC=${2:?--layers needs a value}; shift 2 ;;
         --seed) SEED=${2:?--seed needs a value}; shift 2 ;;
-        --out=* | --tag=* | --layers=* | --seed=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+        --cmd) CMD=${2:?--cmd needs a value}; shift 2 ;;
+        --out=* | --tag=* | --layers=* | --seed=* | --cmd=*) set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
         -h | --help) usage; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
@@ -73,6 +76,13 @@ done
 [[ -n $SPEC ]] || die "missing --layers SPEC"
 [[ $TAG =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] || die "invalid tag '$TAG'"
 [[ $SEED =~ ^[0-9]+$ ]] || die "invalid --seed '$SEED' (non-negative integer)"
+[[ $CMD =~ ^[A-Za-z0-9_./=:\ -]*$ ]] || die "invalid --cmd '$CMD' (words of [A-Za-z0-9_./=:-])"
+CMD_ARGS=()
+read -r -a CMD_WORDS <<<"${CMD:-/bin/sh}"
+((${#CMD_WORDS[@]})) || die "--cmd has no words"
+for w in "${CMD_WORDS[@]}"; do
+    CMD_ARGS+=(--config.cmd "$w")
+done
 
 IFS=',' read -r -a ITEMS <<<"$SPEC"
 if ((${#ITEMS[@]} == 0)) || [[ ${ITEMS[0]} != busybox ]]; then
@@ -99,6 +109,10 @@ OUT=$(readlink -m "$OUT")
 STAMP_DIR=$OUT/.nvtier-stamps
 STAMP=$STAMP_DIR/$TAG
 WANT_STAMP=$(printf 'builder=%s\nspec=%s\nseed=%s\n' "$BUILDER_VERSION" "$SPEC" "$SEED")
+# The default Cmd is left out, so that the stamps of earlier builds still hold.
+if [[ -n $CMD ]]; then
+    WANT_STAMP+=$(printf '\ncmd=%s' "$CMD")
+fi
 
 # Serialise builds into the same layout: lock its parent directory (it exists
 # before the layout does, and locking it leaves no lock file behind).
@@ -152,7 +166,7 @@ umoci new --image "$IMG" || die "umoci new failed"
 umoci config --image "$IMG" --no-history --created "$CREATED" --author nvtier-testbed \
     --architecture amd64 --os linux \
     --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --config.cmd /bin/sh --config.workingdir / ||
+    "${CMD_ARGS[@]}" --config.workingdir / ||
     die "umoci config failed"
 
 # make_tar STAGE OUT.tar: deterministic tar of STAGE's contents (no ./ prefix).

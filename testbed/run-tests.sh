@@ -63,6 +63,12 @@ if [[ -n $(find /run/nvtier-eng -mindepth 1 -maxdepth 1 2>/dev/null) ]]; then
     echo "run-tests.sh: tests leaked engine directories in /run/nvtier-eng" >&2
     exit 1
 fi
+# The CRI tests' pods run under the cgroup parent /nvtier-cri-NAME.
+if [[ -n $(find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -name 'nvtier-cri-*' 2>/dev/null) ]]; then
+    echo "run-tests.sh: tests leaked pod cgroups:" >&2
+    find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -name 'nvtier-cri-*' >&2
+    exit 1
+fi
 # Real DAX: a QEMU guest (TCG) with an emulated NVDIMM converted to fsdax,
 # ext4 -o dax=always, nvtier's pmem tier on it (about 45 s; see docs/benchmarks.md).
 echo "==> true-DAX VM (testbed/dax-vm.sh --check)"

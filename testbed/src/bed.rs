@@ -140,21 +140,29 @@ impl Bed {
 
     /// [`Bed::push`] with another data seed (different data layers).
     pub fn push_seed(&self, tag: &str, spec: &str, seed: u32) -> String {
+        self.push_cmd(tag, spec, seed, None)
+    }
+
+    /// [`Bed::push_seed`] with the image config's Cmd (`build-image.sh
+    /// --cmd`, words split at spaces; None keeps `/bin/sh`).
+    pub fn push_cmd(&self, tag: &str, spec: &str, seed: u32, cmd: Option<&str>) -> String {
         let oci = oci_dir();
         let _lock = build_lock();
-        sh(
-            "build-image.sh",
-            &[
-                "--out",
-                oci.to_str().expect("utf8"),
-                "--tag",
-                tag,
-                "--layers",
-                spec,
-                "--seed",
-                &seed.to_string(),
-            ],
-        );
+        let seed = seed.to_string();
+        let mut args = vec![
+            "--out",
+            oci.to_str().expect("utf8"),
+            "--tag",
+            tag,
+            "--layers",
+            spec,
+            "--seed",
+            &seed,
+        ];
+        if let Some(c) = cmd {
+            args.extend_from_slice(&["--cmd", c]);
+        }
+        sh("build-image.sh", &args);
         self.push_built(tag)
     }
 

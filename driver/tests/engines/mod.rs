@@ -181,19 +181,36 @@ impl Containerd {
     /// `bin_dir`: where `containerd`/`containerd-shim-runc-v2` come from
     /// (None = the system's bookworm containerd 1.6).
     pub fn start(bed: &Bed, snap_sock: &Path, bin_dir: Option<&Path>) -> Containerd {
+        Containerd::start_with(bed, snap_sock, bin_dir, None)
+    }
+
+    /// [`Containerd::start`] with the CRI plugin enabled and configured by
+    /// `cri` (TOML tables appended to the config), or disabled (None).
+    pub fn start_with(
+        bed: &Bed,
+        snap_sock: &Path,
+        bin_dir: Option<&Path>,
+        cri: Option<&str>,
+    ) -> Containerd {
         let run = run_dir(bed);
         let root = containerd_root(bed);
         fs::create_dir_all(&root).expect("containerd root");
         let sock = run.join("ctd.sock");
         let cfg = run.join("containerd.toml");
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n"
+        };
         fs::write(
             &cfg,
             format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = {:?}\n[proxy_plugins]\n  [proxy_plugins.nvtier]\n    type = \"snapshot\"\n    address = {:?}\n",
+                "version = 2\nroot = {:?}\nstate = {:?}\n{disabled}[grpc]\n  address = {:?}\n[proxy_plugins]\n  [proxy_plugins.nvtier]\n    type = \"snapshot\"\n    address = {:?}\n{}",
                 root,
                 run.join("ctd-state"),
                 sock,
-                snap_sock
+                snap_sock,
+                cri.unwrap_or_default()
             ),
         )
         .expect("containerd config");
@@ -258,7 +275,7 @@ impl Containerd {
 impl Drop for Containerd {
     fn drop(&mut self) {
         // Kill leftover tasks (shims outlive containerd otherwise).
-        for ns in ["default", "moby"] {
+        for ns in ["default", "moby", "k8s.io"] {
             if let Ok(o) = Command::new("ctr")
                 .arg("-a")
                 .arg(&self.sock)
