@@ -30,19 +30,20 @@ const PAUSE_CMD: &str = "sleep 3600";
 /// with the snapshot annotations that carry the image reference, the pause
 /// image from the test registry, the OOM-score restriction these machines
 /// need, and plain HTTP for the test registry (`config_path` hosts files).
-fn cri_toml(bed: &Bed, pause: &str) -> String {
+fn cri_toml(bed: &Bed, pause: &str, auth_host: Option<&str>) -> String {
     let run = run_dir(bed);
     let certs = run.join("certs.d");
-    let host_dir = certs.join(&bed.registry);
-    fs::create_dir_all(&host_dir).expect("hosts dir");
-    fs::write(
-        host_dir.join("hosts.toml"),
-        format!(
-            "server = \"http://{r}\"\n[host.\"http://{r}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            r = bed.registry
-        ),
-    )
-    .expect("hosts.toml");
+    for r in std::iter::once(bed.registry.as_str()).chain(auth_host) {
+        let host_dir = certs.join(r);
+        fs::create_dir_all(&host_dir).expect("hosts dir");
+        fs::write(
+            host_dir.join("hosts.toml"),
+            format!(
+                "server = \"http://{r}\"\n[host.\"http://{r}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .expect("hosts.toml");
+    }
     // No CNI: every pod uses the node's network namespace.
     for d in ["cni-bin", "cni-conf"] {
         fs::create_dir_all(run.join(d)).expect("cni dir");
@@ -542,6 +543,7 @@ struct Node {
     nv: Daemon,
     cgroups: Cgroups,
     cgroup_parent: String,
+    auth: Option<common::auth::AuthRegistry>,
     _rd: RunDir,
     bed: Bed,
     pause: String,
@@ -549,6 +551,14 @@ struct Node {
 
 impl Node {
     fn up(tag: &str, rate: &str) -> Node {
+        Self::up_with(tag, rate, false)
+    }
+
+    /// With `auth`: a second registry behind basic auth over the bed's
+    /// registry storage (port 5001), plain HTTP to it and its credentials
+    /// in containerd's CRI registry config, which nvtier reads
+    /// (`containerd_config`).
+    fn up_with(tag: &str, rate: &str, auth: bool) -> Node {
         let eng = trixie_engines();
         let bin = PathBuf::from(&eng["ENGINES_BIN"]);
         let bed = Bed::up(tag, rate, "256M");
@@ -556,11 +566,36 @@ impl Node {
         let cgroup_parent = format!("/nvtier-cri-{}", bed.name);
         let cgroups = Cgroups(cgroup_parent.clone());
         let sock = write_serve_config(&bed, "256M", &containerd_root(&bed));
+        let mut cri_cfg = String::new();
+        let auth_reg = auth.then(|| common::auth::AuthRegistry::start(&bed, &run_dir(&bed)));
+        let auth_host = auth_reg.as_ref().map(|r| r.host.clone());
+        if let Some(h) = &auth_host {
+            let text = fs::read_to_string(&bed.config).expect("config");
+            let old = format!("insecure_registries = [{:?}]", bed.registry);
+            let text = text.replace(
+                &old,
+                &format!("insecure_registries = [{:?}, {h:?}]", bed.registry),
+            );
+            fs::write(
+                &bed.config,
+                format!(
+                    "{text}docker_config = \"\"\ncontainerd_config = {:?}\n",
+                    run_dir(&bed).join("containerd.toml")
+                ),
+            )
+            .expect("config");
+            cri_cfg = format!(
+                "  [plugins.\"io.containerd.grpc.v1.cri\".registry.configs.\"{h}\".auth]\n    username = {:?}\n    password = {:?}\n",
+                common::auth::USER,
+                common::auth::PASSWORD
+            );
+        }
         let nv = start_nvtier(&bed, &sock, "nvtier");
         // The pause image: a busybox base (shared with the test images)
         // and a layer of its own, like a real pause image.
         let pause = bed.push_cmd("cripause", "busybox,64K", 77, Some(PAUSE_CMD));
-        let ctd = Containerd::start_with(&bed, &sock, Some(&bin), Some(&cri_toml(&bed, &pause)));
+        let toml = format!("{}{cri_cfg}", cri_toml(&bed, &pause, auth_host.as_deref()));
+        let ctd = Containerd::start_with(&bed, &sock, Some(&bin), Some(&toml));
         let v = ctd.ctr_ok(&["version"]);
         assert!(v.contains("1.7.24"), "{v}");
         let cri = Cri::connect(&ctd.sock);
@@ -570,6 +605,7 @@ impl Node {
             nv,
             cgroups,
             cgroup_parent,
+            auth: auth_reg,
             _rd: rd,
             bed,
             pause,
@@ -829,4 +865,52 @@ fn cri_image_in_use_stays() {
     assert!(n.nv.alive(), "nvtier serve died:\n{}", n.nv.log_text());
     drop(n);
     eprintln!("cri_image_in_use_stays: {:?}", t0.elapsed());
+}
+
+/// A private registry on the CRI path: `PullImage` with credentials (as
+/// kubelet sends them) of an image behind basic auth is served by nvtier's
+/// LASS pull, with the node's credentials from containerd's CRI registry
+/// config, and no fallback; a container runs on it.
+#[test]
+fn cri_pull_from_a_registry_behind_auth() {
+    let mut n = Node::up_with("crau", "100mbit", true);
+    let plain = n.bed.push("crauth", "busybox,8M,4M,2M");
+    let img = n.auth.as_ref().expect("auth registry").reference(&plain);
+    let r = n.cri.images.pull_image(cri::PullImageRequest {
+        image: Cri::spec(&img),
+        auth: Some(cri::AuthConfig {
+            username: common::auth::USER.into(),
+            password: common::auth::PASSWORD.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let image_ref = must(call(&n.cri.rt, "PullImage", r)).image_ref;
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    let images = images_json(&n.bed);
+    let rec = images
+        .iter()
+        .find(|i| i["name"] == img.as_str())
+        .unwrap_or_else(|| panic!("nvtier did not pull {img}: {images:?}"));
+    assert_eq!(rec["origin"], "engine", "{rec}");
+    let rep = pull_report(&n.bed, "crauth");
+    assert!(
+        rep["credentials"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("containerd config")),
+        "{rep}"
+    );
+    check_lass_rule(&rep);
+    let st = n.bed.nvtier_json(&["status"]);
+    assert_eq!(st["engine_fallbacks"], serde_json::json!([]), "{st}");
+    // A container on it.
+    let pod_cfg = n.pod("pa");
+    let pod = n.cri.run_pod(&pod_cfg);
+    let cid = n
+        .cri
+        .start(&pod, &pod_cfg, "c1", &img, &["cat", "/data/layer2.txt"]);
+    let s = n.cri.wait_exit(&cid, 60);
+    assert_eq!(s.exit_code, 0, "{s:?}");
+    n.cri.stop_remove_container(&cid);
+    must(n.cri.stop_remove_pod(&pod));
 }

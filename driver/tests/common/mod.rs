@@ -4,6 +4,8 @@
 //! the nvtier binary of this build filled in.
 #![allow(dead_code, unused_imports)]
 
+pub mod auth;
+
 use serde_json::Value;
 use std::ops::{Deref, DerefMut};
 use std::path::Path;
