@@ -280,10 +280,17 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
         "{rep}"
     );
     assert!(p["tiered_done_ms"].as_f64().is_some_and(|t| t > 0.0));
-    for l in rep["layers"].as_array().expect("layers") {
-        assert_eq!(l["tier"], "disk", "{l}");
-        assert_eq!(l["disk_reason"], "profiled", "{l}");
-    }
+    // LASS placed the bases (the deploy stays as fast); `nvtier pull`
+    // moved the pmem ones to disk before it exited.
+    common::check_lass_rule(&rep);
+    assert!(
+        rep["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .any(|l| l["tier"] == "pmem"),
+        "{rep}"
+    );
     let prof_b = b.nvtier_json(&["profile", "show", &r]);
     let paths = |p: &Value| -> Vec<String> {
         let mut v: Vec<String> = p["files"]
@@ -449,7 +456,7 @@ fn docker_pull_uses_the_registry_profile() {
     );
     fs::write(
         &b.config,
-        format!("{text}docker_config = \"\"\ncontainerd_config = \"\"\n"),
+        format!("{text}docker_config = \"\"\ncontainerd_config = \"\"\nmigrate_interval_s = 1\n"),
     )
     .expect("config");
     let nv = start_nvtier(&b, &sock, "nvtier");
@@ -467,9 +474,11 @@ fn docker_pull_uses_the_registry_profile() {
     assert_eq!(p["tiered"], true, "{p}");
     assert!(p["error"].is_null(), "{p}");
     assert!(p["hot_bytes"].as_u64().is_some_and(|h| h >= 8 << 20), "{p}");
-    let st = b.nvtier_json(&["status"]);
-    assert_eq!(st["pmem_layer_bytes"], 0, "{st}");
-    // A container's mount is tiered from the first start, and reads right.
+    // The daemon's background migration moves the pmem bases to disk.
+    engines::wait_for("the pmem bases to move to disk", 60, || {
+        b.nvtier_json(&["status"])["pmem_layer_bytes"] == 0
+    });
+    // A container's mount is tiered, and reads right.
     let want = fs::read(reference_rootfs("prfe1").join("data/layer3.bin")).expect("ref");
     let want = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&want));
     let cid = dockerd.docker_ok(&["run", "-d", "--network", "none", &r, "sleep", "300"]);

@@ -87,9 +87,6 @@ pub enum DiskReason {
     BudgetExhausted,
     /// `placement = disk`.
     PlacementDisk,
-    /// The image's hot profile was known at pull time: its hot files go to
-    /// pmem as hot data layers, the layer base to disk.
-    Profiled,
 }
 
 impl fmt::Display for DiskReason {
@@ -98,7 +95,6 @@ impl fmt::Display for DiskReason {
             DiskReason::BelowLdl => "below the last-downloading layer",
             DiskReason::BudgetExhausted => "pmem budget exhausted",
             DiskReason::PlacementDisk => "placement = disk",
-            DiskReason::Profiled => "profiled: hot files on pmem, base on disk",
         })
     }
 }

@@ -23,6 +23,7 @@ pub mod auth;
 mod download;
 mod layer;
 mod profile;
+pub use profile::relocate_bases;
 pub mod profile_artifact;
 mod registry;
 mod report;
@@ -120,7 +121,10 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     let n = chains.len();
 
     // The image's hot profile, from the registry: with it, the image is
-    // tiered at pull time (bases to disk here, hot files to pmem after).
+    // tiered at pull time. LASS still places the bases (what is stored
+    // after the last byte goes to pmem, which keeps the deploy fast); the
+    // hot data and metadata layers are built before the pull returns, and
+    // pmem bases move to disk after the deploy (see `profile`).
     let registry_profile = if store.cfg.profiles_from_registry && opts.placement == Placement::Lass
     {
         profile_artifact::lookup(store, &client, &reference, &manifest_digest, &creds.auth).await
@@ -327,12 +331,13 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 expected_bytes: rep.size,
                 pmem_free: free,
             };
-            let mut decision = if profiled {
-                Decision::Disk(DiskReason::Profiled)
-            } else {
-                decide(opts.placement, moment)
-            };
-            if decision == Decision::Disk(DiskReason::BelowLdl) && promoted.contains(&i) {
+            let mut decision = decide(opts.placement, moment);
+            // With a profile, the hot files go to pmem anyway: no static
+            // promotion on top of LASS.
+            if !profiled
+                && decision == Decision::Disk(DiskReason::BelowLdl)
+                && promoted.contains(&i)
+            {
                 decision = decide(Placement::Pmem, moment);
                 if decision == Decision::Pmem {
                     rep.pmem_reason = classes[i].map(|c| format!("static: {c}"));

@@ -76,9 +76,10 @@ pub struct ProfileUse {
     /// local one.
     pub files: usize,
     pub bytes: u64,
-    /// The layers' bases went to disk and the hot files are copied to pmem
-    /// before the pull returns (false: tiering is off or pmem is missing;
-    /// LASS placed the layers and the profile is kept for later).
+    /// The hot data and metadata layers were built before the pull
+    /// returned (false: tiering is off or pmem is missing; the profile is
+    /// kept for later). LASS placed the bases either way; pmem bases move
+    /// to disk after the deploy.
     pub tiered: bool,
     /// When the hot data and metadata layers were in place, ms since the
     /// pull started (the deploy's end for a profiled pull).

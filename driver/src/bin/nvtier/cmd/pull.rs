@@ -63,6 +63,26 @@ pub fn run(cfg: &Config, store: &Store, a: Args) -> Result<()> {
         .enable_all()
         .build()?;
     let rep = rt.block_on(pull(store, &a.reference, &opts))?;
+    if !a.no_wait
+        && rep
+            .profile
+            .as_ref()
+            .is_some_and(|p| p.tiered && p.error.is_none())
+    {
+        // The deploy is over: pmem keeps only the hot data and metadata.
+        let t = std::time::Instant::now();
+        match nvtier::pull::relocate_bases(store, &rep.image) {
+            Ok(b) if b > 0 && !a.json => eprintln!(
+                "moved {} of layer bases from pmem to disk in {:.1} s (not part of the pull time)",
+                crate::output::human(b),
+                t.elapsed().as_secs_f64()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "warning: could not move the layer bases to disk yet ({e}); `nvtier migrate` or `nvtier serve` will"
+            ),
+        }
+    }
     if !a.no_wait {
         let w = store.sync_layers()?;
         if w.synced > 0 && !a.json {
