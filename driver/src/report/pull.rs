@@ -102,6 +102,7 @@ mod tests {
             stored_done_ms: 1500.0,
             pmem_bytes: 2 << 20,
             disk_bytes: 1 << 20,
+            kept_blobs: Vec::new(),
         };
         let text = rep.to_string();
         let lines: Vec<&str> = text.lines().collect();

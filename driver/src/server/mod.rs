@@ -9,6 +9,7 @@
 //! the sockets. State is on disk, so a restart while containerd holds
 //! snapshots (and containers run on them) leaves them intact.
 
+pub mod content;
 pub mod docker_plugin;
 pub mod pins;
 pub mod snapshotter;

@@ -141,6 +141,7 @@ fn pull_report_shape_matches_the_testbed() {
         stored_done_ms: 8.5,
         pmem_bytes: 100,
         disk_bytes: 100,
+        kept_blobs: Vec::new(),
     };
     let v = serde_json::to_value(&report).expect("serialize");
     check_pull_report(&v);

@@ -80,6 +80,9 @@ pub struct Inner {
     idle: Condvar,
     pulls: tokio::sync::Mutex<HashMap<String, PullCell>>,
     ingest_dir: PathBuf,
+    /// Writes the blobs of images nvtier pulls for the engine into
+    /// containerd's content store (`content_store_blobs`).
+    content: Option<crate::server::content::ContentFeeder>,
     /// Whether the next cleanup must look for orphans on the disk tier:
     /// set at start-up (and consumed by the cleanup `open` runs) and
     /// whenever removing a snapshot directory there failed. containerd asks
