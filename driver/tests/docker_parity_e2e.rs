@@ -249,6 +249,21 @@ fn docker26_content_store_parity() {
         "{log}"
     );
 
+    // 2b. An image `nvtier pull` stored first (no blob files kept): the
+    //     engine's pull attaches its layers, and the blobs containerd
+    //     lacks are fetched from the registry again.
+    let img2 = bed.push("prty2", "busybox,1M");
+    bed.nvtier_json(&["pull", &img2]);
+    dockerd.docker_ok(&["pull", &img2]);
+    wait_for("docker images to list the CLI-pulled image", 60, || {
+        image_listed(&dockerd, &img2)
+    });
+    let log = plain(&nv.log_text());
+    assert!(
+        log.contains("image=") && log.contains("prty2:latest namespace=moby written=1 present=2"),
+        "{log}"
+    );
+
     // 3. docker image history.
     let hist = dockerd.docker_ok(&["image", "history", "--no-trunc", &img]);
     assert!(hist.lines().count() >= 6, "{hist}");
@@ -315,7 +330,7 @@ fn docker26_content_store_parity() {
 
     // 7. docker rmi + prune: containerd's GC leaves no blob, no snapshot,
     //    and nvtier no image and no layer.
-    dockerd.docker_ok(&["rmi", &img, &pushed]);
+    dockerd.docker_ok(&["rmi", &img, &pushed, &img2]);
     dockerd.docker_ok(&["image", "prune", "-a", "-f"]);
     wait_for("snapshots to be removed", 30, || {
         snapshot_records(&bed).is_empty()
@@ -323,8 +338,10 @@ fn docker26_content_store_parity() {
     wait_for("the engine image's record to go", 10, || {
         bed.nvtier_json(&["images"])
             .as_array()
-            .is_some_and(Vec::is_empty)
+            .is_some_and(|a| a.len() == 1)
     });
+    // The CLI's record stays until `nvtier rm`.
+    bed.nvtier_ok(&["rm", &img2]);
     wait_for("layers to be freed", 10, || layers_json(&bed).is_empty());
     let blobs = ctd_root.join("io.containerd.content.v1.content/blobs");
     wait_for("containerd's GC to remove the blobs", 30, || {

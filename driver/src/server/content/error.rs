@@ -27,6 +27,8 @@ pub enum ContentError {
         #[source]
         source: std::io::Error,
     },
+    #[error("nvtier has no record of {0} (its layers were attached from other images); its blobs are not written")]
+    NoRecord(String),
     #[error("invalid gRPC metadata value {0:?}")]
     Metadata(String),
     #[error("{0}")]

@@ -48,6 +48,9 @@ pub const LEASE_TTL_S: u64 = 3600;
 pub struct Job {
     pub namespace: String,
     pub image: String,
+    /// The engine's manifest digest of `image`: finds nvtier's record of
+    /// the same image under another name.
+    pub manifest_digest: Option<String>,
     pub kept: Vec<KeptBlob>,
 }
 
@@ -99,6 +102,9 @@ impl ContentFeeder {
             {
                 Some((j, at)) => {
                     j.kept.extend(job.kept);
+                    if j.manifest_digest.is_none() {
+                        j.manifest_digest = job.manifest_digest;
+                    }
                     *at = start;
                 }
                 None => q.jobs.push((job, start)),
@@ -180,12 +186,22 @@ impl Inner {
 
     async fn write_image(&self, job: &Job) -> Result<Counts, ContentError> {
         let name = normalize(&job.image)?;
-        let Some(rec) = self.store.image(&name)? else {
-            return Err(crate::error::Error::ImageNotFound(name).into());
+        // nvtier's record of the image: by name, or (an image whose layers
+        // nvtier had under another name) by the engine's manifest digest.
+        let rec = match self.store.image(&name)? {
+            Some(r) => r,
+            None => self
+                .store
+                .images()?
+                .into_iter()
+                .find(|r| Some(&r.manifest_digest) == job.manifest_digest.as_ref())
+                .ok_or(ContentError::NoRecord(name.clone()))?,
         };
-        let reference = oci_client::Reference::try_from(rec.name.as_str()).map_err(|e| {
+        // The blobs come from, and are labelled with, the repository the
+        // engine pulled from.
+        let reference = oci_client::Reference::try_from(name.as_str()).map_err(|e| {
             crate::error::Error::BadReference {
-                reference: rec.name.clone(),
+                reference: name.clone(),
                 msg: e.to_string(),
             }
         })?;
@@ -234,7 +250,7 @@ impl Inner {
             .await?;
         for b in missing {
             let t = Instant::now();
-            match self.write_blob(&ctd, &lease, job, &rec.name, &b).await {
+            match self.write_blob(&ctd, &lease, job, &name, &b).await {
                 Ok(Written::Committed) => {
                     counts.written += 1;
                     tracing::debug!(
@@ -246,7 +262,7 @@ impl Inner {
                 Ok(Written::AlreadyExists) => counts.present += 1,
                 Err(e) => {
                     counts.failed += 1;
-                    tracing::warn!(image = %rec.name, blob = b.digest, error = %e, "content store: blob not written");
+                    tracing::warn!(image = %name, blob = b.digest, error = %e, "content store: blob not written");
                 }
             }
         }

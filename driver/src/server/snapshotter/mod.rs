@@ -64,6 +64,7 @@ pub use validate::{validate_key, validate_labels, MAX_KEY_BYTES, MAX_LABELS, MAX
 
 pub const LABEL_REF: &str = "containerd.io/snapshot.ref";
 pub const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+pub const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
 pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 

@@ -145,7 +145,7 @@ impl NvSnapshotter {
                 match pull(&store, image, &opts).await {
                     Ok(mut rep) => {
                         let kept = std::mem::take(&mut rep.kept_blobs);
-                        this.feed_content(key, Some(&image.to_string()), kept);
+                        this.feed_content(key, Some(&image.to_string()), None, kept);
                         tracing::info!(image, ldl = ?rep.ldl_index, pmem = rep.pmem_bytes, disk = rep.disk_bytes, ms = rep.stored_done_ms, "pulled");
                         // The last report per image, for `nvtier`/tests:
                         // STATE/pulls/<sha256(image)>.json.

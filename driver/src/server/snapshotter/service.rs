@@ -2,7 +2,7 @@
 
 use super::{
     filter_matches, info_of, unpack_chain, validate_key, validate_labels, Inner, NvSnapshotter,
-    SResult, SnapError, Snaps, LABEL_CRI_IMAGE_REF, LABEL_REF,
+    SResult, SnapError, Snaps, LABEL_CRI_IMAGE_REF, LABEL_CRI_MANIFEST_DIGEST, LABEL_REF,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::pull::KeptBlob;
@@ -120,10 +120,11 @@ impl NvSnapshotter {
             let labelled = labels.contains_key(LABEL_REF);
             let (k, p, t, l) = (key.clone(), parent.clone(), target.clone(), labels.clone());
             let image = labels.get(LABEL_CRI_IMAGE_REF).filter(|_| labelled);
+            let manifest = labels.get(LABEL_CRI_MANIFEST_DIGEST);
             // Only a labelled Prepare may be answered with AlreadyExists:
             // that is containerd's remote-snapshot protocol.
             if labelled && self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
-                self.feed_content(&key, image, Vec::new());
+                self.feed_content(&key, image, manifest, Vec::new());
                 return Err(SnapError::AlreadyExists(key));
             }
             if let Some(image) = image {
@@ -132,7 +133,7 @@ impl NvSnapshotter {
                         let (k, p, t, l) =
                             (key.clone(), parent.clone(), target.clone(), labels.clone());
                         if self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
-                            self.feed_content(&key, Some(image), Vec::new());
+                            self.feed_content(&key, Some(image), manifest, Vec::new());
                             return Err(SnapError::AlreadyExists(key));
                         }
                         tracing::warn!(image = %image, layer = %target, "pulled image does not provide this layer; containerd unpacks it");
@@ -148,15 +149,23 @@ impl NvSnapshotter {
             .await
     }
 
-    /// Queue the content-store writes of `image` in the namespace of the
+    /// Queue the content-store writes of `image` (with manifest digest
+    /// `manifest`, when the engine gave it) in the namespace of the
     /// snapshot `key` (when `content_store_blobs` is on); `kept` are blob
     /// files the pull kept (removed here when nothing will write them).
-    pub(super) fn feed_content(&self, key: &str, image: Option<&String>, kept: Vec<KeptBlob>) {
+    pub(super) fn feed_content(
+        &self,
+        key: &str,
+        image: Option<&String>,
+        manifest: Option<&String>,
+        kept: Vec<KeptBlob>,
+    ) {
         let ns = namespace_of_key(key);
         match (&self.inner.content, image, ns) {
             (Some(c), Some(image), Some(ns)) => c.submit(Job {
                 namespace: ns.to_string(),
                 image: image.clone(),
+                manifest_digest: manifest.cloned(),
                 kept,
             }),
             _ => {
