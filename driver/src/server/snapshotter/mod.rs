@@ -25,6 +25,9 @@
 //! pull the whole image itself with LASS ([`crate::pull::pull`], deduplicated
 //! per image), create the committed snapshot for the chainID, and answer
 //! AlreadyExists: containerd then skips fetching and unpacking the layer.
+//! The image's blobs are then written into containerd's content store in
+//! the background ([`crate::server::content`]), so the engine sees a
+//! complete image.
 //!
 //! Keys are never used as paths: records live in
 //! `STATE/snapshots/<sha256(key)>.json`, directories are named by a random
