@@ -355,3 +355,66 @@ fn docker26_content_store_parity() {
     drop(nv);
     drop(rd);
 }
+
+/// containerd's content service unreachable (a wrong `containerd_socket`):
+/// `docker pull` and `docker run` still work, the failure is logged with
+/// its cause, and the job is retried.
+#[test]
+fn docker26_content_store_unreachable_never_fails_the_pull() {
+    let eng = trixie_engines();
+    let bin = PathBuf::from(&eng["ENGINES_BIN"]);
+    let bed = Bed::up("prtx", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let ctd_root = containerd_root(&bed);
+    let sock = write_serve_config(&bed, "256M", &ctd_root);
+    let good = format!("containerd_socket = {:?}", run_dir(&bed).join("ctd.sock"));
+    let bad = format!(
+        "containerd_socket = {:?}",
+        run_dir(&bed).join("no-such.sock")
+    );
+    let cfg = fs::read_to_string(&bed.config).expect("config");
+    assert!(cfg.contains(&good), "{cfg}");
+    fs::write(&bed.config, cfg.replace(&good, &bad)).expect("config");
+    let nv = start_nvtier(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, Some(&bin));
+    let dockerd = Dockerd::start(&bed, &ctd);
+    let img = bed.push("prtx1", "busybox,1M");
+    dockerd.docker_ok(&["pull", &img]);
+    let images = bed.nvtier_json(&["images"]);
+    assert_eq!(images[0]["origin"], "engine", "{images}");
+    let out = dockerd.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &img,
+        "cat",
+        "/data/layer1.txt",
+    ]);
+    assert!(out.contains("nvtier testbed layer 1"), "{out}");
+    // The first attempt (1 s after the pull) and the first retry (10 s
+    // later) fail and say why.
+    wait_for("two failed attempts to be logged", 60, || {
+        plain(&nv.log_text())
+            .matches("content store: cannot write the image's blobs into containerd")
+            .count()
+            >= 2
+    });
+    let log = plain(&nv.log_text());
+    assert!(
+        log.contains("cannot connect to containerd at") && log.contains("no-such.sock"),
+        "{log}"
+    );
+    assert!(!image_listed(&dockerd, &img));
+    // The kept blob files wait for the retries.
+    assert!(
+        !files_under(&bed.state.join("kept-blobs")).is_empty(),
+        "kept blobs removed before the last attempt"
+    );
+    dockerd.docker_ok(&["rmi", &img]);
+    wait_for("layers to be freed", 30, || layers_json(&bed).is_empty());
+    drop(dockerd);
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}

@@ -22,6 +22,8 @@
 //!   removed, containerd's GC removes them.
 //!
 //! Failures are logged with the blob and the cause and never fail a pull.
+//! A failed job runs again ([`ATTEMPTS`] times in all, [`RETRY`] apart,
+//! growing), keeping its blob files until the last attempt.
 
 use crate::pull::{fetch_blob, normalize, KeptBlob};
 use crate::store::{digest_hex, Store};
@@ -42,6 +44,10 @@ pub use labels::namespace_of_key;
 pub const SETTLE: Duration = Duration::from_millis(1000);
 /// Lifetime of a job's lease if nvtier dies before deleting it.
 pub const LEASE_TTL_S: u64 = 3600;
+/// A job that failed (containerd unreachable, a blob not written) runs
+/// again after `RETRY * attempt`, up to [`ATTEMPTS`] times in all.
+pub const RETRY: Duration = Duration::from_secs(10);
+pub const ATTEMPTS: u32 = 5;
 
 /// Blobs to write for one image in one containerd namespace.
 #[derive(Debug)]
@@ -56,8 +62,9 @@ pub struct Job {
 
 #[derive(Default)]
 struct Queue {
-    /// Waiting jobs in arrival order, each with the time it may start.
-    jobs: Vec<(Job, Instant)>,
+    /// Waiting jobs in arrival order, each with the time it may start and
+    /// the number of attempts made.
+    jobs: Vec<(Job, Instant, u32)>,
     worker: bool,
 }
 
@@ -92,22 +99,26 @@ impl ContentFeeder {
     /// Queue `job` (merged into a waiting job of the same image and
     /// namespace). Needs a tokio runtime: the worker starts on first use.
     pub fn submit(&self, job: Job) {
-        let start = Instant::now() + SETTLE;
+        self.queue(job, Instant::now() + SETTLE, 0);
+    }
+
+    fn queue(&self, job: Job, start: Instant, attempts: u32) {
         let spawn = {
             let mut q = self.inner.lock();
             match q
                 .jobs
                 .iter_mut()
-                .find(|(j, _)| j.namespace == job.namespace && j.image == job.image)
+                .find(|(j, _, _)| j.namespace == job.namespace && j.image == job.image)
             {
-                Some((j, at)) => {
+                Some((j, at, n)) => {
                     j.kept.extend(job.kept);
                     if j.manifest_digest.is_none() {
                         j.manifest_digest = job.manifest_digest;
                     }
-                    *at = start;
+                    *at = (*at).max(start);
+                    *n = (*n).max(attempts);
                 }
-                None => q.jobs.push((job, start)),
+                None => q.jobs.push((job, start, attempts)),
             }
             !std::mem::replace(&mut q.worker, true)
         };
@@ -123,13 +134,16 @@ impl ContentFeeder {
             let next = {
                 let mut q = self.inner.lock();
                 let now = Instant::now();
-                match q.jobs.iter().position(|(_, at)| *at <= now) {
-                    Some(i) => Ok(q.jobs.remove(i).0),
-                    None => Err(q.jobs.iter().map(|(_, at)| *at).min()),
+                match q.jobs.iter().position(|(_, at, _)| *at <= now) {
+                    Some(i) => {
+                        let (job, _, n) = q.jobs.remove(i);
+                        Ok((job, n))
+                    }
+                    None => Err(q.jobs.iter().map(|(_, at, _)| *at).min()),
                 }
             };
             match next {
-                Ok(job) => self.run(job).await,
+                Ok((job, n)) => self.run(job, n + 1).await,
                 Err(Some(at)) => {
                     let _ = tokio::time::timeout_at(at.into(), self.inner.wake.notified()).await;
                 }
@@ -138,26 +152,42 @@ impl ContentFeeder {
         }
     }
 
-    async fn run(&self, job: Job) {
+    /// Run `job`, its `attempt`-th time; queue it again when it failed
+    /// and may be retried.
+    async fn run(&self, job: Job, attempt: u32) {
         let t = Instant::now();
-        let kept: Vec<PathBuf> = job.kept.iter().map(|k| k.path.clone()).collect();
-        match self.inner.write_image(&job).await {
-            Ok(n) => tracing::info!(
-                image = %job.image,
-                namespace = %job.namespace,
-                written = n.written,
-                present = n.present,
-                failed = n.failed,
-                ms = t.elapsed().as_millis() as u64,
-                "content store: image blobs handed to containerd"
-            ),
-            Err(e) => tracing::warn!(
-                image = %job.image,
-                namespace = %job.namespace,
-                error = %e,
-                "content store: cannot write the image's blobs into containerd"
-            ),
+        let retry = match self.inner.write_image(&job).await {
+            Ok(n) => {
+                tracing::info!(
+                    image = %job.image,
+                    namespace = %job.namespace,
+                    written = n.written,
+                    present = n.present,
+                    failed = n.failed,
+                    ms = t.elapsed().as_millis() as u64,
+                    "content store: image blobs handed to containerd"
+                );
+                n.failed > 0
+            }
+            Err(e) => {
+                tracing::warn!(
+                    image = %job.image,
+                    namespace = %job.namespace,
+                    attempt,
+                    error = %e,
+                    "content store: cannot write the image's blobs into containerd"
+                );
+                !matches!(e, ContentError::NoRecord(_) | ContentError::Source(_))
+            }
+        };
+        if retry && attempt < ATTEMPTS {
+            self.queue(job, Instant::now() + RETRY * attempt, attempt);
+            return;
         }
+        if retry {
+            tracing::warn!(image = %job.image, namespace = %job.namespace, attempts = attempt, "content store: giving up; the engine does not list the image until it is pulled again");
+        }
+        let kept: Vec<PathBuf> = job.kept.iter().map(|k| k.path.clone()).collect();
         for p in kept {
             let _ = tokio::fs::remove_file(p).await;
         }
