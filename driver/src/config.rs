@@ -26,6 +26,14 @@ pub struct Config {
     /// ingest area to see whether downloads are still running (LASS on the
     /// engine's own unpack path).
     pub containerd_root: PathBuf,
+    /// containerd's gRPC socket: where the blobs of images nvtier pulls for
+    /// the engine are written into containerd's content store.
+    pub containerd_socket: PathBuf,
+    /// Write the blobs nvtier pulls for containerd/Docker into containerd's
+    /// content store (in the background, after the pull). Off: containerd
+    /// has no layer blobs of those images, so `docker images`, `docker
+    /// save` and `docker push` do not see them.
+    pub content_store_blobs: bool,
     /// File-granular hot-file tiering: when on and the kernel has
     /// overlayfs data-only layers, migrated images mount as a flattened
     /// metadata layer plus data layers. Off = whole-layer placement only.
@@ -88,6 +96,7 @@ pub enum DiskLayerSync {
 pub const DEFAULT_SNAPSHOTTER_SOCKET: &str = "/run/nvtier/snapshotter.sock";
 pub const DEFAULT_DOCKER_PLUGIN_SOCKET: &str = "/run/docker/plugins/nvtier.sock";
 pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// 256 MiB/s: a fraction of a pmem tier's bandwidth, about an HDD's.
 pub const DEFAULT_MIGRATE_RATE: u64 = 256 << 20;
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
@@ -118,6 +127,8 @@ struct Raw {
     snapshotter_socket: Option<String>,
     docker_plugin_socket: Option<String>,
     containerd_root: Option<PathBuf>,
+    containerd_socket: Option<PathBuf>,
+    content_store_blobs: Option<bool>,
     tiering: Option<bool>,
     static_placement: Option<bool>,
     migrate_rate: Option<Size>,
@@ -284,6 +295,15 @@ impl Config {
                 containerd_root.display()
             )));
         }
+        let containerd_socket = raw
+            .containerd_socket
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_SOCKET));
+        if !containerd_socket.is_absolute() || containerd_socket.as_os_str().len() > 107 {
+            return Err(err(format!(
+                "key `containerd_socket` must be an absolute socket path of at most 107 bytes, got {}",
+                containerd_socket.display()
+            )));
+        }
         let upper_tier = match raw.upper_tier.as_deref() {
             None | Some("disk") => crate::tier::TierKind::Disk,
             Some("pmem") => crate::tier::TierKind::Pmem,
@@ -364,6 +384,8 @@ impl Config {
             snapshotter_socket,
             docker_plugin_socket,
             containerd_root,
+            containerd_socket,
+            content_store_blobs: raw.content_store_blobs.unwrap_or(true),
             tiering: raw.tiering.unwrap_or(true),
             static_placement: raw.static_placement.unwrap_or(true),
             migrate_rate,
@@ -500,6 +522,22 @@ insecure_registries = ["10.0.0.2:5000"]
             Some(Path::new(DEFAULT_DOCKER_PLUGIN_SOCKET))
         );
         assert_eq!(c.containerd_root, Path::new(DEFAULT_CONTAINERD_ROOT));
+        assert_eq!(c.containerd_socket, Path::new(DEFAULT_CONTAINERD_SOCKET));
+        assert!(c.content_store_blobs);
+    }
+
+    #[test]
+    fn content_store_keys() {
+        let c = parse(&format!(
+            "{OK}containerd_socket = \"/run/x/ctd.sock\"\ncontent_store_blobs = false\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.containerd_socket, Path::new("/run/x/ctd.sock"));
+        assert!(!c.content_store_blobs);
+        let e = parse(&format!("{OK}containerd_socket = \"ctd.sock\"\n")).expect_err("relative");
+        assert!(e.to_string().contains("containerd_socket"), "{e}");
+        let e = parse(&format!("{OK}content_store_blobs = \"yes\"\n")).expect_err("not a bool");
+        assert!(e.to_string().contains("content_store_blobs"), "{e}");
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub async fn repair(store: &Store, opts: &RepairOptions) -> Result<RepairReport>
             auth: opts.auth.clone(),
             pin_digest: Some(rec.manifest_digest.clone()),
             origin: rec.origin,
+            keep_blobs: false,
         };
         tracing::warn!(image = %name, ?reasons, "repairing a damaged image");
         let mut out = ImageRepair {

@@ -20,6 +20,7 @@ use std::time::Instant;
 use tokio::sync::{oneshot, Semaphore};
 
 pub mod auth;
+mod blob;
 mod download;
 mod layer;
 mod profile;
@@ -29,9 +30,10 @@ mod registry;
 mod report;
 
 pub use auth::Credentials;
+pub use blob::fetch_blob;
 pub use registry::normalize;
 use registry::{access_err, client_for, parse_ref, registry_err};
-pub use report::{LayerReport, ProfileUse, PullOptions, PullReport};
+pub use report::{KeptBlob, LayerReport, ProfileUse, PullOptions, PullReport};
 
 fn ms(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3
@@ -270,6 +272,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     };
     let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
     let mut cleanup: Vec<PathBuf> = Vec::new();
+    let mut kept: Vec<KeptBlob> = Vec::new();
     let result: Result<()> = async {
         for i in 0..n {
             let desc = &manifest.layers[i];
@@ -324,6 +327,21 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 reports.push(rep);
                 let _ = std::fs::remove_file(&dl.path);
                 continue;
+            }
+            if opts.keep_blobs {
+                // A hard link, before storing (a disk-tier layer's blob is
+                // moved away by its write-back bookkeeping). Never fails
+                // the pull.
+                match keep_blob(store, &dl.path, &desc.digest) {
+                    Ok(path) => kept.push(KeptBlob {
+                        digest: desc.digest.clone(),
+                        media_type: desc.media_type.clone(),
+                        path,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(blob = %desc.digest, error = %e, "cannot keep the blob for containerd's content store")
+                    }
+                }
             }
             let free = store.pmem_budget().saturating_sub(store.pmem_used()?);
             let moment = StoreMoment {
@@ -385,7 +403,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     if let Err(e) = result {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        for p in cleanup {
+        for p in cleanup.into_iter().chain(kept.into_iter().map(|k| k.path)) {
             let _ = std::fs::remove_file(p);
         }
         // Partial downloads of aborted tasks.
@@ -460,5 +478,20 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         disk_bytes,
         credentials: creds.source,
         profile,
+        kept_blobs: kept,
     })
+}
+
+/// Hard-link a downloaded blob into the store's kept-blobs directory.
+fn keep_blob(store: &Store, blob: &std::path::Path, digest: &str) -> Result<PathBuf> {
+    use crate::error::IoContext;
+    let dir = store.kept_blobs_dir();
+    std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+    let path = dir.join(format!(
+        "{}.{:016x}",
+        digest_hex(digest)?,
+        rand::random::<u64>()
+    ));
+    std::fs::hard_link(blob, &path).ctx("keep blob as", &path)?;
+    Ok(path)
 }

@@ -19,6 +19,19 @@ pub struct PullOptions {
     /// Who asks. An engine's pull never takes over the record of an image
     /// that `nvtier pull` made (see [`ImageOrigin`]).
     pub origin: ImageOrigin,
+    /// Keep each layer blob this pull downloads (a hard link in
+    /// [`crate::store::Store::kept_blobs_dir`]) and list it in
+    /// [`PullReport::kept_blobs`]; the caller owns and removes the files.
+    pub keep_blobs: bool,
+}
+
+/// A downloaded, digest-checked layer blob kept after its layer was stored
+/// (see [`PullOptions::keep_blobs`]).
+#[derive(Debug, Clone)]
+pub struct KeptBlob {
+    pub digest: String,
+    pub media_type: String,
+    pub path: std::path::PathBuf,
 }
 
 /// Per-layer outcome, in chain order. Times are ms since the pull started.
@@ -65,6 +78,10 @@ pub struct PullReport {
     pub credentials: Option<String>,
     /// The hot profile found in the registry, and what the pull did with it.
     pub profile: Option<ProfileUse>,
+    /// The kept layer blobs (only with [`PullOptions::keep_blobs`]; not
+    /// part of the JSON report).
+    #[serde(skip)]
+    pub kept_blobs: Vec<KeptBlob>,
 }
 
 /// A registry profile used by a pull.

@@ -129,6 +129,7 @@ mod tests {
             disk_bytes: 1 << 20,
             credentials: None,
             profile: None,
+            kept_blobs: Vec::new(),
         };
         let text = rep.to_string();
         let lines: Vec<&str> = text.lines().collect();

@@ -5,10 +5,15 @@
 //! - the Docker legacy graph-driver plugin ([`docker_plugin`]), key
 //!   `docker_plugin_socket`.
 //!
+//! For the snapshotter, [`content`] writes the blobs of images nvtier
+//! pulls for the engine into containerd's content store (key
+//! `content_store_blobs`, through `containerd_socket`).
+//!
 //! SIGTERM/SIGINT stop accepting, let requests in flight finish, and remove
 //! the sockets. State is on disk, so a restart while containerd holds
 //! snapshots (and containers run on them) leaves them intact.
 
+pub mod content;
 pub mod docker_plugin;
 pub mod metrics;
 pub mod pins;

@@ -212,6 +212,11 @@ impl Store {
     pub fn downloads_dir(&self) -> PathBuf {
         self.state().join("downloads")
     }
+    /// Blobs a pull kept for `nvtier serve` to hand on (see
+    /// `PullOptions::keep_blobs`); emptied when `serve` starts.
+    pub fn kept_blobs_dir(&self) -> PathBuf {
+        self.state().join("kept-blobs")
+    }
     pub fn reservations_dir(&self) -> PathBuf {
         self.state().join("reservations")
     }

@@ -145,6 +145,7 @@ fn pull_report_shape_matches_the_testbed() {
         disk_bytes: 100,
         credentials: None,
         profile: None,
+        kept_blobs: Vec::new(),
     };
     let v = serde_json::to_value(&report).expect("serialize");
     check_pull_report(&v);

@@ -131,15 +131,33 @@ impl Drop for Daemon {
     }
 }
 
-/// Write the bed's nvtier config with the snapshotter keys.
+/// Write the bed's nvtier config with the snapshotter keys (containerd's
+/// socket is the one [`Containerd::start`] makes).
 pub fn write_serve_config(bed: &Bed, budget: &str, containerd_root: &Path) -> PathBuf {
+    write_serve_config_extra(bed, budget, containerd_root, "")
+}
+
+/// [`write_serve_config`] with `extra` TOML lines appended.
+pub fn write_serve_config_extra(
+    bed: &Bed,
+    budget: &str,
+    containerd_root: &Path,
+    extra: &str,
+) -> PathBuf {
     // In a sub-directory that `nvtier serve` must create itself.
     let sock = run_dir(bed).join("sock/nvtier.sock");
     fs::write(
         &bed.config,
         format!(
-            "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = {:?}\ninsecure_registries = [{:?}]\nsnapshotter_socket = {:?}\ndocker_plugin_socket = \"\"\ncontainerd_root = {:?}\n",
-            bed.state, bed.pmem, bed.disk, budget, bed.registry, sock, containerd_root
+            "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = {:?}\ninsecure_registries = [{:?}]\nsnapshotter_socket = {:?}\ndocker_plugin_socket = \"\"\ncontainerd_root = {:?}\ncontainerd_socket = {:?}\n{extra}",
+            bed.state,
+            bed.pmem,
+            bed.disk,
+            budget,
+            bed.registry,
+            sock,
+            containerd_root,
+            run_dir(bed).join("ctd.sock")
         ),
     )
     .expect("write config");

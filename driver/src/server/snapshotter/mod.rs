@@ -25,6 +25,9 @@
 //! pull the whole image itself with LASS ([`crate::pull::pull`], deduplicated
 //! per image), create the committed snapshot for the chainID, and answer
 //! AlreadyExists: containerd then skips fetching and unpacking the layer.
+//! The image's blobs are then written into containerd's content store in
+//! the background ([`crate::server::content`]), so the engine sees a
+//! complete image.
 //!
 //! Keys are never used as paths: records live in
 //! `STATE/snapshots/<sha256(key)>.json`, directories are named by a random
@@ -64,6 +67,7 @@ pub use validate::{validate_key, validate_labels, MAX_KEY_BYTES, MAX_LABELS, MAX
 
 pub const LABEL_REF: &str = "containerd.io/snapshot.ref";
 pub const LABEL_CRI_IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+pub const LABEL_CRI_MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
 pub const LABEL_CRI_LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const LABEL_CRI_IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
@@ -82,6 +86,9 @@ pub struct Inner {
     /// Images whose failed pull was logged as a warning (once each).
     fallbacks_logged: Mutex<std::collections::HashSet<String>>,
     ingest_dir: PathBuf,
+    /// Writes the blobs of images nvtier pulls for the engine into
+    /// containerd's content store (`content_store_blobs`).
+    content: Option<crate::server::content::ContentFeeder>,
     /// Whether the next cleanup must look for orphans on the disk tier:
     /// set at start-up (and consumed by the cleanup `open` runs) and
     /// whenever removing a snapshot directory there failed. containerd asks

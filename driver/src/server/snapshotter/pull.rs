@@ -116,7 +116,13 @@ impl Inner {
 
 impl NvSnapshotter {
     /// Pull `image` once, however many Prepares ask for it concurrently.
-    pub(super) async fn pull_once(&self, image: &str) -> std::result::Result<(), String> {
+    /// `key` is the Prepare's snapshot key (its containerd namespace gets
+    /// the content-store writes).
+    pub(super) async fn pull_once(
+        &self,
+        image: &str,
+        key: &str,
+    ) -> std::result::Result<(), String> {
         let cell = {
             let mut m = self.inner.pulls.lock().await;
             m.entry(image.to_string())
@@ -124,6 +130,7 @@ impl NvSnapshotter {
                 .clone()
         };
         let store = self.inner.store.clone();
+        let this = self.clone();
         let r = cell
             .get_or_init(|| async move {
                 let opts = PullOptions {
@@ -132,6 +139,7 @@ impl NvSnapshotter {
                     auth: crate::pull::Credentials::Node,
                     pin_digest: None,
                     origin: ImageOrigin::Engine,
+                    keep_blobs: this.inner.content.is_some(),
                 };
                 tracing::info!(image, "pulling for containerd (remote snapshot)");
                 let r = pull(&store, image, &opts).await;
@@ -140,7 +148,9 @@ impl NvSnapshotter {
                     r.as_ref().is_ok_and(|rep| rep.profile.as_ref().is_some_and(|p| p.tiered)),
                 );
                 match r {
-                    Ok(rep) => {
+                    Ok(mut rep) => {
+                        let kept = std::mem::take(&mut rep.kept_blobs);
+                        this.feed_content(key, Some(&image.to_string()), None, kept);
                         tracing::info!(image, ldl = ?rep.ldl_index, pmem = rep.pmem_bytes, disk = rep.disk_bytes, ms = rep.stored_done_ms, "pulled");
                         // The last report per image, for `nvtier`/tests:
                         // STATE/pulls/<sha256(image)>.json.

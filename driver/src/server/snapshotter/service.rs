@@ -2,9 +2,11 @@
 
 use super::{
     filter_matches, info_of, unpack_chain, validate_key, validate_labels, Inner, NvSnapshotter,
-    SResult, SnapError, Snaps, LABEL_CRI_IMAGE_REF, LABEL_REF,
+    SResult, SnapError, Snaps, LABEL_CRI_IMAGE_REF, LABEL_CRI_MANIFEST_DIGEST, LABEL_REF,
 };
 use crate::error::{Error, IoContext, Result};
+use crate::pull::KeptBlob;
+use crate::server::content::{namespace_of_key, remove_kept_blobs, ContentFeeder, Job};
 use crate::store::{SnapshotKind, SnapshotRecord, Store};
 use crate::tier::TierKind;
 use containerd_snapshots::api::types::Mount;
@@ -51,7 +53,14 @@ impl NvSnapshotter {
             .cfg
             .containerd_root
             .join("io.containerd.content.v1.content/ingest");
+        let content = if store.cfg.content_store_blobs {
+            Some(ContentFeeder::new(store.clone()))
+        } else {
+            remove_kept_blobs(&store);
+            None
+        };
         let inner = Arc::new(Inner {
+            content,
             store,
             snaps: Mutex::new(snaps),
             idle: Condvar::new(),
@@ -112,17 +121,21 @@ impl NvSnapshotter {
         if let (Some(target), SnapshotKind::Active) = (target, kind) {
             let labelled = labels.contains_key(LABEL_REF);
             let (k, p, t, l) = (key.clone(), parent.clone(), target.clone(), labels.clone());
+            let image = labels.get(LABEL_CRI_IMAGE_REF).filter(|_| labelled);
+            let manifest = labels.get(LABEL_CRI_MANIFEST_DIGEST);
             // Only a labelled Prepare may be answered with AlreadyExists:
             // that is containerd's remote-snapshot protocol.
             if labelled && self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
+                self.feed_content(&key, image, manifest, Vec::new());
                 return Err(SnapError::AlreadyExists(key));
             }
-            if let Some(image) = labels.get(LABEL_CRI_IMAGE_REF).filter(|_| labelled) {
-                match self.pull_once(image).await {
+            if let Some(image) = image {
+                match self.pull_once(image, &key).await {
                     Ok(()) => {
                         let (k, p, t, l) =
                             (key.clone(), parent.clone(), target.clone(), labels.clone());
                         if self.blocking(move |i| i.try_attach(&k, &p, &t, &l)).await? {
+                            self.feed_content(&key, Some(image), manifest, Vec::new());
                             return Err(SnapError::AlreadyExists(key));
                         }
                         tracing::warn!(image = %image, layer = %target, "pulled image does not provide this layer; containerd unpacks it");
@@ -139,6 +152,33 @@ impl NvSnapshotter {
         }
         self.blocking(move |i| i.create(&key, &parent, labels, kind, tier))
             .await
+    }
+
+    /// Queue the content-store writes of `image` (with manifest digest
+    /// `manifest`, when the engine gave it) in the namespace of the
+    /// snapshot `key` (when `content_store_blobs` is on); `kept` are blob
+    /// files the pull kept (removed here when nothing will write them).
+    pub(super) fn feed_content(
+        &self,
+        key: &str,
+        image: Option<&String>,
+        manifest: Option<&String>,
+        kept: Vec<KeptBlob>,
+    ) {
+        let ns = namespace_of_key(key);
+        match (&self.inner.content, image, ns) {
+            (Some(c), Some(image), Some(ns)) => c.submit(Job {
+                namespace: ns.to_string(),
+                image: image.clone(),
+                manifest_digest: manifest.cloned(),
+                kept,
+            }),
+            _ => {
+                for k in kept {
+                    let _ = fs::remove_file(&k.path);
+                }
+            }
+        }
     }
 
     /// The grpc service.

@@ -58,6 +58,7 @@ pub fn run(cfg: &Config, store: &Store, a: Args) -> Result<()> {
         auth,
         pin_digest: None,
         origin: nvtier::store::ImageOrigin::Cli,
+        keep_blobs: false,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
