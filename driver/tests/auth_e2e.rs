@@ -191,11 +191,7 @@ fn docker_login_pull_and_auth_fallback() {
     let imgs = images.as_array().expect("images");
     assert_eq!(imgs.len(), 1, "nvtier did not pull it: {images}");
     assert_eq!(imgs[0]["origin"], "engine", "{images}");
-    let reports: Vec<Value> = fs::read_dir(bed.state.join("pulls"))
-        .expect("pull reports")
-        .flatten()
-        .map(|e| serde_json::from_str(&fs::read_to_string(e.path()).expect("read")).expect("json"))
-        .collect();
+    let reports = common::pull_reports(&bed);
     assert_eq!(reports.len(), 1);
     let rep = &reports[0];
     assert_eq!(

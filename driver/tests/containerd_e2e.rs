@@ -254,11 +254,7 @@ fn docker26_containerd_store() {
     for l in &layers {
         assert!(l["blob_digest"].is_string(), "not pulled by nvtier: {l}");
     }
-    let reports: Vec<Value> = fs::read_dir(bed.state.join("pulls"))
-        .expect("pull reports")
-        .flatten()
-        .map(|e| serde_json::from_str(&fs::read_to_string(e.path()).expect("read")).expect("json"))
-        .collect();
+    let reports = common::pull_reports(&bed);
     assert_eq!(reports.len(), 1);
     let rep = &reports[0];
     check_lass_rule(rep);

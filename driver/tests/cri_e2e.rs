@@ -501,13 +501,8 @@ fn record_of<'a>(images: &'a [Value], tag: &str) -> Option<&'a Value> {
 
 /// The pull report of the image with `/TAG:` in its name.
 fn pull_report(bed: &Bed, tag: &str) -> Value {
-    fs::read_dir(bed.state.join("pulls"))
-        .expect("pull reports")
-        .flatten()
-        .map(|e| {
-            serde_json::from_str::<Value>(&fs::read_to_string(e.path()).expect("read"))
-                .expect("json")
-        })
+    common::pull_reports(bed)
+        .into_iter()
         .find(|r| {
             r["image"]
                 .as_str()

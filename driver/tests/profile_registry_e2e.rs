@@ -463,11 +463,7 @@ fn docker_pull_uses_the_registry_profile() {
     let ctd = Containerd::start(&b, &sock, Some(&bin));
     let dockerd = Dockerd::start_with(&b, &ctd, &["--insecure-registry", host]);
     dockerd.docker_ok(&["pull", &r]);
-    let reports: Vec<Value> = fs::read_dir(b.state.join("pulls"))
-        .expect("pull reports")
-        .flatten()
-        .map(|e| serde_json::from_str(&fs::read_to_string(e.path()).expect("read")).expect("json"))
-        .collect();
+    let reports = common::pull_reports(&b);
     assert_eq!(reports.len(), 1);
     let p = &reports[0]["profile"];
     assert_eq!(p["artifact_digest"], push["artifact_digest"], "{p}");

@@ -116,6 +116,15 @@ fn bad(path: &Path, msg: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A credentials file's text; `None` when it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(bad(path, format!("cannot read: {e}"))),
+    }
+}
+
 /// Runs `docker-credential-NAME get`; a trait so the parsing is tested
 /// without a helper binary.
 pub(crate) trait CredentialHelper {
@@ -165,10 +174,8 @@ pub(crate) fn from_docker_config(
     registry: &str,
     helpers: &dyn CredentialHelper,
 ) -> Result<Option<RegistryAuth>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(path, format!("cannot read: {e}"))),
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
     };
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(path, format!("not valid JSON: {e}")))?;
@@ -268,10 +275,8 @@ pub(crate) fn from_containerd_config(
     path: &Path,
     registry: &str,
 ) -> Result<Option<(RegistryAuth, PathBuf)>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(path, format!("cannot read: {e}"))),
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
     };
     let v: toml::Value =
         toml::from_str(&text).map_err(|e| bad(path, format!("not valid TOML: {e}")))?;
@@ -315,10 +320,8 @@ pub(crate) fn from_containerd_config(
 /// An `Authorization: Basic|Bearer` header in a containerd `hosts.toml`
 /// (top-level `[header]` or the first `[host."…".header]` that has one).
 fn from_hosts_toml(path: &Path) -> Result<Option<RegistryAuth>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(path, format!("cannot read: {e}"))),
+    let Some(text) = read_optional(path)? else {
+        return Ok(None);
     };
     let v: toml::Value =
         toml::from_str(&text).map_err(|e| bad(path, format!("not valid TOML: {e}")))?;

@@ -72,6 +72,18 @@ impl Bed {
     }
 }
 
+/// The pull reports the daemon saved (`STATE/pulls/*.json`), one per
+/// image it pulled for an engine.
+pub fn pull_reports(bed: &Bed) -> Vec<Value> {
+    std::fs::read_dir(bed.state.join("pulls"))
+        .expect("pull reports")
+        .flatten()
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.path()).expect("read")).expect("json")
+        })
+        .collect()
+}
+
 /// `nvtier serve` on the bed's config, stopped with SIGTERM on drop. Its
 /// log (`NVTIER_LOG=info`) goes to `log`, or nowhere.
 pub struct Serve(std::process::Child);
