@@ -275,10 +275,6 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
     assert_eq!(p["tiered"], true, "{rep}");
     assert!(p["error"].is_null(), "{rep}");
     assert_eq!(p["meta_built"], true, "{rep}");
-    assert!(
-        p["hot_bytes"].as_u64().is_some_and(|h| h >= 8 << 20),
-        "{rep}"
-    );
     assert!(p["tiered_done_ms"].as_f64().is_some_and(|t| t > 0.0));
     // LASS placed the bases (the deploy stays as fast); `nvtier pull`
     // moved the pmem ones to disk before it exited.
@@ -469,10 +465,10 @@ fn docker_pull_uses_the_registry_profile() {
     assert_eq!(p["artifact_digest"], push["artifact_digest"], "{p}");
     assert_eq!(p["tiered"], true, "{p}");
     assert!(p["error"].is_null(), "{p}");
-    assert!(p["hot_bytes"].as_u64().is_some_and(|h| h >= 8 << 20), "{p}");
     // The daemon's background migration moves the pmem bases to disk.
     engines::wait_for("the pmem bases to move to disk", 60, || {
-        b.nvtier_json(&["status"])["pmem_layer_bytes"] == 0
+        let st = b.nvtier_json(&["status"]);
+        st["pmem_layer_bytes"] == 0 && st["pmem_hot_bytes"].as_u64().is_some_and(|h| h >= 8 << 20)
     });
     // A container's mount is tiered, and reads right.
     let want = fs::read(reference_rootfs("prfe1").join("data/layer3.bin")).expect("ref");

@@ -55,6 +55,7 @@ pub(super) async fn tier_now(store: &Store, rep: &mut PullReport, t0: std::time:
         dry_run: false,
         rate: Some(0),
         keep_bases: true,
+        skip_pmem_bases: true,
     };
     let s2 = store.clone();
     let r = tokio::task::spawn_blocking(move || migrate(&s2, &opts)).await;
@@ -100,6 +101,7 @@ pub fn relocate_bases(store: &Store, image: &str) -> Result<u64> {
             dry_run: false,
             rate: None,
             keep_bases: false,
+            skip_pmem_bases: false,
         },
     )?;
     Ok(r.relocated_bytes)

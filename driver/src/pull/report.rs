@@ -101,7 +101,9 @@ pub struct ProfileUse {
     /// When the hot data and metadata layers were in place, ms since the
     /// pull started (the deploy's end for a profiled pull).
     pub tiered_done_ms: Option<f64>,
-    /// Hot bytes copied to pmem, and the image's metadata layer built.
+    /// Hot bytes copied to pmem at pull time (of the layers whose base is
+    /// on disk; those on pmem get theirs when the base moves), and the
+    /// image's metadata layer built.
     pub hot_bytes: u64,
     pub meta_built: bool,
     /// Why the hot copies could not be made (the pull still succeeded;

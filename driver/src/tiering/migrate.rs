@@ -32,6 +32,11 @@ pub struct MigrateOptions {
     /// Keep layer bases where they are (default: relocate pmem bases to
     /// disk, so pmem holds only metadata and hot copies).
     pub keep_bases: bool,
+    /// With `keep_bases`: leave the hot copies of layers whose base is on
+    /// pmem as they are (their files are read from pmem anyway; the
+    /// migration that relocates the base makes them). A profiled pull
+    /// builds only what its deploy needs.
+    pub skip_pmem_bases: bool,
 }
 
 /// The change to one layer.
@@ -289,7 +294,13 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
         let Some(l) = store.layer(c)? else { continue };
         let cur = current_hot(store, c)?;
         let cur_set: BTreeSet<&String> = cur.iter().map(|h| &h.data_path).collect();
-        let tgt = targets.get(*c).cloned().unwrap_or_default();
+        let tgt = if opts.keep_bases && opts.skip_pmem_bases && l.tier == TierKind::Pmem {
+            cur.iter()
+                .map(|h| (h.data_path.clone(), h.clone()))
+                .collect()
+        } else {
+            targets.get(*c).cloned().unwrap_or_default()
+        };
         let promote: Vec<String> = tgt
             .values()
             .filter(|h| !cur_set.contains(&h.data_path))

@@ -39,6 +39,7 @@ pub fn run(store: &Store, a: Args) -> Result<()> {
             dry_run: a.dry_run,
             rate,
             keep_bases: a.keep_bases,
+            skip_pmem_bases: false,
         },
     )?;
     if a.json {
