@@ -111,19 +111,25 @@ fn put_manifest(host: &str, repo: &str, reference: &str, media: &str, body: &[u8
     );
 }
 
-/// A newer profile artifact for `subject` whose content is hostile (a
-/// path outside the image), listed in the referrers tag index.
-fn push_hostile_artifact(host: &str, repo: &str, subject: &str) -> String {
+/// A newer profile artifact for `subject` with file `path` in layer
+/// `diff_id`, listed in the referrers tag index.
+fn push_hostile_artifact(
+    host: &str,
+    repo: &str,
+    subject: &str,
+    diff_id: &str,
+    path: &str,
+    created: &str,
+) -> String {
     let body = serde_json::json!({
-        "schema_version": 1, "diff_ids": ["sha256:00"], "runs": 1, "tracer": "ebpf",
-        "files": [{"diff_id": "sha256:00", "path": "/../../etc/shadow", "bytes": 1,
+        "schema_version": 1, "diff_ids": [diff_id], "runs": 1, "tracer": "ebpf",
+        "files": [{"diff_id": diff_id, "path": path, "bytes": 1,
                    "first_access_ms": 0.0, "kinds": ["open"], "count": 1}]
     })
     .to_string();
     let blob = put_blob(host, repo, body.as_bytes());
     let empty = put_blob(host, repo, b"{}");
     let kind = "application/vnd.nvtier.profile.v1+json";
-    let created = "2999-01-01T00:00:00.000Z";
     let m = serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "artifactType": kind,
@@ -246,8 +252,24 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
     // Pushing again adds a second artifact; the newest wins on pulls.
     let push2 = a.nvtier_json(&["profile", "push", &r]);
     assert_ne!(push2["artifact_digest"], push["artifact_digest"]);
-    // A newer, hostile artifact: pulls skip it for the newest valid one.
-    let hostile = push_hostile_artifact(host, repo, &subject);
+    // Newer artifacts, one hostile (a path out of the image), one for other
+    // layers: pulls skip both for the newest valid one.
+    let hostile = push_hostile_artifact(
+        host,
+        repo,
+        &subject,
+        "sha256:00",
+        "/../../etc/shadow",
+        "2999-01-01T00:00:00.000Z",
+    );
+    let other_layers = push_hostile_artifact(
+        host,
+        repo,
+        &subject,
+        "sha256:00",
+        "/bin/sh",
+        "2998-01-01T00:00:00.000Z",
+    );
 
     // Node B, with registry profiles off: LASS as before, no profile.
     configure_node_b(&b, host, "profiles_from_registry = false\n");
@@ -268,10 +290,15 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
     let p = &rep["profile"];
     assert_eq!(p["artifact_digest"], push2["artifact_digest"], "{rep}");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("skipping an invalid profile artifact") && err.contains(&hostile),
-        "{err}"
-    );
+    for bad in [&hostile, &other_layers] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains("skipping an invalid profile artifact")
+                    && l.contains(bad.as_str())),
+            "{bad} not skipped: {err}"
+        );
+    }
+    assert!(err.contains("other layers"), "{err}");
     assert_eq!(p["tiered"], true, "{rep}");
     assert!(p["error"].is_null(), "{rep}");
     assert_eq!(p["meta_built"], true, "{rep}");

@@ -129,7 +129,15 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     // pmem bases move to disk after the deploy (see `profile`).
     let registry_profile = if store.cfg.profiles_from_registry && opts.placement == Placement::Lass
     {
-        profile_artifact::lookup(store, &client, &reference, &manifest_digest, &creds.auth).await
+        profile_artifact::lookup(
+            store,
+            &client,
+            &reference,
+            &manifest_digest,
+            &diff_ids,
+            &creds.auth,
+        )
+        .await
     } else {
         None
     };
@@ -439,10 +447,14 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         created_ms: now_ms(),
     };
     store.put_image(&rec)?;
-    let profile = match registry_profile {
-        Some(found) => Some(profile::adopt(store, &rec, found, profiled)?),
-        None => None,
-    };
+    // A profile that cannot be adopted never fails the pull.
+    let profile = registry_profile.and_then(|found| {
+        profile::adopt(store, &rec, found, profiled)
+            .inspect_err(
+                |e| tracing::warn!(image = %name, error = %e, "cannot use the registry profile"),
+            )
+            .ok()
+    });
 
     let timeline: Vec<Option<nvtier_policy::lass::LayerTimes>> = reports
         .iter()

@@ -272,6 +272,7 @@ pub async fn lookup(
     client: &Client,
     image_ref: &Reference,
     digest: &str,
+    diff_ids: &[String],
     auth: &RegistryAuth,
 ) -> Option<Found> {
     let mut repos = vec![repo_of(image_ref)];
@@ -281,7 +282,7 @@ pub async fn lookup(
         }
     }
     for repo in repos {
-        match lookup_in(client, &repo, digest, auth).await {
+        match lookup_in(client, &repo, digest, diff_ids, auth).await {
             Ok(Some(f)) => return Some(f),
             Ok(None) => {}
             Err(e) => {
@@ -296,6 +297,7 @@ async fn lookup_in(
     client: &Client,
     repo: &str,
     digest: &str,
+    diff_ids: &[String],
     auth: &RegistryAuth,
 ) -> Result<Option<Found>> {
     let subject = in_repo(repo, digest)?;
@@ -325,7 +327,18 @@ async fn lookup_in(
     cands.sort_by(|a, b| b.cmp(a));
     cands.dedup_by(|a, b| a.1 == b.1);
     for (_, adigest) in cands.into_iter().take(MAX_CANDIDATES) {
-        match fetch_artifact(client, repo, &adigest, digest, auth).await {
+        let r = fetch_artifact(client, repo, &adigest, digest, auth)
+            .await
+            .and_then(|p| {
+                if p.diff_ids == diff_ids {
+                    Ok(p)
+                } else {
+                    Err(Error::Other(
+                        "the profile is for other layers than the image's".into(),
+                    ))
+                }
+            });
+        match r {
             Ok(profile) => {
                 return Ok(Some(Found {
                     profile,
