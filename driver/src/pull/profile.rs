@@ -56,6 +56,7 @@ pub(super) async fn tier_now(store: &Store, rep: &mut PullReport, t0: std::time:
         rate: Some(0),
         keep_bases: true,
         skip_pmem_bases: true,
+        no_wait: true,
     };
     let s2 = store.clone();
     let r = tokio::task::spawn_blocking(move || migrate(&s2, &opts)).await;
@@ -102,6 +103,7 @@ pub fn relocate_bases(store: &Store, image: &str) -> Result<u64> {
             rate: None,
             keep_bases: false,
             skip_pmem_bases: false,
+            no_wait: false,
         },
     )?;
     Ok(r.relocated_bytes)

@@ -37,6 +37,9 @@ pub struct MigrateOptions {
     /// migration that relocates the base makes them). A profiled pull
     /// builds only what its deploy needs.
     pub skip_pmem_bases: bool,
+    /// Fail at once (instead of waiting) when another migration runs: a
+    /// pull's deploy must not wait behind a background migration.
+    pub no_wait: bool,
 }
 
 /// The change to one layer.
@@ -165,7 +168,13 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
         )));
     }
     let t0 = Instant::now();
-    let _m = store.lock_migrate()?;
+    let _m = if opts.no_wait {
+        store.try_lock_migrate()?.ok_or_else(|| {
+            Error::Other("another migration is running; the next one includes this image".into())
+        })?
+    } else {
+        store.lock_migrate()?
+    };
     let used_before = store.pmem_used()?;
     let all = inputs(store)?;
     let scope: Vec<&ImageInput> = match &opts.image {

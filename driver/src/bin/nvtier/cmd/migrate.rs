@@ -40,6 +40,7 @@ pub fn run(store: &Store, a: Args) -> Result<()> {
             rate,
             keep_bases: a.keep_bases,
             skip_pmem_bases: false,
+            no_wait: false,
         },
     )?;
     if a.json {
