@@ -127,29 +127,27 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     // after the last byte goes to pmem, which keeps the deploy fast); the
     // hot data and metadata layers are built before the pull returns, and
     // pmem bases move to disk after the deploy (see `profile`).
-    let registry_profile = if store.cfg.profiles_from_registry && opts.placement == Placement::Lass
-    {
-        profile_artifact::lookup(
-            store,
-            &client,
-            &reference,
-            &manifest_digest,
-            &diff_ids,
-            &creds.auth,
-        )
-        .await
-    } else {
-        None
-    };
-    let profiled = registry_profile.is_some()
-        && store.pmem_available()
-        && match crate::tiering::enabled(store) {
-            Ok(()) => true,
-            Err(why) => {
-                tracing::info!(image = %name, %why, "a registry profile was found, but tiering is off: LASS places the layers");
-                false
-            }
-        };
+    // The lookup runs beside the downloads: a pull without a profile does
+    // not wait for it.
+    let found_early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lookup: Option<tokio::task::JoinHandle<Option<profile_artifact::Found>>> =
+        (store.cfg.profiles_from_registry && opts.placement == Placement::Lass).then(|| {
+            let flag = found_early.clone();
+            let (s2, c2, r2, d2, ids, a2) = (
+                store.clone(),
+                client.clone(),
+                reference.clone(),
+                manifest_digest.clone(),
+                diff_ids.clone(),
+                creds.auth.clone(),
+            );
+            tokio::spawn(async move {
+                let f = profile_artifact::lookup(&s2, &c2, &r2, &d2, &ids, &a2).await;
+                flag.store(f.is_some(), std::sync::atomic::Ordering::SeqCst);
+                f
+            })
+        });
+    let tiering_on = store.pmem_available() && crate::tiering::enabled(store).is_ok();
 
     // Pulls hold the GC lock shared, so nothing they store is collected
     // before the image record exists.
@@ -360,7 +358,11 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             let mut decision = decide(opts.placement, moment);
             // With a profile, the hot files go to pmem anyway: no static
             // promotion on top of LASS.
-            if !profiled
+            // (Known once the lookup has answered; until then a layer may
+            // still get its static promotion.)
+            let profiled_now =
+                tiering_on && found_early.load(std::sync::atomic::Ordering::SeqCst);
+            if !profiled_now
                 && decision == Decision::Disk(DiskReason::BelowLdl)
                 && promoted.contains(&i)
             {
@@ -448,8 +450,18 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     };
     store.put_image(&rec)?;
     // A profile that cannot be adopted never fails the pull.
+    let registry_profile = match lookup {
+        Some(h) => h.await.unwrap_or_else(|e| {
+            tracing::warn!(image = %name, error = %e, "the profile lookup task failed");
+            None
+        }),
+        None => None,
+    };
+    if registry_profile.is_some() && !tiering_on {
+        tracing::info!(image = %name, "a registry profile was found, but tiering is off or pmem is missing: it is kept for later");
+    }
     let profile = registry_profile.and_then(|found| {
-        profile::adopt(store, &rec, found, profiled)
+        profile::adopt(store, &rec, found, tiering_on)
             .inspect_err(
                 |e| tracing::warn!(image = %name, error = %e, "cannot use the registry profile"),
             )
