@@ -2,7 +2,7 @@
 
 use super::human;
 use crate::error::Result;
-use crate::store::profiles::{load_profile, profile_path};
+use crate::store::profiles::{load_profile, profile_file};
 use crate::store::Store;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -50,9 +50,9 @@ impl ProfileRow {
                     tracer: None,
                 },
                 Some(p) => {
-                    let recorded_ms = std::fs::metadata(profile_path(store, &i.name))
-                        .and_then(|m| m.modified())
-                        .ok()
+                    let recorded_ms = profile_file(store, &i.name)
+                        .and_then(|f| std::fs::metadata(f).ok())
+                        .and_then(|m| m.modified().ok())
                         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                         .map(|d| d.as_millis() as u64);
                     ProfileRow {

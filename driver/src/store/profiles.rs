@@ -1,5 +1,12 @@
-//! Hot profiles: `STATE/profiles/<sha256(image)>.json`, one per image, as
-//! `nvtier trace` records and merges them and the migration reads them.
+//! Hot profiles: one per image content, as `nvtier trace` records and
+//! merges them, registry pulls adopt them and the migration reads them.
+//!
+//! A profile follows the image's layers, not its name: it is stored as
+//! `STATE/profiles/c-<hex of the top layer's chainID>.json`, so every name
+//! of the same layers (a retag, a second registry) shares it. A name that
+//! is not in the store (and a profile written before this rule) uses
+//! `STATE/profiles/<sha256(name)>.json`, which is read as a fallback and
+//! replaced at the next save.
 
 use super::Store;
 use crate::error::{Error, IoContext, Result};
@@ -8,18 +15,46 @@ use nvtier_tracer::Profile;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 
-pub fn profile_path(store: &Store, image: &str) -> PathBuf {
+fn by_name(store: &Store, image: &str) -> PathBuf {
     store.state().join("profiles").join(format!(
         "{}.json",
         hex::encode(Sha256::digest(image.as_bytes()))
     ))
 }
 
+/// Where `image`'s profile is saved: by its content when the image is in
+/// the store, else by its name.
+pub fn profile_path(store: &Store, image: &str) -> PathBuf {
+    let top = store
+        .image(image)
+        .ok()
+        .flatten()
+        .and_then(|r| r.chain_ids.last().cloned())
+        .and_then(|c| super::digest_hex(&c).ok().map(str::to_string));
+    match top {
+        Some(hex) => store.state().join("profiles").join(format!("c-{hex}.json")),
+        None => by_name(store, image),
+    }
+}
+
+/// The file `image`'s profile is read from, if there is one.
+pub fn profile_file(store: &Store, image: &str) -> Option<PathBuf> {
+    [profile_path(store, image), by_name(store, image)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// `image`'s profile (the one of its content), named for `image`.
 pub fn load_profile(store: &Store, image: &str) -> Result<Option<Profile>> {
-    let p = profile_path(store, image);
+    let Some(p) = profile_file(store, image) else {
+        return Ok(None);
+    };
     match std::fs::read_to_string(&p) {
         Ok(t) => Profile::from_json(&t)
-            .map(Some)
+            .map(|mut prof| {
+                prof.image = image.to_string();
+                Some(prof)
+            })
             .map_err(|e| Error::Other(format!("{}: {e}", p.display()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).ctx("read profile", p),
@@ -32,7 +67,16 @@ pub fn save_profile(store: &Store, p: &Profile) -> Result<()> {
         std::fs::create_dir_all(d).ctx("create", d)?;
     }
     let json = p.to_json().map_err(|e| Error::Other(e.to_string()))?;
-    write_atomic(&path, json.as_bytes())
+    write_atomic(&path, json.as_bytes())?;
+    let old = by_name(store, &p.image);
+    if old != path {
+        match std::fs::remove_file(&old) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("remove the old profile", &old),
+        }
+    }
+    Ok(())
 }
 
 /// The artifact type of a profile in a registry.
@@ -287,6 +331,46 @@ mod tests {
         let mut extra = serde_json::to_value(&good).expect("v");
         extra["host"] = serde_json::json!("x");
         assert!(PortableProfile::from_json(extra.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_profile_follows_the_content_not_the_name() {
+        let (_d, store) = crate::testutil::temp_store("1M");
+        let c = |ch: char| format!("sha256:{}", ch.to_string().repeat(64));
+        let rec = |name: &str, top: char| super::super::ImageRecord {
+            name: name.into(),
+            chain_ids: vec![c('a'), c(top)],
+            ..image(&["sha256:a", "sha256:b"])
+        };
+        store.put_image(&rec("reg/app:1", 'b')).expect("image");
+        store
+            .put_image(&rec("mirror/app:latest", 'b'))
+            .expect("retag");
+        store.put_image(&rec("reg/other:1", 'c')).expect("other");
+        // A profile written before profiles followed the content.
+        let mut p = profile();
+        p.image = "reg/app:1".into();
+        let legacy = by_name(&store, "reg/app:1");
+        std::fs::create_dir_all(legacy.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&legacy, p.to_json().expect("json")).expect("legacy");
+        let got = load_profile(&store, "reg/app:1")
+            .expect("load")
+            .expect("legacy read");
+        assert_eq!(got.files, p.files);
+        save_profile(&store, &got).expect("save");
+        assert!(!legacy.exists(), "the name-keyed file is replaced");
+        assert!(profile_path(&store, "reg/app:1").ends_with(format!("c-{}.json", "b".repeat(64))));
+        // The retag shares it, under its own name; another image does not.
+        let r = load_profile(&store, "mirror/app:latest")
+            .expect("load")
+            .expect("shared");
+        assert_eq!((r.image.as_str(), r.files.len()), ("mirror/app:latest", 2));
+        assert_eq!(load_profile(&store, "reg/other:1").expect("load"), None);
+        // A name not in the store keeps the name key.
+        assert_eq!(
+            profile_path(&store, "not/pulled:1"),
+            by_name(&store, "not/pulled:1")
+        );
     }
 
     #[test]
