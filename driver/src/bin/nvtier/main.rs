@@ -64,7 +64,7 @@ enum Cmd {
     /// Cold-start IMAGE under the file-access tracer (eBPF, or fanotify as
     /// a fallback) and save the files it touched as the image's hot profile.
     Trace(cmd::trace::Args),
-    /// Show, export or import hot profiles.
+    /// List, push, show, export or import hot profiles.
     #[command(subcommand)]
     Profile(cmd::profile::ProfileCmd),
     /// Run the daemon: the containerd proxy snapshotter on

@@ -37,7 +37,10 @@ pub struct Args {
     /// Return as soon as the layers are published. Layers on the disk
     /// tier are then still being written back (their blobs are kept
     /// until that is done, so a crash loses nothing); `nvtier sync`
-    /// waits for it. Without this flag, pull waits before it exits.
+    /// waits for it. With a hot profile from the registry, the layer
+    /// bases on pmem then move to disk at the next `nvtier migrate` (or
+    /// in `nvtier serve`). Without this flag, pull does both before it
+    /// exits.
     #[arg(long)]
     no_wait: bool,
 }
