@@ -89,3 +89,23 @@ pub(crate) fn temp_store(budget: &str) -> (tempfile::TempDir, crate::store::Stor
     let store = crate::store::Store::open(&cfg).expect("store");
     (d, store)
 }
+
+/// An image record of `name` over layers `diff_ids` (chainIDs `chain_ids`),
+/// pulled by the CLI, for tests of records.
+pub(crate) fn image_record(
+    name: &str,
+    diff_ids: &[&str],
+    chain_ids: &[&str],
+) -> crate::store::ImageRecord {
+    crate::store::ImageRecord {
+        name: name.into(),
+        manifest_digest: "sha256:m".into(),
+        config_digest: "sha256:c".into(),
+        config: serde_json::json!({}),
+        diff_ids: diff_ids.iter().map(|d| d.to_string()).collect(),
+        blob_digests: Vec::new(),
+        chain_ids: chain_ids.iter().map(|c| c.to_string()).collect(),
+        created_ms: 0,
+        origin: crate::store::ImageOrigin::Cli,
+    }
+}

@@ -160,17 +160,11 @@ mod tests {
         let (_d, store) = crate::testutil::temp_store("1M");
         for name in ["r/a:1", "r/b:1"] {
             store
-                .put_image(&crate::store::ImageRecord {
-                    name: name.into(),
-                    manifest_digest: "sha256:m".into(),
-                    config_digest: "sha256:c".into(),
-                    config: serde_json::json!({}),
-                    diff_ids: vec!["sha256:d0".into()],
-                    blob_digests: Vec::new(),
-                    chain_ids: vec!["sha256:c0".into()],
-                    created_ms: 0,
-                    origin: crate::store::ImageOrigin::Cli,
-                })
+                .put_image(&crate::testutil::image_record(
+                    name,
+                    &["sha256:d0"],
+                    &["sha256:c0"],
+                ))
                 .expect("image");
         }
         crate::store::profiles::save_profile(&store, &profile("r/b:1")).expect("profile");

@@ -100,17 +100,7 @@ mod tests {
     #[test]
     fn pending_until_marked_and_again_when_changed() {
         let (_d, store) = crate::testutil::temp_store("1M");
-        let img = crate::store::ImageRecord {
-            name: "r/a:1".into(),
-            manifest_digest: "sha256:m".into(),
-            config_digest: "sha256:c".into(),
-            config: serde_json::json!({}),
-            diff_ids: vec!["sha256:d0".into()],
-            blob_digests: Vec::new(),
-            chain_ids: vec!["sha256:c0".into()],
-            created_ms: 0,
-            origin: crate::store::ImageOrigin::Cli,
-        };
+        let img = crate::testutil::image_record("r/a:1", &["sha256:d0"], &["sha256:c0"]);
         store.put_image(&img).expect("image");
         assert!(
             pending(&store).expect("pending").is_empty(),

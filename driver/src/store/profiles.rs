@@ -263,17 +263,9 @@ mod tests {
     }
 
     fn image(diffs: &[&str]) -> super::super::ImageRecord {
-        super::super::ImageRecord {
-            name: "other-node/app:2".into(),
-            manifest_digest: "sha256:m".into(),
-            config_digest: "sha256:c".into(),
-            config: serde_json::json!({}),
-            diff_ids: diffs.iter().map(|d| d.to_string()).collect(),
-            blob_digests: Vec::new(),
-            chain_ids: diffs.iter().map(|d| format!("sha256:chain-{d}")).collect(),
-            created_ms: 0,
-            origin: super::super::ImageOrigin::Cli,
-        }
+        let chains: Vec<String> = diffs.iter().map(|d| format!("sha256:chain-{d}")).collect();
+        let chains: Vec<&str> = chains.iter().map(String::as_str).collect();
+        crate::testutil::image_record("other-node/app:2", diffs, &chains)
     }
 
     fn profile() -> Profile {
