@@ -18,7 +18,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn layers_json(bed: &Bed) -> Vec<Value> {
     bed.nvtier_json(&["layers"])
@@ -31,38 +30,13 @@ fn layers_json(bed: &Bed) -> Vec<Value> {
 /// driver and a containerd that dockerd manages itself, with its own
 /// data-root, exec-root and socket.
 fn start_stock_dockerd(bed: &Bed, path_env: &str) -> Dockerd {
-    let run = run_dir(bed);
-    let cfg = run.join("stock.json");
-    fs::write(&cfg, r#"{"storage-driver": "overlay2"}"#).expect("daemon.json");
-    let data_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/stock", bed.name));
-    let exec_root = run.join("sx");
-    let sock = run.join("stock.sock");
-    let mut cmd = Command::new("dockerd");
-    cmd.arg("--config-file")
-        .arg(&cfg)
-        .arg("--data-root")
-        .arg(&data_root)
-        .arg("--exec-root")
-        .arg(&exec_root)
-        .arg("--pidfile")
-        .arg(run.join("stock.pid"))
-        .arg("-H")
-        .arg(format!("unix://{}", sock.display()))
-        .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-        .arg("--insecure-registry")
-        .arg(&bed.registry)
-        .env("PATH", path_env);
-    let daemon = Daemon::spawn("stock dockerd", cmd, &run.join("stock-dockerd.log"));
-    let d = Dockerd {
-        daemon,
-        sock,
-        data_root,
-        exec_root,
-        path_env: path_env.to_string(),
-    };
-    wait_for("the stock dockerd", 60, || {
-        d.docker(&["version"]).status.success()
-    });
+    let d = Dockerd::launch(
+        bed,
+        "stock",
+        r#"{"storage-driver": "overlay2"}"#,
+        &[],
+        path_env,
+    );
     let info = d.docker_ok(&["info", "--format", "{{.Driver}} {{.ServerVersion}}"]);
     assert!(
         info.starts_with("overlay2 26."),

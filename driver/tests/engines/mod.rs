@@ -394,16 +394,35 @@ impl Dockerd {
 
     /// [`Dockerd::start`] with more `dockerd` arguments.
     pub fn start_with(bed: &Bed, ctd: &Containerd, extra: &[&str]) -> Dockerd {
-        let run = run_dir(bed);
-        let cfg = run.join("daemon.json");
-        fs::write(
-            &cfg,
+        let mut args = vec!["--containerd", ctd.sock.to_str().expect("utf8 socket path")];
+        args.extend_from_slice(extra);
+        Self::launch(
+            bed,
+            "docker",
             r#"{"features": {"containerd-snapshotter": true}, "storage-driver": "nvtier"}"#,
+            &args,
+            &ctd.path_env,
         )
-        .expect("daemon.json");
-        let data_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/docker", bed.name));
-        let exec_root = run.join("dx");
-        let sock = run.join("docker.sock");
+    }
+
+    /// A dockerd of the bed named `name`: config `daemon_json`, data-root
+    /// `/var/tmp/nvtier-tests/BED/NAME`, exec-root, pidfile, socket and log
+    /// in the bed's run dir, no iptables or bridge, the bed's registry as
+    /// insecure, and `args`. Waits until it answers.
+    pub fn launch(
+        bed: &Bed,
+        name: &str,
+        daemon_json: &str,
+        args: &[&str],
+        path_env: &str,
+    ) -> Dockerd {
+        let run = run_dir(bed);
+        let cfg = run.join(format!("{name}.json"));
+        fs::write(&cfg, daemon_json).expect("daemon.json");
+        let data_root = PathBuf::from(format!("/var/tmp/nvtier-tests/{}/{name}", bed.name));
+        // Short: dockerd puts sockets under it.
+        let exec_root = run.join(format!("{}x", &name[..1]));
+        let sock = run.join(format!("{name}.sock"));
         let mut cmd = Command::new("dockerd");
         cmd.arg("--config-file")
             .arg(&cfg)
@@ -412,25 +431,25 @@ impl Dockerd {
             .arg("--exec-root")
             .arg(&exec_root)
             .arg("--pidfile")
-            .arg(run.join("docker.pid"))
+            .arg(run.join(format!("{name}.pid")))
             .arg("-H")
             .arg(format!("unix://{}", sock.display()))
-            .arg("--containerd")
-            .arg(&ctd.sock)
             .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
             .arg("--insecure-registry")
             .arg(&bed.registry)
-            .args(extra)
-            .env("PATH", &ctd.path_env);
-        let daemon = Daemon::spawn("dockerd", cmd, &run.join("dockerd.log"));
+            .args(args)
+            .env("PATH", path_env);
+        let daemon = Daemon::spawn("dockerd", cmd, &run.join(format!("{name}d.log")));
         let d = Dockerd {
             daemon,
             sock,
             data_root,
             exec_root,
-            path_env: ctd.path_env.clone(),
+            path_env: path_env.to_string(),
         };
-        wait_for("dockerd", 60, || d.docker(&["version"]).status.success());
+        wait_for(&format!("dockerd {name}"), 60, || {
+            d.docker(&["version"]).status.success()
+        });
         d
     }
 
