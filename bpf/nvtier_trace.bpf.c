@@ -21,8 +21,18 @@
 // where they are preferred (NVTIER_BPF_ATTACH=tracepoint). Only one set is
 // loaded at a time.
 //
-// Events are filtered in the kernel by cgroup v2 id and go to user space
-// through a ring buffer with batched wake-ups.
+// Events are filtered in the kernel and go to user space through a ring
+// buffer with batched wake-ups. Two filters, chosen before load:
+// - by cgroup v2 id (`nvtier trace`: the probe runs in a cgroup of its own);
+// - by the root of the task (`nvtier serve`, `by_root`): a task whose root
+//   directory is on an overlayfs superblock is a container's. The first
+//   access from a new root is reported (EV_ROOT) and recording starts at
+//   once, so nothing between a container's pivot_root and user space's
+//   decision is lost; user space then keeps recording that root or marks it
+//   ignored (a fresh profile, a mount that is not nvtier's), after which
+//   its accesses cost one map lookup. Host processes, whose root is not an
+//   overlay, never pass; containers are told apart by their root's
+//   superblock, so concurrent containers are recorded separately.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -41,6 +51,10 @@
 
 #define EV_INODE 1
 #define EV_PATH 2
+#define EV_ROOT 3
+
+#define ROOT_RECORD 1
+#define ROOT_IGNORE 2
 
 #define PATH_MAX_LEN 256
 
@@ -64,12 +78,13 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by user space before load. */
 const volatile bool ovl_file_indirect = true; /* 6.13+: private_data is struct ovl_file */
+const volatile bool by_root = false; /* filter by the task's root, not by cgroup */
 
 struct inode_event {
-	u32 type; /* EV_INODE */
+	u32 type; /* EV_INODE, or EV_ROOT (ino 0, dev = the root) */
 	u32 kind;
 	u64 ts_ns;
-	u64 cgroup_id;
+	u64 cgroup_id; /* with by_root: the root superblock's s_dev */
 	u64 ino;
 	u32 dev; /* kernel encoding: major << 20 | minor */
 	u32 pid;
@@ -98,6 +113,15 @@ struct {
 	__type(value, u8);
 } cgroups SEC(".maps");
 
+/* by_root: the roots seen (s_dev of the overlay superblock of a task's
+ * root) and what to do with their accesses (ROOT_RECORD, ROOT_IGNORE). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, u32);
+	__type(value, u8);
+} roots SEC(".maps");
+
 /* Events dropped because the ring buffer was full. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -110,6 +134,7 @@ struct {
 struct inode_key {
 	u64 ino;
 	u64 dev;
+	u64 group; /* cgroup id or root: each recording sees its first read */
 };
 
 struct {
@@ -131,8 +156,53 @@ struct sys_exit_args {
 	s64 ret;
 };
 
+static __always_inline void count_lost(void);
+
+static __always_inline void emit_root(u32 dev)
+{
+	struct inode_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	e->type = EV_ROOT;
+	e->kind = 0;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->cgroup_id = dev;
+	e->ino = 0;
+	e->dev = dev;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	/* A new container: wake user space now. */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+}
+
+static __always_inline bool traced_root(u64 *key)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	struct fs_struct *fs = BPF_CORE_READ(t, fs);
+	if (!fs)
+		return false;
+	struct vfsmount *mnt = BPF_CORE_READ(fs, root.mnt);
+	if (!mnt)
+		return false;
+	struct super_block *sb = BPF_CORE_READ(mnt, mnt_sb);
+	if (!sb || BPF_CORE_READ(sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
+		return false;
+	u32 dev = BPF_CORE_READ(sb, s_dev);
+	*key = dev;
+	u8 *st = bpf_map_lookup_elem(&roots, &dev);
+	if (st)
+		return *st == ROOT_RECORD;
+	u8 v = ROOT_RECORD;
+	if (bpf_map_update_elem(&roots, &dev, &v, BPF_NOEXIST) == 0)
+		emit_root(dev);
+	return true;
+}
+
 static __always_inline bool traced(u64 *cg)
 {
+	if (by_root)
+		return traced_root(cg);
 	u64 id = bpf_get_current_cgroup_id();
 	*cg = id;
 	return bpf_map_lookup_elem(&cgroups, &id) != NULL;
@@ -287,7 +357,7 @@ static __always_inline int on_page_cache(u64 ino, u32 dev)
 	if (!traced(&cg))
 		return 0;
 	/* One event per page is too many: report each inode once. */
-	struct inode_key k = { .ino = ino, .dev = dev };
+	struct inode_key k = { .ino = ino, .dev = dev, .group = cg };
 	u8 one = 1;
 	if (bpf_map_lookup_elem(&seen_pages, &k))
 		return 0;

@@ -48,6 +48,16 @@ pub struct Config {
     pub profile_max_age_s: u64,
     /// `nvtier serve`: how often the background migration re-plans, seconds.
     pub migrate_interval_s: u64,
+    /// `nvtier serve`: record the files a container touches while it
+    /// cold-starts, for images whose profile is missing or stale
+    /// (eBPF, filtered to the container's root). Default on.
+    pub record_starts: bool,
+    /// A recording ends this long after the last new file (ms).
+    pub record_quiet_ms: u64,
+    /// A recording ends at the latest this long after the start (s).
+    pub record_max_s: u64,
+    /// At most this many recordings at once; further starts are skipped.
+    pub record_max_concurrent: usize,
     /// `nvtier serve`: how often the tiers' identity and content are
     /// checked and lost content repaired, seconds (0 = only at start).
     pub repair_interval_s: u64,
@@ -99,6 +109,8 @@ pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// 256 MiB/s: a fraction of a pmem tier's bandwidth, about an HDD's.
 pub const DEFAULT_MIGRATE_RATE: u64 = 256 << 20;
+/// See [`Config::record_quiet_ms`].
+pub const DEFAULT_RECORD_QUIET_MS: u64 = 3000;
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Where Docker's CLI keeps `docker login` credentials for this process:
@@ -133,6 +145,10 @@ struct Raw {
     static_placement: Option<bool>,
     migrate_rate: Option<Size>,
     profile_max_age_s: Option<u64>,
+    record_starts: Option<bool>,
+    record_quiet_ms: Option<u64>,
+    record_max_s: Option<u64>,
+    record_max_concurrent: Option<usize>,
     migrate_interval_s: Option<u64>,
     repair_interval_s: Option<u64>,
     upper_tier: Option<String>,
@@ -391,6 +407,10 @@ impl Config {
             migrate_rate,
             profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
             migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),
+            record_starts: raw.record_starts.unwrap_or(true),
+            record_quiet_ms: raw.record_quiet_ms.unwrap_or(DEFAULT_RECORD_QUIET_MS),
+            record_max_s: raw.record_max_s.unwrap_or(60).max(1),
+            record_max_concurrent: raw.record_max_concurrent.unwrap_or(4).max(1),
             repair_interval_s: raw.repair_interval_s.unwrap_or(30),
             upper_tier,
             disk_layer_sync,

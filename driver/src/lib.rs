@@ -12,6 +12,8 @@
 //!   generations, the migration engine.
 //! - [`run`]: the cold-start probe.
 //! - [`repair`]: restore what a lost or replaced tier held.
+//! - [`trace`]: `nvtier trace`, a traced cold start of one image.
+//! - [`record`]: the daemon's recordings of real container cold starts.
 //! - [`server`]: `nvtier serve`: the containerd proxy snapshotter and the legacy
 //!   Docker graph driver plugin.
 //! - [`report`]: typed reports of the store's state (status, images, layers,
@@ -26,7 +28,7 @@
 //!    hot-file tiering records, profiles) and its crash recovery and GC.
 //! 3. [`tiering`], [`pull`]: the engines that fill the store.
 //! 4. [`mount`], [`run`], [`repair`].
-//! 5. [`trace`].
+//! 5. [`trace`], [`record`].
 //! 6. [`server`], [`report`].
 //! 7. The CLI (`bin/nvtier/`).
 
@@ -37,6 +39,7 @@ pub mod flatten;
 pub mod fsutil;
 pub mod mount;
 pub mod pull;
+pub mod record;
 pub mod repair;
 pub mod report;
 pub mod run;

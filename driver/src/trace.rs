@@ -252,7 +252,7 @@ pub fn probe_tracer() -> TracerProbe {
 
 /// Regular files in a mount's upper directory, by (device, inode), with
 /// their paths in the image (`/…`). Unreadable entries are skipped.
-fn upper_files(upper: &Path) -> HashMap<(u64, u64), String> {
+pub(crate) fn upper_files(upper: &Path) -> HashMap<(u64, u64), String> {
     use std::os::unix::fs::MetadataExt;
     let mut out = HashMap::new();
     let mut stack = vec![upper.to_path_buf()];
@@ -280,7 +280,7 @@ fn upper_files(upper: &Path) -> HashMap<(u64, u64), String> {
 /// still looked the file up in the image's layers (to copy its data), so
 /// it is as hot as a file read: report it by its path in the image.
 /// Files the container created resolve to no layer file and drop out.
-fn copied_up_as_paths(
+pub(crate) fn copied_up_as_paths(
     events: Vec<nvtier_tracer::RawEvent>,
     upper: &HashMap<(u64, u64), String>,
 ) -> Vec<nvtier_tracer::RawEvent> {

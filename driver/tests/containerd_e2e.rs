@@ -11,7 +11,7 @@ use common::{check_lass_rule, Bed};
 use engines::*;
 use serde_json::Value;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn snapshot_records(bed: &Bed) -> Vec<Value> {
     let mut v = Vec::new();
@@ -33,48 +33,6 @@ fn layers_json(bed: &Bed) -> Vec<Value> {
         .as_array()
         .expect("layers array")
         .clone()
-}
-
-/// Keeps a fake, growing download in containerd's ingest area (as if
-/// another pull were running) until dropped.
-struct FakeIngest {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    t: Option<std::thread::JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-impl FakeIngest {
-    fn start(ctd_root: &Path) -> FakeIngest {
-        let dir = ctd_root.join("io.containerd.content.v1.content/ingest/nvtier-test-fake");
-        fs::create_dir_all(&dir).expect("ingest dir");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let _ = fs::write(dir.join("ref"), "nvtier-test-fake-download");
-        let _ = fs::write(dir.join("startedat"), "2026-01-01T00:00:00Z");
-        let _ = fs::write(dir.join("updatedat"), "2026-01-01T00:00:00Z");
-        let _ = fs::write(dir.join("total"), "1000000000");
-        let (s2, d2) = (stop.clone(), dir.clone());
-        let t = std::thread::spawn(move || {
-            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = fs::write(d2.join("data"), b"partial");
-                std::thread::sleep(std::time::Duration::from_millis(200));
-            }
-        });
-        FakeIngest {
-            stop,
-            t: Some(t),
-            dir,
-        }
-    }
-}
-
-impl Drop for FakeIngest {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.t.take() {
-            let _ = t.join();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// containerd 1.6 + `ctr`: pull through nvtier (the engine's own unpack

@@ -7,6 +7,7 @@ pub mod datalayers;
 pub mod engine;
 pub mod lass;
 pub mod placement;
+pub mod record;
 pub mod unpack;
 
 pub use lass::{decide, ldl_index, Decision, DiskReason, Placement, StoreMoment, Tier};

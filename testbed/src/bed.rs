@@ -211,20 +211,6 @@ impl Bed {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Output {
-        const HIDE: &str = r#"
-for m in $(awk '$3 == "tracefs" || $3 == "debugfs" { print $2 }' /proc/self/mounts | sort -r); do
-    umount -l "$m" || exit 96
-done
-if awk '$3 == "tracefs" || $3 == "debugfs" { found = 1 } END { exit !found }' /proc/self/mounts; then
-    echo "tracefs/debugfs still mounted in the test namespace" >&2
-    exit 97
-fi
-if [ -e /sys/kernel/tracing/events ]; then
-    echo "/sys/kernel/tracing/events exists without tracefs" >&2
-    exit 98
-fi
-exec "$@"
-"#;
         const SHOW: &str = r#"
 if [ ! -e /sys/kernel/tracing/events ]; then
     mount -t tracefs tracefs /sys/kernel/tracing || exit 96
@@ -234,7 +220,7 @@ exec "$@"
 "#;
         let mut c = Command::new("unshare");
         c.args(["--mount", "--propagation", "private", "sh", "-c"])
-            .arg(if tracefs { SHOW } else { HIDE })
+            .arg(if tracefs { SHOW } else { HIDE_TRACEFS_SH })
             .arg("sh")
             .arg(bin)
             .args(args)
@@ -344,6 +330,24 @@ impl Drop for Bed {
         }
     }
 }
+
+/// A `sh -c` script that unmounts every tracefs and debugfs in its (private)
+/// mount namespace, checks none is left, then runs `"$@"`. Exit codes
+/// 96–98: the set-up failed.
+pub const HIDE_TRACEFS_SH: &str = r#"
+for m in $(awk '$3 == "tracefs" || $3 == "debugfs" { print $2 }' /proc/self/mounts | sort -r); do
+    umount -l "$m" || exit 96
+done
+if awk '$3 == "tracefs" || $3 == "debugfs" { found = 1 } END { exit !found }' /proc/self/mounts; then
+    echo "tracefs/debugfs still mounted in the test namespace" >&2
+    exit 97
+fi
+if [ -e /sys/kernel/tracing/events ]; then
+    echo "/sys/kernel/tracing/events exists without tracefs" >&2
+    exit 98
+fi
+exec "$@"
+"#;
 
 pub fn oci_dir() -> PathBuf {
     PathBuf::from("/var/tmp/nvtier-test-images/oci")

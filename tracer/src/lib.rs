@@ -5,6 +5,7 @@
 //! - [`fanotify`]: the fallback when eBPF cannot load.
 //! - [`index`]: maps real inodes and image paths to (layer, path).
 //! - [`profile`]: aggregation into a hot-file profile, merging, export.
+//! - [`watch`]: every container on the host, for the daemon's recordings.
 
 pub mod bpf;
 mod collector;
@@ -13,6 +14,7 @@ pub mod fanotify;
 pub mod index;
 pub mod inotify;
 pub mod profile;
+pub mod watch;
 
 pub use event::{Kind, RawEvent};
 pub use index::{LayerIndex, LayerRef};

@@ -4,7 +4,7 @@
 //! Gauges are read from the store at each scrape (tiers, budget, hot and
 //! metadata bytes, layers, images, fallbacks, pending write-back); counters
 //! count what the daemon did since it started (engine pulls, migrations,
-//! repairs, profile pushes).
+//! repairs, profile pushes, recordings).
 
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -50,6 +50,9 @@ pub struct Metrics {
     relocated_bytes: Counter,
     repairs: Family<ResultLabel, Counter>,
     profile_pushes: Family<ResultLabel, Counter>,
+    recordings: Family<ResultLabel, Counter>,
+    recordings_active: Gauge,
+    recorded_files: Counter,
 }
 
 impl Metrics {
@@ -77,6 +80,9 @@ impl Metrics {
             relocated_bytes: Counter::default(),
             repairs: Family::default(),
             profile_pushes: Family::default(),
+            recordings: Family::default(),
+            recordings_active: Gauge::default(),
+            recorded_files: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -171,6 +177,21 @@ impl Metrics {
             "profiles pushed to the registry, by result",
             m.profile_pushes.clone(),
         );
+        r.register(
+            "recordings",
+            "container cold starts recorded, by result",
+            m.recordings.clone(),
+        );
+        r.register(
+            "recordings_active",
+            "container cold starts being recorded now",
+            m.recordings_active.clone(),
+        );
+        r.register(
+            "recorded_files",
+            "files seen by finished recordings (a file counts once per recording)",
+            m.recorded_files.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,6 +222,14 @@ impl Metrics {
         self.profile_pushes
             .get_or_create(&result(if ok { "ok" } else { "error" }))
             .inc();
+    }
+
+    /// A finished recording (`files` = `None`: it failed).
+    pub fn recording(&self, files: Option<usize>) {
+        self.recordings
+            .get_or_create(&result(if files.is_some() { "ok" } else { "error" }))
+            .inc();
+        self.recorded_files.inc_by(files.unwrap_or(0) as u64);
     }
 
     /// Read the gauges from the store.
@@ -235,6 +264,8 @@ impl Metrics {
         self.engine_fallback_images
             .set(g(store.fallbacks()?.len() as u64));
         self.unsynced_layers.set(g(store.unsynced()?.len() as u64));
+        self.recordings_active
+            .set(g(crate::record::Recorder::in_progress(store).len() as u64));
         Ok(())
     }
 

@@ -18,6 +18,7 @@ pub mod docker_plugin;
 pub mod metrics;
 pub mod pins;
 pub mod publish;
+pub mod recorder;
 pub mod snapshotter;
 pub mod writeback;
 
@@ -117,12 +118,18 @@ fn profiles_signature(store: &Store) -> Vec<(String, u128)> {
 
 /// Every `migrate_interval_s`, re-plan and migrate when a profile or the
 /// image list changed (new traces, pulls, removals). Runs until shutdown.
-async fn migrate_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>) {
+/// A finished recording (`wake`) re-plans at once.
+async fn migrate_loop(
+    store: Store,
+    rx: &mut tokio::sync::watch::Receiver<bool>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) {
     let every = std::time::Duration::from_secs(store.cfg.migrate_interval_s);
     let mut last: Option<Vec<(String, u128)>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = wake.notified() => {}
             _ = rx.wait_for(|v| *v) => return,
         }
         let s2 = store.clone();
@@ -276,15 +283,17 @@ pub async fn serve(store: Store) -> Result<()> {
         });
     }
 
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     if let Err(why) = crate::tiering::enabled(&store) {
         tracing::info!(%why, "background migration off");
     } else if cfg.migrate_interval_s > 0 {
-        let (store, mut rx) = (store.clone(), rx.clone());
+        let (store, mut rx, wake) = (store.clone(), rx.clone(), wake.clone());
         tasks.spawn(async move {
-            migrate_loop(store, &mut rx).await;
+            migrate_loop(store, &mut rx, wake).await;
             Ok(())
         });
     }
+    let recorder = recorder::start(store.clone(), wake);
 
     if crate::tiering::enabled(&store).is_ok() {
         let (store, mut rx) = (store.clone(), rx.clone());
@@ -350,6 +359,9 @@ pub async fn serve(store: Store) -> Result<()> {
         if let Ok(Err(e)) = r {
             tracing::warn!(error = %e, "server ended with an error");
         }
+    }
+    if let Some(r) = recorder {
+        r.stop();
     }
     drop(guards);
     tracing::info!("stopped");

@@ -187,6 +187,32 @@ pub fn start_nvtier_env(bed: &Bed, sock: &Path, log_name: &str, env: &[(&str, &s
     d
 }
 
+/// `nvtier serve` in a private mount namespace without tracefs or
+/// debugfs, as on a fresh host (the host's mounts are untouched).
+pub fn start_nvtier_without_tracefs(bed: &Bed, sock: &Path, log_name: &str) -> Daemon {
+    let _ = fs::remove_file(sock);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(nvtier_testbed::bed::HIDE_TRACEFS_SH)
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_nvtier"))
+        .arg("serve")
+        .env("NVTIER_CONFIG", &bed.config)
+        .env("NVTIER_LOG", "info,h2=warn,tower=warn,hyper=warn");
+    let mut d = Daemon::spawn(
+        "nvtier serve",
+        cmd,
+        &run_dir(bed).join(format!("{log_name}.log")),
+    );
+    wait_for("the nvtier socket", 30, || sock.exists() || !d.alive());
+    assert!(
+        d.alive(),
+        "nvtier serve (no tracefs) exited:\n{}",
+        d.log_text()
+    );
+    d
+}
+
 /// A private containerd.
 pub struct Containerd {
     pub daemon: Daemon,
@@ -484,5 +510,47 @@ impl Drop for Dockerd {
         self.daemon.stop(30);
         unmount_under(&self.exec_root);
         unmount_under(&self.data_root);
+    }
+}
+
+/// Keeps a fake, growing download in containerd's ingest area (as if
+/// another pull were running) until dropped.
+pub struct FakeIngest {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    t: Option<std::thread::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl FakeIngest {
+    pub fn start(ctd_root: &Path) -> FakeIngest {
+        let dir = ctd_root.join("io.containerd.content.v1.content/ingest/nvtier-test-fake");
+        fs::create_dir_all(&dir).expect("ingest dir");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _ = fs::write(dir.join("ref"), "nvtier-test-fake-download");
+        let _ = fs::write(dir.join("startedat"), "2026-01-01T00:00:00Z");
+        let _ = fs::write(dir.join("updatedat"), "2026-01-01T00:00:00Z");
+        let _ = fs::write(dir.join("total"), "1000000000");
+        let (s2, d2) = (stop.clone(), dir.clone());
+        let t = std::thread::spawn(move || {
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = fs::write(d2.join("data"), b"partial");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        });
+        FakeIngest {
+            stop,
+            t: Some(t),
+            dir,
+        }
+    }
+}
+
+impl Drop for FakeIngest {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.t.take() {
+            let _ = t.join();
+        }
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -4,10 +4,12 @@
 
 use super::error::ContentError;
 use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::namespaces_client::NamespacesClient;
 use containerd_client::services::v1::{
-    AbortRequest, CreateRequest, DeleteRequest, InfoRequest, WriteAction, WriteContentRequest,
-    WriteContentResponse,
+    AbortRequest, CreateRequest, DeleteRequest, InfoRequest, ListContentRequest, ListImagesRequest,
+    ListNamespacesRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,71 @@ impl Containerd {
             md.insert(LEASE_HEADER, v);
         }
         Ok(r)
+    }
+
+    /// Another namespace on the same connection.
+    pub fn in_namespace(&self, namespace: &str) -> Containerd {
+        Containerd {
+            channel: self.channel.clone(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Every namespace.
+    pub async fn namespaces(&self) -> Result<Vec<String>, ContentError> {
+        let req = self.request(ListNamespacesRequest::default(), None)?;
+        let r = NamespacesClient::new(self.channel.clone())
+            .list(req)
+            .await
+            .map_err(|s| ContentError::rpc("Namespaces.List", s))?;
+        Ok(r.into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// Digests of the blobs whose label `key` is `value`.
+    pub async fn blobs_labelled(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>, ContentError> {
+        let req = self.request(
+            ListContentRequest {
+                filters: vec![format!("labels.{key:?}=={value:?}")],
+            },
+            None,
+        )?;
+        let mut stream = ContentClient::new(self.channel.clone())
+            .list(req)
+            .await
+            .map_err(|s| ContentError::rpc("Content.List", s))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = stream
+            .message()
+            .await
+            .map_err(|s| ContentError::rpc("Content.List", s))?
+        {
+            out.extend(r.info.into_iter().map(|i| i.digest));
+        }
+        Ok(out)
+    }
+
+    /// Names of the images whose target is `digest`.
+    pub async fn images_of(&self, digest: &str) -> Result<Vec<String>, ContentError> {
+        let req = self.request(
+            ListImagesRequest {
+                filters: vec![format!("target.digest=={digest:?}")],
+            },
+            None,
+        )?;
+        let r = ImagesClient::new(self.channel.clone())
+            .list(req)
+            .await
+            .map_err(|s| ContentError::rpc("Images.List", s))?;
+        Ok(r.into_inner().images.into_iter().map(|i| i.name).collect())
     }
 
     /// Whether the namespace's content store has `digest`.

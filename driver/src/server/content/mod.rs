@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod client;
+pub mod engine_image;
 mod error;
 mod labels;
 

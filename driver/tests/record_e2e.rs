@@ -1,0 +1,317 @@
+//! Root integration tests of the daemon's recordings of real container
+//! cold starts: no `nvtier trace`, only engines starting containers.
+//! `nvtier serve` runs in a mount namespace without tracefs or debugfs.
+
+mod common;
+mod engines;
+
+use common::Bed;
+use engines::*;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Whether the store has a record of `name` made for the engine.
+fn has_engine_image(bed: &Bed, name: &str) -> bool {
+    bed.nvtier_json(&["images"]).as_array().is_some_and(|a| {
+        a.iter()
+            .any(|i| i["name"] == name && i["origin"] == "engine")
+    })
+}
+
+fn profile_runs(bed: &Bed, image: &str) -> u64 {
+    bed.nvtier_json(&["profile", "list"])
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["image"] == image).cloned())
+        .and_then(|r| r["runs"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The profile's observed paths (engine reads left out).
+fn observed_paths(bed: &Bed, image: &str) -> BTreeSet<String> {
+    let p = bed.nvtier_json(&["profile", "show", image]);
+    p["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter(|f| {
+            f["kinds"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|x| x != "engine"))
+        })
+        .filter_map(|f| f["path"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Sectors read from the loop device behind `dir`.
+fn sectors_read(dir: &Path) -> u64 {
+    let o = Command::new("findmnt")
+        .args(["-n", "-o", "SOURCE", "--target"])
+        .arg(dir)
+        .output()
+        .expect("findmnt");
+    let dev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let name = dev.trim_start_matches("/dev/");
+    assert!(name.starts_with("loop"), "{} is on {dev:?}", dir.display());
+    let st = fs::read_to_string(format!("/sys/block/{name}/stat")).expect("stat");
+    st.split_whitespace()
+        .nth(2)
+        .and_then(|x| x.parse().ok())
+        .expect("sectors read")
+}
+
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
+}
+
+/// Regular files under `dir` holding data (allocated blocks), relative.
+fn data_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            let p = e.path();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && m.blocks() > 0 {
+                if let Ok(r) = p.strip_prefix(dir) {
+                    out.push(r.display().to_string());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every file named `name` under `dir`.
+fn find_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if e.file_name() == name {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// containerd + `ctr run` of an image containerd unpacked itself: the
+/// daemon records the start by itself, attributes only that container's
+/// accesses, tiers the image, and the next cold start reads nothing from
+/// the disk tier. A fresh profile is not recorded again.
+#[test]
+fn ctr_run_is_recorded_then_tiered() {
+    let bed = Bed::up("rec", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config_extra(
+        &bed,
+        "256M",
+        &containerd_root(&bed),
+        "upper_tier = \"pmem\"\nmigrate_interval_s = 3600\n",
+    );
+    let nv = start_nvtier_without_tracefs(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, None);
+    let img = bed.push_seed("rec", "busybox,2M,1M,1M", 7);
+    // Shares its first four layers with `img`.
+    let other = bed.push_seed("recother", "busybox,2M,1M,1M,1M", 7);
+    {
+        // A download running: the unpacked layers go to the disk tier.
+        let _busy = FakeIngest::start(&ctd.root);
+        ctd.pull_nvtier(&img);
+        ctd.pull_nvtier(&other);
+    }
+    let layers = bed.nvtier_json(&["layers"]);
+    for l in layers.as_array().expect("layers") {
+        assert_eq!(l["tier"], "disk", "{l}");
+    }
+
+    // A container of another image reads a file of a shared layer that
+    // `img`'s container never reads, and so does a host process.
+    ctd.run_nvtier(
+        &["-d"],
+        &other,
+        "c-other",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do cat /data/layer3.bin /data/layer3.txt > /dev/null; sleep 0.5; done; sleep 600",
+        ],
+    );
+    let host_files = find_named(&bed.disk, "layer3.txt");
+    assert!(!host_files.is_empty(), "layer3.txt on the disk tier");
+    let (ctd_sock, ctd_path) = (ctd.sock.clone(), ctd.path_env.clone());
+    let img2 = img.clone();
+    let c1 = std::thread::spawn(move || {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&ctd_sock)
+            .args(["run", "--rm", "--snapshotter", "nvtier", &img2, "c1"])
+            .args([
+                "sh",
+                "-c",
+                "sleep 2; cat /data/layer1.txt; cat /data/layer2.bin > /dev/null",
+            ])
+            .env("PATH", &ctd_path)
+            .output()
+            .expect("ctr run c1")
+    });
+    for _ in 0..6 {
+        for f in &host_files {
+            let _ = fs::read(f);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = c1.join().expect("c1 thread");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("layer 1"),
+        "ctr run c1: {out:?}"
+    );
+
+    // The daemon recorded the start when the container exited.
+    wait_for("a record of the unpacked image", 20, || {
+        has_engine_image(&bed, &img)
+    });
+    let name = img.clone();
+    wait_for("the recording of c1", 20, || profile_runs(&bed, &name) == 1);
+    let paths = observed_paths(&bed, &name);
+    for want in ["/bin/busybox", "/data/layer1.txt", "/data/layer2.bin"] {
+        assert!(
+            paths.contains(want),
+            "{want} missing from {paths:?}: {}\nserve log:\n{}",
+            bed.nvtier_json(&["profile", "show", &name]),
+            nv.log_text()
+        );
+    }
+    let data: Vec<&String> = paths.iter().filter(|p| p.starts_with("/data/")).collect();
+    // /data/hard is a hardlink of /data/layer1.txt: the same data.
+    assert_eq!(
+        data,
+        ["/data/hard", "/data/layer1.txt", "/data/layer2.bin"],
+        "only c1's own reads: {paths:?}"
+    );
+    let allowed: BTreeSet<&str> = [
+        "/bin/busybox",
+        "/bin/sh",
+        "/bin/sleep",
+        "/bin/cat",
+        // runc reads them to resolve the user and groups.
+        "/etc/passwd",
+        "/etc/group",
+        "/data/hard",
+        "/data/layer1.txt",
+        "/data/layer2.bin",
+    ]
+    .into();
+    let extra: Vec<&String> = paths
+        .iter()
+        .filter(|p| !allowed.contains(p.as_str()))
+        .collect();
+    assert!(extra.is_empty(), "files c1 did not touch: {extra:?}");
+    let log = nv.log_text();
+    assert!(
+        log.contains("recorded a container cold start"),
+        "serve log:\n{log}"
+    );
+
+    // The migration (woken by the recording) tiers the image: pmem holds
+    // the hot data and the metadata layer, no other file data.
+    ctd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "c-other"]);
+    wait_for("c-other to stop", 20, || {
+        ctd.ctr(&["tasks", "rm", "c-other"]).status.success()
+    });
+    ctd.ctr_ok(&["containers", "rm", "c-other"]);
+    wait_for("the image's metadata layer", 60, || {
+        fs::read_dir(bed.state.join("meta"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+    });
+    let on_pmem: Vec<String> = data_files(&bed.pmem)
+        .into_iter()
+        .filter(|p| !p.starts_with("snapshots/") && !p.starts_with(".nvtier"))
+        .collect();
+    // Hot copies by their path in the image (`hot/<chain>/g<N>/<path>`).
+    let hot: BTreeSet<String> = on_pmem
+        .iter()
+        .filter_map(|p| p.strip_prefix("hot/"))
+        .filter_map(|p| p.splitn(3, '/').nth(2))
+        .map(|p| format!("/{p}"))
+        .collect();
+    // A hardlinked file is copied once, under one of its names.
+    for want in ["/bin/busybox", "/data/layer2.bin"] {
+        assert!(hot.contains(want), "{want} not hot: {on_pmem:?}");
+    }
+    assert!(
+        hot.contains("/data/layer1.txt") || hot.contains("/data/hard"),
+        "/data/layer1.txt not hot: {on_pmem:?}"
+    );
+    // Everything else on pmem is a hot copy of a file one of the two
+    // recorded images touched (the other image's container was recorded
+    // too): no other file data.
+    let profiled: BTreeSet<String> = [&img, &other]
+        .iter()
+        .flat_map(|i| {
+            bed.nvtier_json(&["profile", "show", i])["files"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|f| f["path"].as_str().map(str::to_string))
+        .collect();
+    let not_hot: Vec<&String> = on_pmem
+        .iter()
+        .filter(|p| {
+            !p.starts_with("hot/")
+                || !p
+                    .splitn(4, '/')
+                    .nth(3)
+                    .is_some_and(|x| profiled.contains(&format!("/{x}")))
+        })
+        .collect();
+    assert!(not_hot.is_empty(), "other file data on pmem: {not_hot:?}");
+
+    // The next cold start reads nothing from the disk tier, and with a
+    // fresh profile it is not recorded again.
+    drop_caches();
+    let before = sectors_read(&bed.disk);
+    let out = ctd.run_nvtier(
+        &["--rm"],
+        &img,
+        "c2",
+        &[
+            "sh",
+            "-c",
+            "cat /data/layer1.txt; cat /data/layer2.bin > /dev/null",
+        ],
+    );
+    let read = sectors_read(&bed.disk) - before;
+    assert!(out.contains("layer 1"), "{out}");
+    assert_eq!(read, 0, "sectors read from the disk tier by the cold start");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        profile_runs(&bed, &name),
+        1,
+        "a fresh profile is not recorded"
+    );
+
+    // Removing the image in the engine removes its record and layers.
+    ctd.ctr_ok(&["images", "rm", "--sync", &img, &other]);
+    wait_for("the unpacked image record to go", 30, || {
+        !has_engine_image(&bed, &img)
+    });
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}

@@ -1,0 +1,186 @@
+//! Watching every container on the host (`nvtier serve`): the eBPF program
+//! filtered by the root of the task instead of a cgroup.
+//!
+//! A task whose root directory is on an overlayfs superblock belongs to a
+//! container. The kernel reports the first access from each new root
+//! ([`Sighting::NewRoot`]) and records its accesses from then on, so
+//! nothing between the container's `pivot_root` and the caller's decision
+//! is lost. The caller then either keeps the root recorded or calls
+//! [`RootWatcher::ignore`], after which its accesses cost the kernel one
+//! map lookup and reach user space no more.
+
+use crate::bpf::{decode_sighting, fail, lost_count, setup, AttachMode, Sighting};
+use crate::event::RawEvent;
+use crate::{Error, Result};
+use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The value of a root in the kernel's `roots` map: stop reporting it.
+const ROOT_IGNORE: u8 = 2;
+
+enum Cmd {
+    Ignore(u64),
+    Forget(u64),
+}
+
+/// A running root watcher. Dropping it detaches the programs.
+pub struct RootWatcher {
+    mode: AttachMode,
+    cmds: mpsc::Sender<Cmd>,
+    stop: Arc<AtomicBool>,
+    lost: Arc<AtomicU64>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl RootWatcher {
+    /// Load and attach the programs with the root filter; every sighting
+    /// goes to `sink` (from the watcher's own thread). Stat events with a
+    /// relative path get the process's cwd (as `/proc/PID/cwd` shows it:
+    /// the path inside the container) while the process lives.
+    pub fn start(mode: AttachMode, sink: mpsc::Sender<Sighting>) -> Result<RootWatcher> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err(Error::BpfUnavailable(
+                "the BPF program decodes x86_64 syscall numbers and registers; this build is for another architecture".into(),
+            ));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicU64::new(0));
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (stop2, lost2) = (stop.clone(), lost.clone());
+        let thread = std::thread::Builder::new()
+            .name("nvtier-watch".into())
+            .spawn(move || run(mode, sink, cmd_rx, stop2, lost2, ready_tx))
+            .map_err(|e| Error::BpfUnavailable(format!("spawn watcher thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(RootWatcher {
+                mode,
+                cmds: cmd_tx,
+                stop,
+                lost,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let r = thread.join();
+                Err(Error::BpfUnavailable(format!(
+                    "watcher thread ended during load: {r:?}"
+                )))
+            }
+        }
+    }
+
+    /// How the syscall programs are attached.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Stop reporting `root`'s accesses (the kernel keeps the root as
+    /// ignored until it is evicted from its table of 4096 roots).
+    pub fn ignore(&self, root: u64) {
+        let _ = self.cmds.send(Cmd::Ignore(root));
+    }
+
+    /// Forget `root`: its next access is a new sighting.
+    pub fn forget(&self, root: u64) {
+        let _ = self.cmds.send(Cmd::Forget(root));
+    }
+
+    /// Events the kernel dropped because the ring buffer was full.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RootWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn cwd_of(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with('/'))
+}
+
+fn run(
+    mode: AttachMode,
+    sink: mpsc::Sender<Sighting>,
+    cmds: mpsc::Receiver<Cmd>,
+    stop: Arc<AtomicBool>,
+    lost: Arc<AtomicU64>,
+    ready: mpsc::Sender<Result<()>>,
+) -> Result<()> {
+    let mut obj = MaybeUninit::uninit();
+    let skel = match setup(mode, &mut obj, &[], true) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = ready.send(Err(e));
+            return Err(Error::BpfUnavailable(msg));
+        }
+    };
+    let mut rb = RingBufferBuilder::new();
+    rb.add(&skel.maps.events, move |data: &[u8]| {
+        if let Some(mut s) = decode_sighting(data) {
+            if let Sighting::Event {
+                event: RawEvent::Path { pid, path, cwd, .. },
+                ..
+            } = &mut s
+            {
+                if !path.starts_with('/') {
+                    *cwd = cwd_of(*pid);
+                }
+            }
+            let _ = sink.send(s);
+        }
+        0
+    })
+    .map_err(|e| fail("ring buffer", e))?;
+    let rb = rb.build().map_err(|e| fail("ring buffer", e))?;
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = rb.poll(Duration::from_millis(50)) {
+            // A signal handled on this thread interrupts the wait.
+            if e.kind() == libbpf_rs::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::warn!(error = %e, "the eBPF watcher stopped: polling its ring buffer failed");
+            return Err(fail("poll ring buffer", e));
+        }
+        // Wake-ups are batched in the kernel (one per 64 KiB): a poll that
+        // times out has consumed nothing, so drain what is there.
+        if let Err(e) = rb.consume() {
+            tracing::warn!(error = %e, "the eBPF watcher stopped: draining its ring buffer failed");
+            return Err(fail("drain ring buffer", e));
+        }
+        while let Ok(c) = cmds.try_recv() {
+            // Roots are kernel `dev_t`s of 32 bits (major << 20 | minor).
+            let r = match c {
+                Cmd::Ignore(root) => skel.maps.roots.update(
+                    &(root as u32).to_ne_bytes(),
+                    &[ROOT_IGNORE],
+                    MapFlags::ANY,
+                ),
+                Cmd::Forget(root) => skel.maps.roots.delete(&(root as u32).to_ne_bytes()),
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "updating the roots map");
+            }
+        }
+        lost.store(lost_count(&skel), Ordering::SeqCst);
+    }
+    Ok(())
+}
