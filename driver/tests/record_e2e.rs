@@ -315,3 +315,167 @@ fn ctr_run_is_recorded_then_tiered() {
     drop(nv);
     drop(rd);
 }
+
+fn recordings(bed: &Bed) -> Vec<String> {
+    bed.nvtier_json(&["status"])["recordings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["image"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A server container: its recording ends at the quiet period while it
+/// keeps running, and `nvtier status` shows the recording meanwhile. A
+/// profile older than `profile_max_age_s` is recorded again.
+#[test]
+fn server_quiet_period_and_stale_profile() {
+    let bed = Bed::up("recq", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config_extra(
+        &bed,
+        "256M",
+        &containerd_root(&bed),
+        "profile_max_age_s = 1\nrecord_quiet_ms = 1500\n",
+    );
+    let nv = start_nvtier_without_tracefs(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, None);
+    let img = bed.push_seed("recq", "busybox,1M,1M", 11);
+    ctd.pull_nvtier(&img);
+    ctd.run_nvtier(
+        &["-d"],
+        &img,
+        "srv",
+        &[
+            "sh",
+            "-c",
+            "cat /data/layer1.txt > /dev/null; sleep 0.5; cat /data/layer2.txt > /dev/null; sleep 600",
+        ],
+    );
+    let mut shown = false;
+    wait_for("the recording in nvtier status", 10, || {
+        shown |= recordings(&bed).contains(&img);
+        shown || profile_runs(&bed, &img) > 0
+    });
+    assert!(shown, "nvtier status never showed the recording");
+    wait_for("the recording to end at the quiet period", 15, || {
+        profile_runs(&bed, &img) == 1
+    });
+    let tasks = ctd.ctr_ok(&["tasks", "ls"]);
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with("srv ") && l.contains("RUNNING")),
+        "the server must keep running: {tasks}"
+    );
+    assert!(
+        nv.log_text().contains("quiet period"),
+        "serve log:\n{}",
+        nv.log_text()
+    );
+    assert!(recordings(&bed).is_empty(), "{:?}", recordings(&bed));
+    let paths = observed_paths(&bed, &img);
+    for want in ["/data/layer1.txt", "/data/layer2.txt"] {
+        assert!(paths.contains(want), "{want} missing from {paths:?}");
+    }
+    assert!(!paths.contains("/data/layer2.bin"), "{paths:?}");
+
+    // The profile is older than 1 s now: the next start is recorded and
+    // merged into it.
+    std::thread::sleep(Duration::from_millis(1200));
+    ctd.run_nvtier(
+        &["--rm"],
+        &img,
+        "c2",
+        &["sh", "-c", "cat /data/layer2.bin > /dev/null"],
+    );
+    wait_for("the second recording", 15, || profile_runs(&bed, &img) == 2);
+    let paths = observed_paths(&bed, &img);
+    assert!(paths.contains("/data/layer2.bin"), "{paths:?}");
+    assert!(paths.contains("/data/layer1.txt"), "merged: {paths:?}");
+
+    ctd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "srv"]);
+    wait_for("srv to stop", 20, || {
+        ctd.ctr(&["tasks", "rm", "srv"]).status.success()
+    });
+    ctd.ctr_ok(&["containers", "rm", "srv"]);
+    assert!(nv.log_text().contains("recorded a container cold start"));
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}
+
+/// `docker run` on dockerd 26 with the containerd image store: the image
+/// nvtier pulled for Docker is recorded and tiered, and the next cold
+/// start reads nothing from the disk tier.
+#[test]
+fn docker_run_is_recorded_then_tiered() {
+    let eng = trixie_engines();
+    let bin = PathBuf::from(&eng["ENGINES_BIN"]);
+    let bed = Bed::up("recd", "1gbit", "256M");
+    let rd = make_run_dir(&bed);
+    let sock = write_serve_config_extra(
+        &bed,
+        "256M",
+        &containerd_root(&bed),
+        "upper_tier = \"pmem\"\nmigrate_interval_s = 3600\ncontent_store_blobs = false\n",
+    );
+    let nv = start_nvtier_without_tracefs(&bed, &sock, "nvtier");
+    let ctd = Containerd::start(&bed, &sock, Some(&bin));
+    let dockerd = Dockerd::start(&bed, &ctd);
+    let img = bed.push_seed("recd", "busybox,2M,1M,1M", 13);
+    dockerd.docker_ok(&["pull", &img]);
+    let name = bed.nvtier_json(&["images"])[0]["name"]
+        .as_str()
+        .expect("the image nvtier pulled for Docker")
+        .to_string();
+    let script = "cat /data/layer1.txt; cat /data/layer3.bin > /dev/null";
+    let out = dockerd.docker_ok(&["run", "--rm", "--network", "none", &img, "sh", "-c", script]);
+    assert!(out.contains("layer 1"), "{out}");
+    for _ in 0..100 {
+        if profile_runs(&bed, &name) == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        profile_runs(&bed, &name),
+        1,
+        "docker run not recorded; serve log:\n{}",
+        nv.log_text()
+    );
+    let paths = observed_paths(&bed, &name);
+    for want in ["/bin/busybox", "/data/layer1.txt", "/data/layer3.bin"] {
+        assert!(paths.contains(want), "{want} missing from {paths:?}");
+    }
+    assert!(!paths.contains("/data/layer2.bin"), "{paths:?}");
+    wait_for("the migration", 60, || {
+        bed.nvtier_json(&["status"])["migrations_pending"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            && bed.nvtier_json(&["status"])["pmem_hot_bytes"]
+                .as_u64()
+                .unwrap_or(0)
+                > 0
+    });
+    for l in bed.nvtier_json(&["layers"]).as_array().expect("layers") {
+        assert_eq!(
+            l["tier"],
+            "disk",
+            "bases relocated to disk: {l}\n{}",
+            nv.log_text()
+        );
+    }
+    drop_caches();
+    let before = sectors_read(&bed.disk);
+    let out = dockerd.docker_ok(&["run", "--rm", "--network", "none", &img, "sh", "-c", script]);
+    let read = sectors_read(&bed.disk) - before;
+    assert!(out.contains("layer 1"), "{out}");
+    assert_eq!(read, 0, "sectors read from the disk tier by the cold start");
+    drop(dockerd);
+    drop(ctd);
+    drop(nv);
+    drop(rd);
+}

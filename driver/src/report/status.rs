@@ -58,6 +58,26 @@ impl FsSpace {
     }
 }
 
+/// Images whose profile is newer than the end of the last migration of
+/// every image (the daemon's), when tiering is on.
+fn migrations_pending(store: &Store) -> Result<Vec<String>> {
+    if crate::tiering::enabled(store).is_err() {
+        return Ok(Vec::new());
+    }
+    let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let last = mtime(&crate::tiering::last_migration_path(store));
+    let mut out = Vec::new();
+    for i in store.images()? {
+        let Some(prof) = crate::store::profiles::profile_file(store, &i.name) else {
+            continue;
+        };
+        if last < mtime(&prof) {
+            out.push(i.name);
+        }
+    }
+    Ok(out)
+}
+
 /// The state of the store (`nvtier status [--json]`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -81,6 +101,9 @@ pub struct Status {
     pub interleaved_mounts: usize,
     pub layers: usize,
     pub max_concurrent_downloads: usize,
+    /// Images whose profile changed after the last migration of every
+    /// image ended: the daemon's next migration places them.
+    pub migrations_pending: Vec<String>,
     pub mounts: usize,
     pub placement: Placement,
     pub pmem_budget_bytes: u64,
@@ -92,6 +115,8 @@ pub struct Status {
     pub pmem_meta_bytes: u64,
     pub pmem_retired_bytes: u64,
     pub pmem_used_bytes: u64,
+    /// Container cold starts `nvtier serve` is recording now.
+    pub recordings: Vec<crate::record::RecordingState>,
     pub snapshots: usize,
     pub snapshotter_socket: Option<PathBuf>,
     pub state_dir: PathBuf,
@@ -151,6 +176,7 @@ impl Status {
             interleaved_mounts,
             layers: layers.len(),
             max_concurrent_downloads: cfg.max_concurrent_downloads,
+            migrations_pending: migrations_pending(store)?,
             mounts: mounts.len(),
             placement: cfg.placement,
             pmem_budget_bytes: cfg.pmem_budget,
@@ -162,6 +188,7 @@ impl Status {
             pmem_meta_bytes: tier_use.meta_bytes,
             pmem_retired_bytes: tier_use.retired_bytes,
             pmem_used_bytes,
+            recordings: crate::record::Recorder::in_progress(store),
             snapshots: snapshots.len(),
             snapshotter_socket: cfg.snapshotter_socket.clone(),
             state_dir: cfg.state_dir.clone(),
@@ -276,6 +303,24 @@ impl fmt::Display for Status {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "disabled".into())
         )?;
+        for r in &self.recordings {
+            writeln!(
+                f,
+                "  recording {} (pid {}), started {}",
+                r.image,
+                r.pid,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.started_ms)
+                )
+            )?;
+        }
+        if !self.migrations_pending.is_empty() {
+            writeln!(
+                f,
+                "  migration pending: {}",
+                self.migrations_pending.join(", ")
+            )?;
+        }
         for fb in &self.engine_fallbacks {
             writeln!(
                 f,
@@ -316,6 +361,7 @@ mod tests {
             interleaved_mounts: 1,
             layers: 5,
             max_concurrent_downloads: 3,
+            migrations_pending: Vec::new(),
             mounts: 4,
             placement: Placement::Lass,
             pmem_budget_bytes: 4 << 20,
@@ -327,6 +373,7 @@ mod tests {
             pmem_meta_bytes: 1024,
             pmem_retired_bytes: 0,
             pmem_used_bytes: 1 << 20,
+            recordings: Vec::new(),
             snapshots: 6,
             snapshotter_socket: Some("/run/nvtier/snapshotter.sock".into()),
             state_dir: "/var/lib/nvtier".into(),

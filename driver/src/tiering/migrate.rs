@@ -400,7 +400,20 @@ pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
     journal.finish()?;
     report.pmem_used_after = store.pmem_used()?;
     report.elapsed_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if opts.image.is_none() {
+        // Every profile written before now is placed.
+        let stamp = last_migration_path(store);
+        if let Err(e) = crate::fsutil::write_atomic(&stamp, b"") {
+            tracing::warn!(error = %e, path = %stamp.display(), "writing the migration stamp");
+        }
+    }
     Ok(report)
+}
+
+/// `STATE/last-migration`: its time is when the last migration of every
+/// image ended (`nvtier status` lists profiles newer than it as pending).
+pub fn last_migration_path(store: &Store) -> std::path::PathBuf {
+    store.state().join("last-migration")
 }
 
 /// Build and publish generation `n` of a layer's hot data layer holding

@@ -40,7 +40,7 @@
 pub mod copy;
 mod migrate;
 
-pub use migrate::{migrate, LayerMove, MigrateOptions, MigrateReport};
+pub use migrate::{last_migration_path, migrate, LayerMove, MigrateOptions, MigrateReport};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::walk::du;
