@@ -203,6 +203,12 @@ pub fn profile_age_ms(store: &Store, image: &str) -> Option<u64> {
     Some(now_ms().saturating_sub(ms))
 }
 
+/// Events kept per undecided root, and for how long.
+const MAX_PENDING: usize = 100_000;
+const PENDING_MAX_S: u64 = 10;
+/// Ignored roots remembered (to drop their events still in flight).
+const MAX_IGNORED: usize = 65_536;
+
 /// How long after the container's exit its recording ends.
 const EXIT_GRACE_MS: u64 = 300;
 
@@ -273,7 +279,10 @@ pub struct Recorder {
     engine: Box<dyn EngineImages>,
     active: HashMap<u64, Recording>,
     /// Events of roots not decided yet (at most one sighting away).
-    pending: HashMap<u64, Vec<RawEvent>>,
+    pending: HashMap<u64, (Instant, Vec<RawEvent>)>,
+    /// Roots told to the watcher to ignore: their events still in flight
+    /// are dropped.
+    ignored: HashSet<u64>,
     lost: u64,
 }
 
@@ -285,6 +294,7 @@ impl Recorder {
             engine,
             active: HashMap::new(),
             pending: HashMap::new(),
+            ignored: HashSet::new(),
             lost: 0,
         }
     }
@@ -347,13 +357,17 @@ impl Recorder {
             active: self.active.len(),
             max_concurrent: cfg.record_max_concurrent,
         };
-        let pending = self.pending.remove(&root).unwrap_or_default();
+        let pending = self
+            .pending
+            .remove(&root)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
         let (Some((upper, _)), Some(img)) = (target, image) else {
-            roots.ignore(root);
+            self.ignore(root, roots);
             return;
         };
         if let Err(why) = should_record(&start) {
-            roots.ignore(root);
+            self.ignore(root, roots);
             match why {
                 Skip::Busy => {
                     tracing::info!(image = %img.name, pid, %why, "container start not recorded")
@@ -397,17 +411,32 @@ impl Recorder {
         self.active.insert(root, rec);
     }
 
+    /// Stop recording `root`, in the kernel and here.
+    fn ignore(&mut self, root: u64, roots: &dyn Roots) {
+        roots.ignore(root);
+        if self.ignored.len() >= MAX_IGNORED {
+            self.ignored.clear();
+        }
+        self.ignored.insert(root);
+    }
+
     /// Take one sighting from the watcher.
     pub fn on_sighting(&mut self, s: Sighting, roots: &dyn Roots) {
         match s {
-            Sighting::NewRoot { root, pid, ts_ns } => self.decide(root, pid, ts_ns, roots),
+            Sighting::NewRoot { root, pid, ts_ns } => {
+                self.ignored.remove(&root);
+                self.decide(root, pid, ts_ns, roots)
+            }
             Sighting::Event { group, event } => {
                 if let Some(r) = self.active.get_mut(&group) {
                     r.add(event);
-                } else {
+                } else if !self.ignored.contains(&group) {
                     // Events before the root's own sighting was decided.
-                    let v = self.pending.entry(group).or_default();
-                    if v.len() < 100_000 {
+                    let (_, v) = self
+                        .pending
+                        .entry(group)
+                        .or_insert_with(|| (Instant::now(), Vec::new()));
+                    if v.len() < MAX_PENDING {
                         v.push(event);
                     }
                 }
@@ -417,9 +446,10 @@ impl Recorder {
 
     /// End the recordings that are over; return what they produced.
     pub fn tick(&mut self, roots: &dyn Roots) -> Vec<Recorded> {
-        // Roots nobody decided on (their sighting was lost): drop them.
+        // Events of roots whose sighting never came (lost in a full ring
+        // buffer): dropped after a while.
         self.pending
-            .retain(|_, v| !v.is_empty() && v.len() < 100_000);
+            .retain(|_, (t, _)| t.elapsed() < Duration::from_secs(PENDING_MAX_S));
         let cfg = &self.store.cfg;
         let over: Vec<(u64, End)> = self
             .active
@@ -445,7 +475,7 @@ impl Recorder {
             .collect();
         let mut out = Vec::new();
         for (root, end) in over {
-            roots.ignore(root);
+            self.ignore(root, roots);
             let _ = std::fs::remove_file(Self::dir(&self.store).join(format!("{root}.json")));
             let Some(r) = self.active.remove(&root) else {
                 continue;
@@ -555,6 +585,68 @@ mod tests {
         assert_eq!(root_upperdir(MI, (0, 5)), None, "not the root");
         assert_eq!(root_upperdir("", (0, 123)), None);
         assert_eq!(root_upperdir("garbage\n- - -", (0, 123)), None);
+    }
+
+    struct Told(std::cell::RefCell<Vec<u64>>);
+    impl Roots for Told {
+        fn ignore(&self, root: u64) {
+            self.0.borrow_mut().push(root);
+        }
+    }
+    struct NoEngine;
+    impl EngineImages for NoEngine {
+        fn lookup(&self, _: &[String]) -> Option<EngineImage> {
+            None
+        }
+    }
+
+    fn open(kind: nvtier_tracer::Kind, ino: u64) -> RawEvent {
+        RawEvent::Inode {
+            kind,
+            ts_ns: 1,
+            dev: 1,
+            ino,
+            pid: 1,
+        }
+    }
+
+    #[test]
+    fn roots_that_are_not_nvtier_snapshots_are_ignored_with_their_events() {
+        let (_t, store) = crate::testutil::temp_store("1M");
+        let mut rec = Recorder::new(store, Box::new(NoEngine));
+        let told = Told(Default::default());
+        let ev = |g| Sighting::Event {
+            group: g,
+            event: open(nvtier_tracer::Kind::Open, 7),
+        };
+        // Events before the root's sighting wait for its decision.
+        rec.on_sighting(ev(5), &told);
+        assert_eq!(rec.pending.get(&5).map(|p| p.1.len()), Some(1));
+        // No process 0 with such a root: not ours.
+        rec.on_sighting(
+            Sighting::NewRoot {
+                root: 5,
+                pid: u32::MAX,
+                ts_ns: 0,
+            },
+            &told,
+        );
+        assert_eq!(*told.0.borrow(), vec![5]);
+        assert!(rec.pending.is_empty() && rec.active() == 0);
+        // What is still in flight for it is dropped.
+        rec.on_sighting(ev(5), &told);
+        assert!(rec.pending.is_empty());
+        assert!(rec.tick(&told).is_empty());
+        // A root seen anew is decided anew.
+        rec.on_sighting(
+            Sighting::NewRoot {
+                root: 5,
+                pid: u32::MAX,
+                ts_ns: 0,
+            },
+            &told,
+        );
+        assert_eq!(*told.0.borrow(), vec![5, 5]);
     }
 
     #[test]

@@ -484,6 +484,21 @@ mod tests {
             }],
             ..status()
         };
+        let rec = Status {
+            recordings: vec![crate::record::RecordingState {
+                image: "r/demo:1".into(),
+                pid: 42,
+                started_ms: 0,
+            }],
+            migrations_pending: vec!["r/demo:1".into()],
+            ..status()
+        };
+        let t = rec.to_string();
+        assert!(
+            t.contains("  recording r/demo:1 (pid 42), started 1970-01-01T00:00:00Z"),
+            "{t}"
+        );
+        assert!(t.contains("  migration pending: r/demo:1"), "{t}");
         let text = fb.to_string();
         assert_eq!(
             text.lines().last(),
@@ -512,8 +527,10 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort_unstable();
         assert_eq!(keys, sorted);
-        assert_eq!(keys.len(), 35);
+        assert_eq!(keys.len(), 37);
         assert!(v.get("unsynced_dir").is_none());
+        assert_eq!(v["recordings"], serde_json::json!([]));
+        assert_eq!(v["migrations_pending"], serde_json::json!([]));
         assert_eq!(v["dax"], "emulated");
         assert_eq!(v["placement"], "lass");
         assert_eq!(v["disk_layer_sync"], "background");
