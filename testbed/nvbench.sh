@@ -7,9 +7,10 @@
 #   lass    nvtier (`nvtier serve` proxy snapshotter; dockerd makes nvtier
 #           pull the image itself, placing layers by LASS); no static
 #           placement, no hot files
-#   hot     nvtier with LASS + static placement, then one profiling run
-#           (`nvtier trace`) and `nvtier migrate`: hot files on pmem, layer
-#           bases on disk, tiered mounts
+#   hot     nvtier with LASS + static placement, then one ordinary
+#           `docker run`, which `nvtier serve` records by itself and
+#           migrates after: hot files on pmem, layer bases on disk, tiered
+#           mounts
 # For nvtier the engine's metadata (containerd root, dockerd data-root,
 # nvtier state) and containers' writable layers live on pmem; image layers
 # go where nvtier puts them.
@@ -238,6 +239,10 @@ for s in "${SYSTEMS[@]}"; do
         driver=nvtier
         static=false
         [[ $s == hot ]] && static=true
+        # Only the hot system records container starts (and migrates
+        # after each recording); lass stays LASS alone.
+        record=false migrate_every=0
+        [[ $s == hot ]] && record=true migrate_every=3600
         mkdir -p "$P/nvtier" "$P/nvtier-state" "$DISK_DIR/$s/nvtier"
         cat >"$B/$s/nvtier.toml" <<EOF
 state_dir = "$P/nvtier-state"
@@ -248,7 +253,10 @@ placement = "lass"
 static_placement = $static
 tiering = true
 upper_tier = "pmem"
-migrate_interval_s = 0
+migrate_interval_s = $migrate_every
+migrate_rate = 0
+record_starts = $record
+containerd_socket = "$R/$s/containerd.sock"
 insecure_registries = ["$REGISTRY"]
 snapshotter_socket = "$R/$s/snap.sock"
 docker_plugin_socket = ""
@@ -461,32 +469,47 @@ cold() {
     [[ $ok == true ]] && echo "$ms" || echo FAIL
 }
 
-profile_and_migrate() { # the hot system: one traced cold start, then migrate
-    local img=$1 rate=$2 ref ready cmd=() tr_args=() tr mg
+profile_and_migrate() { # the hot system: one ordinary cold start, recorded by the daemon
+    local img=$1 rate=$2 ref ready port cid="" i row st t0 rc=0
     ref=$(ref_of "$img")
     ready=$(img_field "$img" .ready)
-    [[ $ready == port:* ]] && tr_args+=(--ready-port "${ready#port:}")
-    cmd=(env)
-    [[ $(img_field "$img" .workdir) != null ]] && cmd+=(-C "$(img_field "$img" .workdir)")
-    mapfile -t -O ${#cmd[@]} cmd < <(img_field "$img" '.env[]')
-    mapfile -t -O ${#cmd[@]} cmd < <(img_field "$img" '.cmd[]')
-    # (Only the summary: the whole report, with the profile, is too big for
-    # a command-line argument.)
-    if ! tr=$(nv hot trace "$ref" "${tr_args[@]}" --json -- "${cmd[@]}" 2>"$B/hot/trace.err" |
-        jq -c '{files, bytes, image_bytes, tracer, elapsed_ms}'); then
-        emit --arg r "$rate" --arg i "$img" --arg m "$(tail -c 400 "$B/hot/trace.err")" \
+    # A profile from an earlier rate would make this start "fresh" and
+    # unrecorded: start from none, as on a new node.
+    rm -f "$PMEM_DIR/hot/nvtier-state/profiles/"*.json
+    drop_caches
+    t0=$(now_ns)
+    if [[ $ready == port:* ]]; then
+        port=${ready#port:}
+        cid=$(dkrun hot run -d --network host "${THROTTLE[@]}" "$ref" 2>"$B/hot/profile.err") || rc=$?
+        for ((i = 0; rc == 0 && i < 12000; i++)); do
+            port_open "$port" && break
+            sleep 0.01
+        done
+    else
+        timeout 600 "$RUN_CLI" -H "unix://$R/hot/docker.sock" run --rm --network host "${THROTTLE[@]}" "$ref" \
+            >"$B/hot/profile.out" 2>"$B/hot/profile.err" || rc=$?
+    fi
+    # The daemon ends the recording (exit or quiet period), then migrates.
+    row=null
+    for ((i = 0; i < 1200; i++)); do
+        st=$(nv hot status --json 2>/dev/null || echo '{}')
+        row=$(nv hot profile list --json 2>/dev/null | jq -c --arg r "$ref" '[.[] | select(.profiled and ((.image == $r) or (.image | endswith($r))))][0]')
+        if [[ $row != null ]] && jq -e '(.recordings // [1] | length) == 0 and (.migrations_pending // [1] | length) == 0' <<<"$st" >/dev/null; then
+            break
+        fi
+        sleep 0.5
+    done
+    [[ -n $cid ]] && dk hot rm -f "$cid" >/dev/null 2>&1
+    if [[ $row == null ]]; then
+        emit --arg r "$rate" --arg i "$img" --arg m "exit $rc; no recording: $(tail -c 300 "$B/hot/profile.err"); $(grep -i record "$B/hot/serve.log" | tail -3)" \
             '{kind: "error", rate: $r, system: "hot", image: $i, stage: "profile", message: $m}'
         return 0
     fi
-    emit --arg r "$rate" --arg i "$img" --argjson t "$tr" \
+    emit --arg r "$rate" --arg i "$img" --argjson t "$row" --argjson ms "$(ms_between "$t0" "$(now_ns)")" \
+        --argjson ib "$(nv hot images --json | jq --arg r "$ref" '[.[] | select((.name == $r) or (.name | endswith($r))) | .pmem_bytes + .disk_bytes][0] // 0')" \
         '{kind: "startup_read", rate: $r, image: $i, hot_files: $t.files, hot_bytes: $t.bytes,
-          image_bytes: $t.image_bytes, tracer: $t.tracer, trace_ms: $t.elapsed_ms}'
-    if ! mg=$(nv hot migrate --rate 0 --json 2>"$B/hot/migrate.err"); then
-        emit --arg r "$rate" --arg i "$img" --arg m "$(tail -c 400 "$B/hot/migrate.err")" \
-            '{kind: "error", rate: $r, system: "hot", image: $i, stage: "migrate", message: $m}'
-        return 0
-    fi
-    info "  profiled: $(jq -r '"\(.files) files, \(.bytes) B of \(.image_bytes) B"' <<<"$tr"); migrated: copied $(jq .copied_bytes <<<"$mg") B, relocated $(jq .relocated_bytes <<<"$mg") B, pmem $(jq .pmem_used_before <<<"$mg") -> $(jq .pmem_used_after <<<"$mg") B"
+          image_bytes: $ib, tracer: $t.tracer, trace_ms: $ms, recorded_by: "daemon"}'
+    info "  recorded by the daemon: $(jq -r '"\(.files) files, \(.bytes) B"' <<<"$row"); pmem $(nv hot status --json | jq .pmem_used_bytes) B after its migration"
 }
 
 emit_pmem() { # emit_pmem SYSTEM IMAGE RATE WHEN

@@ -8,6 +8,11 @@
 //!   ...); libbpf resolves them through tracefs, so this benchmark mounts
 //!   tracefs in a private mount namespace of its own (the host is not
 //!   touched).
+//! - `root`: `nvtier serve`'s root watcher (the same programs, filtered by
+//!   the task's root instead of a cgroup). The traced worker runs chrooted
+//!   in an overlay mount whose root is recorded; the untraced one in a
+//!   second overlay whose root the watcher was told to ignore, as for a
+//!   container whose image has a fresh profile.
 //! - `none`: no tracer loaded (the baseline).
 //!
 //! A worker process does ITERS × (openat + close + newfstatat) and reports
@@ -19,7 +24,8 @@
 //! syscall.
 
 use anyhow::{bail, Context, Result};
-use nvtier_tracer::bpf::{AttachMode, BpfTracer};
+use nvtier_tracer::bpf::{AttachMode, BpfTracer, Sighting};
+use nvtier_tracer::watch::RootWatcher;
 use nvtier_tracer::Tracer;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -49,6 +55,7 @@ enum Mode {
     None,
     Btf,
     Tracepoint,
+    Root,
 }
 
 impl Mode {
@@ -57,6 +64,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Btf => "btf",
             Mode::Tracepoint => "tracepoint",
+            Mode::Root => "root",
         }
     }
 }
@@ -97,12 +105,16 @@ struct Results {
     summary: Vec<ModeSummary>,
 }
 
-/// The worker: join `cgroup` (if given), then time the syscall loop.
-/// Prints ns per iteration.
-pub fn worker(cgroup: Option<&Path>, iters: u64) -> Result<()> {
+/// The worker: join `cgroup` and chroot to `root` (if given), then time
+/// the syscall loop. Prints ns per iteration.
+pub fn worker(cgroup: Option<&Path>, root: Option<&Path>, iters: u64) -> Result<()> {
     if let Some(cg) = cgroup {
         std::fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("join cgroup {}", cg.display()))?;
+    }
+    if let Some(r) = root {
+        nix::unistd::chroot(r).with_context(|| format!("chroot {}", r.display()))?;
+        std::env::set_current_dir("/").context("chdir /")?;
     }
     let path = Path::new("/etc/hostname");
     let t0 = Instant::now();
@@ -116,7 +128,7 @@ pub fn worker(cgroup: Option<&Path>, iters: u64) -> Result<()> {
     Ok(())
 }
 
-fn run_worker(cgroup: Option<&Path>, iters: u64) -> Result<f64> {
+fn run_worker(cgroup: Option<&Path>, root: Option<&Path>, iters: u64) -> Result<f64> {
     let exe = std::env::current_exe().context("own executable")?;
     let mut c = Command::new(exe);
     c.arg("attach-cost-worker")
@@ -124,6 +136,9 @@ fn run_worker(cgroup: Option<&Path>, iters: u64) -> Result<f64> {
         .arg(iters.to_string());
     if let Some(cg) = cgroup {
         c.arg("--cgroup").arg(cg);
+    }
+    if let Some(r) = root {
+        c.arg("--chroot").arg(r);
     }
     let out = c.output().context("run the worker")?;
     if !out.status.success() {
@@ -194,6 +209,99 @@ fn private_tracefs() -> Result<()> {
     Ok(())
 }
 
+/// Two overlay mounts with `/etc/hostname` (container-like roots), in the
+/// benchmark's private mount namespace; unmounted on drop.
+struct Roots {
+    dir: PathBuf,
+    recorded: PathBuf,
+    ignored: PathBuf,
+}
+
+impl Roots {
+    fn create() -> Result<Roots> {
+        let dir = std::env::temp_dir().join(format!("nvbench-roots-{}", std::process::id()));
+        let lower = dir.join("lower");
+        std::fs::create_dir_all(lower.join("etc")).context("create the overlay lower dir")?;
+        std::fs::write(lower.join("etc/hostname"), "nvbench\n").context("write etc/hostname")?;
+        let mut made = Vec::new();
+        for name in ["recorded", "ignored"] {
+            let (up, work, merged) = (
+                dir.join(format!("{name}-up")),
+                dir.join(format!("{name}-work")),
+                dir.join(name),
+            );
+            for d in [&up, &work, &merged] {
+                std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+            }
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                up.display(),
+                work.display()
+            );
+            nix::mount::mount(
+                Some("overlay"),
+                &merged,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .with_context(|| format!("mount an overlay at {}", merged.display()))?;
+            made.push(merged);
+        }
+        Ok(Roots {
+            recorded: made[0].clone(),
+            ignored: made[1].clone(),
+            dir,
+        })
+    }
+}
+
+impl Drop for Roots {
+    fn drop(&mut self) {
+        for m in [&self.recorded, &self.ignored] {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The root watcher, told to ignore the root of `ignored` (by its device,
+/// before any worker runs), with a consumer counting the events of the
+/// other roots.
+struct Watch {
+    watcher: RootWatcher,
+    consumer: std::thread::JoinHandle<usize>,
+}
+
+impl Watch {
+    fn start(ignored: &Path) -> Result<Watch> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(ignored)
+            .with_context(|| format!("stat {}", ignored.display()))?
+            .dev();
+        let kdev = (nix::sys::stat::major(dev) << 20) | nix::sys::stat::minor(dev);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watcher = RootWatcher::start(AttachMode::Btf, tx)?;
+        watcher.ignore(kdev);
+        // The watcher applies it at its next poll (every 50 ms).
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let consumer = std::thread::spawn(move || {
+            rx.into_iter()
+                .filter(|s| matches!(s, Sighting::Event { group, .. } if *group != kdev))
+                .count()
+        });
+        Ok(Watch { watcher, consumer })
+    }
+
+    /// Stop; the events the recorded root produced, and those lost.
+    fn stop(self) -> (usize, u64) {
+        let lost = self.watcher.lost();
+        drop(self.watcher);
+        (self.consumer.join().unwrap_or(0), lost)
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -209,28 +317,38 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
     }
     private_tracefs()?;
     let cg = Cg::create()?;
-    let modes = [Mode::None, Mode::Btf, Mode::Tracepoint];
+    let roots = Roots::create()?;
+    let modes = [Mode::None, Mode::Btf, Mode::Tracepoint, Mode::Root];
     let mut samples = Vec::new();
     for round in 0..a.rounds {
         for k in 0..modes.len() {
             let mode = modes[(round + k) % modes.len()];
-            let tracer = match mode {
-                Mode::None => None,
-                Mode::Btf => Some(BpfTracer::start_with(AttachMode::Btf, &[cg.id], None)?),
-                Mode::Tracepoint => Some(BpfTracer::start_with(
-                    AttachMode::Tracepoint,
-                    &[cg.id],
-                    None,
-                )?),
-            };
-            let traced = run_worker(Some(&cg.dir), a.iters)?;
-            let untraced = run_worker(None, a.iters)?;
-            let (events, lost) = match tracer {
-                Some(t) => {
-                    let (ev, lost) = Box::new(t).stop()?;
-                    (ev.len(), lost)
-                }
-                None => (0, 0),
+            let (events, lost, traced, untraced) = if mode == Mode::Root {
+                let w = Watch::start(&roots.ignored)?;
+                let traced = run_worker(None, Some(&roots.recorded), a.iters)?;
+                let untraced = run_worker(None, Some(&roots.ignored), a.iters)?;
+                let (events, lost) = w.stop();
+                (events, lost, traced, untraced)
+            } else {
+                let tracer = match mode {
+                    Mode::Btf => Some(BpfTracer::start_with(AttachMode::Btf, &[cg.id], None)?),
+                    Mode::Tracepoint => Some(BpfTracer::start_with(
+                        AttachMode::Tracepoint,
+                        &[cg.id],
+                        None,
+                    )?),
+                    _ => None,
+                };
+                let traced = run_worker(Some(&cg.dir), None, a.iters)?;
+                let untraced = run_worker(None, None, a.iters)?;
+                let (events, lost) = match tracer {
+                    Some(t) => {
+                        let (ev, lost) = Box::new(t).stop()?;
+                        (ev.len(), lost)
+                    }
+                    None => (0, 0),
+                };
+                (events, lost, traced, untraced)
             };
             eprintln!(
                 "round {round} {:<10} traced {traced:8.0} ns/iter, untraced {untraced:8.0} ns/iter, {events} events, {lost} lost",
@@ -306,7 +424,9 @@ fn markdown(r: &Results) -> String {
         "# eBPF attach cost\n\n{} · {} ({} CPUs, {} GiB) · Linux {} · {} rounds × {} iterations \
          (openat + close + newfstatat), modes interleaved in rotating order; medians; \
          the per-event and per-syscall costs are medians of differences to the baseline \
-         within each round.\n\n\
+         within each round. `root` is `nvtier serve`'s root watcher: its traced process runs \
+         chrooted in a recorded overlay root, its untraced one in an overlay root the watcher \
+         ignores (a container whose image has a fresh profile).\n\n\
          | attach | traced process ns/iter | untraced process ns/iter | ns per traced event | ns per untraced syscall | events/round | lost |\n\
          |---|--:|--:|--:|--:|--:|--:|\n",
         r.date,

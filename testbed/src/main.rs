@@ -28,13 +28,18 @@ enum Cmd {
     /// Cost of the eBPF tracer per syscall when its programs attach to the
     /// raw syscall tracepoints (btf, the default: no tracefs needed) or to
     /// per-syscall tracepoints (tracepoint: needs tracefs, mounted here in a
-    /// private mount namespace). Interleaved rounds; medians. Root.
+    /// private mount namespace), and of `nvtier serve`'s root watcher (root:
+    /// a recorded and an ignored container root). Interleaved rounds;
+    /// medians. Root.
     AttachCost(attach_cost::AttachCostArgs),
     /// (internal) The syscall loop of attach-cost.
     #[command(hide = true)]
     AttachCostWorker {
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// chroot here first (a container-like root).
+        #[arg(long)]
+        chroot: Option<PathBuf>,
         #[arg(long)]
         iters: u64,
     },
@@ -128,7 +133,11 @@ fn main() {
     // with one thread: before the signal handlers or anything else.
     let r = match cli.cmd {
         Cmd::AttachCost(a) => attach_cost::run(a),
-        Cmd::AttachCostWorker { cgroup, iters } => attach_cost::worker(cgroup.as_deref(), iters),
+        Cmd::AttachCostWorker {
+            cgroup,
+            chroot,
+            iters,
+        } => attach_cost::worker(cgroup.as_deref(), chroot.as_deref(), iters),
         cmd => run(cmd),
     };
     if let Err(e) = r {
