@@ -231,12 +231,15 @@ fn ctr_run_is_recorded_then_tiered() {
         ctd.ctr(&["tasks", "rm", "c-other"]).status.success()
     });
     ctd.ctr_ok(&["containers", "rm", "c-other"]);
-    wait_for("the image's metadata layer", 60, || {
-        fs::read_dir(bed.state.join("meta"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+    // Both recordings are over and migrated (the other container's ended
+    // when it was killed).
+    wait_for("the recordings and their migrations", 60, || {
+        let st = bed.nvtier_json(&["status"]);
+        st["recordings"].as_array().is_some_and(|a| a.is_empty())
+            && st["migrations_pending"]
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+            && st["pmem_hot_bytes"].as_u64().unwrap_or(0) > 0
     });
     let on_pmem: Vec<String> = data_files(&bed.pmem)
         .into_iter()
@@ -262,6 +265,7 @@ fn ctr_run_is_recorded_then_tiered() {
     // too): no other file data.
     let profiled: BTreeSet<String> = [&img, &other]
         .iter()
+        .filter(|i| has_engine_image(&bed, i))
         .flat_map(|i| {
             bed.nvtier_json(&["profile", "show", i])["files"]
                 .as_array()

@@ -476,6 +476,13 @@ fn build_generation(
             fs::remove_dir_all(&dest).ctx("remove stale generation", &dest)?;
         }
         let _s = store.lock_store()?;
+        // The image may have been removed while this copied (GC runs under
+        // the store lock): then there is nothing to publish.
+        if store.layer(chain)?.is_none() {
+            return Err(Error::Other(format!(
+                "layer {chain} was removed during migration"
+            )));
+        }
         fs::rename(&staging, &dest).ctx("publish hot generation", &dest)?;
         crate::fsutil::fsync_dir(&root)?;
         fault("mid_publish");
@@ -497,6 +504,9 @@ fn build_generation(
     })();
     if built.is_err() {
         let _ = fs::remove_dir_all(&staging);
+        // The layer's hot directory, if this made it and nothing else is
+        // in it (its layer may be gone, and GC only removes recorded ones).
+        let _ = fs::remove_dir(&root);
     }
     let copied = built?;
     journal.step(&format!("committed:{chain}"))?;

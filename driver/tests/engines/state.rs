@@ -188,6 +188,7 @@ pub fn full_listing(bed: &Bed) -> Vec<String> {
             || p.starts_with("state/profiles/")
             || p.starts_with("state/usage/")
             || p.starts_with("state/tiers/")
+            || p == "state/last-migration"
             || p == "pmem/.nvtier-tier.json"
             || p == "disk/.nvtier-tier.json"
             || p.starts_with("pmem/lost+found")
