@@ -34,24 +34,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The upper directory of the mount at `/` whose device is `dev`
-/// (`major:minor`), from a `/proc/PID/mountinfo` text.
-pub fn root_upperdir(mountinfo: &str, dev: (u32, u32)) -> Option<PathBuf> {
-    let want = format!("{}:{}", dev.0, dev.1);
-    mountinfo.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.get(2) != Some(&want.as_str()) || f.get(4) != Some(&"/") {
-            return None;
-        }
-        let sep = f.iter().position(|x| *x == "-")?;
-        if f.get(sep + 1) != Some(&"overlay") {
-            return None;
-        }
-        let opts = f.get(sep + 3)?;
-        opts.split(',')
-            .find_map(|o| o.strip_prefix("upperdir="))
-            .map(|u| PathBuf::from(unescape_mountinfo(u)))
-    })
+/// The upper directory named in a `/proc/PID/mountinfo` line of an
+/// overlay mount.
+pub fn upperdir_of(mount_line: &str) -> Option<PathBuf> {
+    let f: Vec<&str> = mount_line.split(' ').collect();
+    let sep = f.iter().position(|x| *x == "-")?;
+    if f.get(sep + 1) != Some(&"overlay") {
+        return None;
+    }
+    f.get(sep + 3)?
+        .split(',')
+        .find_map(|o| o.strip_prefix("upperdir="))
+        .map(|u| PathBuf::from(unescape_mountinfo(u)))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -123,10 +117,54 @@ pub fn chain_of_upper(
     (!chain.is_empty()).then_some(chain)
 }
 
-/// The name of the record made for layers containerd unpacked itself,
-/// when its image name is unknown or taken by another record.
-pub fn unpacked_name(top_chain: &str) -> String {
-    format!("unpacked/{}", top_chain.trim_start_matches("sha256:"))
+/// The name of the record made for layers an engine stored itself, when
+/// its image name is unknown or taken by another record.
+pub fn engine_image_name(top_chain: &str) -> String {
+    format!("engine/{}", top_chain.trim_start_matches("sha256:"))
+}
+
+/// The nvtier layers below the Docker graph driver plugin's read-write
+/// layer whose directory is `upper` (`DISK/graph/<id>/diff`), bottom
+/// first; read-write layers right above the image (the init layer) are
+/// skipped. `None` for any other directory.
+pub fn chain_of_graph_upper(store: &Store, upper: &Path) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct G {
+        parent: Option<String>,
+        chain_id: Option<String>,
+    }
+    let home = upper.parent()?;
+    if upper.file_name()? != "diff" || home.parent()? != store.disk.root.join("graph") {
+        return None;
+    }
+    let load = |id: &str| -> Option<G> {
+        if id.contains('/') || id.starts_with('.') {
+            return None;
+        }
+        crate::store::meta_read(&store.graph_layers_dir().join(format!("{id}.json")))
+            .ok()
+            .flatten()
+    };
+    let me = load(home.file_name()?.to_str()?)?;
+    if me.chain_id.is_some() {
+        return None;
+    }
+    let mut chain = Vec::new();
+    let mut next = me.parent;
+    while let Some(p) = next {
+        let r = load(&p)?;
+        match r.chain_id {
+            Some(c) => chain.push(c),
+            None if chain.is_empty() => {}
+            None => return None,
+        }
+        if chain.len() > 4096 {
+            return None;
+        }
+        next = r.parent;
+    }
+    chain.reverse();
+    (!chain.is_empty()).then_some(chain)
 }
 
 /// An image the engine unpacked itself, as the engine knows it.
@@ -163,22 +201,38 @@ pub fn image_for_chain(
         .last()
         .ok_or_else(|| Error::Other("empty layer chain".into()))?;
     digest_hex(top)?;
-    let e = engine.lookup(chain).ok_or_else(|| {
-        Error::Other(format!(
-            "no engine image has the layers up to {top}: their diffIDs are unknown"
-        ))
-    })?;
     let mut blobs = Vec::new();
+    let mut local_diffs = Vec::new();
     for c in chain {
         let m = store
             .layer(c)?
             .ok_or_else(|| Error::Other(format!("layer {c} is not in the store")))?;
         blobs.push(m.blob_digest.clone().unwrap_or_else(|| m.diff_id.clone()));
+        local_diffs.push(m.diff_id);
     }
+    // Layers the graph driver plugin applied know their diffIDs (it hashed
+    // the tars); containerd's unpacks do not, containerd does.
+    let known = local_diffs.iter().all(|d| digest_hex(d).is_ok())
+        && crate::store::chain_ids(&local_diffs) == chain;
+    let e = match engine.lookup(chain) {
+        Some(e) => e,
+        None if known => EngineImage {
+            name: None,
+            manifest_digest: None,
+            config_digest: top.clone(),
+            config: serde_json::json!({"rootfs": {"type": "layers", "diff_ids": local_diffs}}),
+            diff_ids: local_diffs,
+        },
+        None => {
+            return Err(Error::Other(format!(
+                "no engine image has the layers up to {top}: their diffIDs are unknown"
+            )))
+        }
+    };
     let name = e
         .name
         .filter(|n| !images.iter().any(|i| &i.name == n))
-        .unwrap_or_else(|| unpacked_name(top));
+        .unwrap_or_else(|| engine_image_name(top));
     let rec = ImageRecord {
         name,
         manifest_digest: e.manifest_digest.unwrap_or_else(|| top.clone()),
@@ -327,17 +381,14 @@ impl Recorder {
     }
 
     /// Decide on a new root: record it or tell the watcher to ignore it.
-    fn decide(&mut self, root: u64, pid: u32, ts_ns: u64, roots: &dyn Roots) {
+    fn decide(&mut self, root: u64, pid: u32, ts_ns: u64, mount: Option<&str>, roots: &dyn Roots) {
         let cfg = &self.store.cfg;
-        let dev = (libc::major(kdev(root)), libc::minor(kdev(root)));
-        let target = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-            .ok()
-            .and_then(|mi| root_upperdir(&mi, dev))
-            .and_then(|upper| {
-                let snaps = self.store.snapshots().ok()?;
-                let chain = chain_of_upper(&snaps, &self.store, &upper)?;
-                Some((upper, chain))
-            });
+        let target = mount.and_then(upperdir_of).and_then(|upper| {
+            let snaps = self.store.snapshots().ok()?;
+            let chain = chain_of_upper(&snaps, &self.store, &upper)
+                .or_else(|| chain_of_graph_upper(&self.store, &upper))?;
+            Some((upper, chain))
+        });
         let image = target.as_ref().and_then(|(_, chain)| {
             match image_for_chain(&self.store, chain, &*self.engine) {
                 Ok(i) => Some(i),
@@ -423,9 +474,14 @@ impl Recorder {
     /// Take one sighting from the watcher.
     pub fn on_sighting(&mut self, s: Sighting, roots: &dyn Roots) {
         match s {
-            Sighting::NewRoot { root, pid, ts_ns } => {
+            Sighting::NewRoot {
+                root,
+                pid,
+                ts_ns,
+                mount,
+            } => {
                 self.ignored.remove(&root);
-                self.decide(root, pid, ts_ns, roots)
+                self.decide(root, pid, ts_ns, mount.as_deref(), roots)
             }
             Sighting::Event { group, event } => {
                 if let Some(r) = self.active.get_mut(&group) {
@@ -530,11 +586,6 @@ impl Recorder {
     }
 }
 
-/// A root as the kernel reports it (`major << 20 | minor`) to a `dev_t`.
-fn kdev(root: u64) -> libc::dev_t {
-    nvtier_tracer::event::kdev_to_user(root as u32)
-}
-
 /// Run the recorder until `stop`: the watcher's sightings in, profiles
 /// out; `on_recorded` is called after each finished recording (the daemon
 /// wakes its migration). Blocking; run on a thread of its own.
@@ -576,15 +627,16 @@ mod tests {
 ";
 
     #[test]
-    fn upperdir_of_the_root_mount() {
+    fn upperdir_of_overlay_mounts() {
+        let line = |i: usize| MI.lines().nth(i).unwrap_or("");
         assert_eq!(
-            root_upperdir(MI, (0, 123)),
+            upperdir_of(line(0)),
             Some(PathBuf::from("/mnt/pmem/nvtier/snapshots/k3j4h5g6f7/fs"))
         );
-        assert_eq!(root_upperdir(MI, (0, 124)), None, "not mounted at /");
-        assert_eq!(root_upperdir(MI, (0, 5)), None, "not the root");
-        assert_eq!(root_upperdir("", (0, 123)), None);
-        assert_eq!(root_upperdir("garbage\n- - -", (0, 123)), None);
+        assert_eq!(upperdir_of(line(1)), None, "tmpfs");
+        assert_eq!(upperdir_of(line(2)), Some(PathBuf::from("/other/fs")));
+        assert_eq!(upperdir_of(""), None);
+        assert_eq!(upperdir_of("garbage - - -"), None);
     }
 
     struct Told(std::cell::RefCell<Vec<u64>>);
@@ -628,6 +680,7 @@ mod tests {
                 root: 5,
                 pid: u32::MAX,
                 ts_ns: 0,
+                mount: None,
             },
             &told,
         );
@@ -643,6 +696,7 @@ mod tests {
                 root: 5,
                 pid: u32::MAX,
                 ts_ns: 0,
+                mount: None,
             },
             &told,
         );

@@ -37,6 +37,9 @@ struct Engine {
     api: PathBuf,
     dockerd: Option<Child>,
     spec_file: PathBuf,
+    /// The plugin runs inside `nvtier serve` (which also records container
+    /// starts and migrates), not as `nvtier docker-plugin`.
+    served: bool,
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -64,6 +67,25 @@ fn stop(child: &mut Child, grace: Duration) {
 impl Engine {
     /// Testbed + plugin; `start_dockerd` also brings up dockerd.
     fn up(tag: &str, pmem_budget: &str, start_dockerd: bool) -> Engine {
+        Self::up_with(tag, pmem_budget, start_dockerd, false)
+    }
+
+    /// [`Engine::up`] with the plugin hosted by `nvtier serve` (config
+    /// `extra` lines appended), and dockerd.
+    fn up_served(tag: &str, pmem_budget: &str, extra: &str) -> Engine {
+        let mut e = Self::up_with(tag, pmem_budget, false, true);
+        let mut cfg = fs::read_to_string(&e.bed.config).expect("config");
+        cfg.push_str(&format!(
+            "snapshotter_socket = \"\"\ndocker_plugin_socket = {:?}\n{extra}",
+            e.plugin_sock
+        ));
+        fs::write(&e.bed.config, cfg).expect("config");
+        e.start_plugin();
+        e.start_dockerd();
+        e
+    }
+
+    fn up_with(tag: &str, pmem_budget: &str, start_dockerd: bool, served: bool) -> Engine {
         let dockerd = dockerd_bin();
         assert!(
             Path::new(&dockerd).exists(),
@@ -84,8 +106,11 @@ impl Engine {
             spec_file: PathBuf::from(format!("/etc/docker/plugins/{plugin_name}.spec")),
             plugin_name,
             bed,
+            served,
         };
-        e.start_plugin();
+        if !served {
+            e.start_plugin();
+        }
         fs::create_dir_all("/etc/docker/plugins").expect("mkdir plugins");
         fs::write(
             &e.spec_file,
@@ -104,9 +129,14 @@ impl Engine {
             .append(true)
             .open(&self.plugin_log)
             .expect("plugin log");
-        let child = Command::new(env!("CARGO_BIN_EXE_nvtier"))
-            .args(["docker-plugin", "--socket"])
-            .arg(&self.plugin_sock)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nvtier"));
+        if self.served {
+            cmd.arg("serve");
+        } else {
+            cmd.args(["docker-plugin", "--socket"])
+                .arg(&self.plugin_sock);
+        }
+        let child = cmd
             .env("NVTIER_CONFIG", &self.bed.config)
             .env("NVTIER_LOG", "info")
             .stdout(Stdio::null())
@@ -918,4 +948,100 @@ fn docker_plugin_budget_exhaustion_falls_back_to_disk() {
     assert!(eng.bed.leftovers().is_empty(), "{:?}", eng.bed.leftovers());
     let spool = eng.bed.state.join("graph/spool");
     assert_eq!(fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0), 0);
+}
+
+/// Docker 20.10 with the plugin hosted by `nvtier serve`: an ordinary
+/// `docker run` is recorded by the daemon (no `nvtier trace`), the image is
+/// migrated, and the next container of it mounts tiered (metadata layer and
+/// data-only layers under its own and its init layer), reading the hot
+/// files from pmem. `docker rmi` then removes the record the recording made.
+#[test]
+fn docker_run_through_the_plugin_is_recorded_and_tiered() {
+    let eng = Engine::up_served("dkrec", "256M", "migrate_interval_s = 3600\n");
+    let r = eng.bed.push_seed("dkrec", "busybox,2M,1M,1M", 17);
+    eng.docker_ok(&["pull", &r]);
+    let out = eng.run_sh(&r, "cat /data/layer1.txt; cat /data/layer3.bin > /dev/null");
+    assert!(out.contains("layer 1"), "{out}");
+
+    let row = || -> Option<Value> {
+        eng.bed
+            .nvtier_json(&["profile", "list"])
+            .as_array()?
+            .iter()
+            .find(|r| r["profiled"] == true)
+            .cloned()
+    };
+    wait_for(
+        "the recording of docker run",
+        Duration::from_secs(30),
+        || row().is_some_and(|r| r["runs"] == 1),
+    );
+    let name = row()
+        .and_then(|r| r["image"].as_str().map(str::to_string))
+        .expect("profiled image");
+    assert!(name.starts_with("engine/"), "{name}");
+    let prof = eng.bed.nvtier_json(&["profile", "show", &name]);
+    let paths: BTreeSet<String> = prof["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str().map(str::to_string))
+        .collect();
+    for want in ["/bin/busybox", "/data/layer1.txt", "/data/layer3.bin"] {
+        assert!(paths.contains(want), "{want} missing from {paths:?}");
+    }
+    assert!(!paths.contains("/data/layer2.bin"), "{paths:?}");
+
+    wait_for("the migration", Duration::from_secs(60), || {
+        let st = eng.bed.nvtier_json(&["status"]);
+        st["recordings"].as_array().is_some_and(|a| a.is_empty())
+            && st["migrations_pending"]
+                .as_array()
+                .is_some_and(|a| a.is_empty())
+            && st["pmem_hot_bytes"].as_u64().unwrap_or(0) > 0
+    });
+    let id = eng.docker_ok(&["run", "-d", "--network", "none", &r, "sleep", "300"]);
+    let id = id.trim();
+    let tiered: Vec<Value> = eng
+        .graph_records()
+        .into_values()
+        .filter(|v| v["tiering"].is_object())
+        .collect();
+    assert_eq!(tiered.len(), 1, "the container's layer mounts tiered");
+    let meta = eng.bed.pmem.join("meta");
+    let mi = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        mi.lines()
+            .any(|l| l.contains(meta.to_str().expect("utf-8"))),
+        "no overlay with the metadata layer in mountinfo"
+    );
+    let o = eng.docker_ok(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "cat /data/layer1.txt; sha256sum /data/layer3.bin /data/layer2.bin",
+    ]);
+    assert!(o.contains("layer 1"), "{o}");
+    // Byte-exact through the tiered mount: a hot file (from pmem) and a
+    // cold one (from its disk base).
+    let rootfs = nvtier_testbed::bed::reference_rootfs("dkrec");
+    for f in ["data/layer3.bin", "data/layer2.bin"] {
+        let sum = hex::encode(sha2::Sha256::digest(
+            fs::read(rootfs.join(f)).expect("reference"),
+        ));
+        assert!(o.contains(&format!("{sum}  /{f}")), "{f}: {o}");
+    }
+    eng.docker_ok(&["rm", "-f", id]);
+    assert!(
+        eng.graph_records().values().all(|v| v["tiering"].is_null()),
+        "tiering released with the container's layer"
+    );
+    eng.docker_ok(&["rmi", &r]);
+    wait_for("the engine record to go", Duration::from_secs(20), || {
+        eng.bed
+            .nvtier_json(&["images"])
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+    });
 }

@@ -79,7 +79,14 @@ pub fn decode(b: &[u8]) -> Option<RawEvent> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sighting {
     /// The first access from a new container root (`pid` made it).
-    NewRoot { root: u64, pid: u32, ts_ns: u64 },
+    /// `mount` is the root mount's line of `/proc/PID/mountinfo`, read as
+    /// soon as the sighting arrives (the container may be gone soon).
+    NewRoot {
+        root: u64,
+        pid: u32,
+        ts_ns: u64,
+        mount: Option<String>,
+    },
     /// An access.
     Event { group: u64, event: RawEvent },
 }
@@ -93,6 +100,7 @@ pub fn decode_sighting(b: &[u8]) -> Option<Sighting> {
             root: group,
             pid: u32_at(b, 36)?,
             ts_ns: u64_at(b, 8)?,
+            mount: None,
         });
     }
     decode(b).map(|event| Sighting::Event { group, event })

@@ -108,6 +108,40 @@ impl Drop for RootWatcher {
     }
 }
 
+/// The line of `mountinfo` for the mount at `/` whose device is `root` (a
+/// kernel `dev_t`: `major << 20 | minor`).
+pub fn root_mount_line(mountinfo: &str, root: u64) -> Option<String> {
+    let want = format!("{}:{}", root >> 20, root & 0xfffff);
+    mountinfo
+        .lines()
+        .find(|l| {
+            let mut f = l.split(' ');
+            f.nth(2) == Some(want.as_str()) && f.nth(1) == Some("/")
+        })
+        .map(str::to_string)
+}
+
+/// Any mount line of `mountinfo` on device `root` (the rootfs as the
+/// engine mounted it in its own namespace).
+pub fn mount_line_on(mountinfo: &str, root: u64) -> Option<String> {
+    let want = format!("{}:{}", root >> 20, root & 0xfffff);
+    mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(2) == Some(want.as_str()))
+        .map(str::to_string)
+}
+
+fn mount_of(pid: u32, root: u64) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .ok()
+        .and_then(|mi| root_mount_line(&mi, root))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|mi| mount_line_on(&mi, root))
+        })
+}
+
 fn cwd_of(pid: u32) -> Option<String> {
     std::fs::read_link(format!("/proc/{pid}/cwd"))
         .ok()
@@ -135,14 +169,15 @@ fn run(
     let mut rb = RingBufferBuilder::new();
     rb.add(&skel.maps.events, move |data: &[u8]| {
         if let Some(mut s) = decode_sighting(data) {
-            if let Sighting::Event {
-                event: RawEvent::Path { pid, path, cwd, .. },
-                ..
-            } = &mut s
-            {
-                if !path.starts_with('/') {
-                    *cwd = cwd_of(*pid);
-                }
+            match &mut s {
+                Sighting::Event {
+                    event: RawEvent::Path { pid, path, cwd, .. },
+                    ..
+                } if !path.starts_with('/') => *cwd = cwd_of(*pid),
+                Sighting::NewRoot {
+                    root, pid, mount, ..
+                } => *mount = mount_of(*pid, *root),
+                _ => {}
             }
             let _ = sink.send(s);
         }
@@ -183,4 +218,26 @@ fn run(
         lost.store(lost_count(&skel), Ordering::SeqCst);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MI: &str = "\
+1043 990 0:123 / / rw,relatime - overlay overlay rw,upperdir=/p/snapshots/k3/fs,workdir=/p/snapshots/k3/work
+1044 1043 0:5 / /dev rw,nosuid - tmpfs tmpfs rw
+1045 990 0:124 / /run/x/rootfs rw - overlay overlay rw,upperdir=/o/fs,workdir=/o/w
+";
+
+    #[test]
+    fn root_mount_lines() {
+        let dev = |maj: u64, min: u64| (maj << 20) | min;
+        assert!(root_mount_line(MI, dev(0, 123)).is_some_and(|l| l.starts_with("1043 ")));
+        assert_eq!(root_mount_line(MI, dev(0, 124)), None, "not at /");
+        assert_eq!(root_mount_line(MI, dev(0, 5)), None);
+        assert!(mount_line_on(MI, dev(0, 124)).is_some_and(|l| l.starts_with("1045 ")));
+        assert_eq!(mount_line_on(MI, dev(0, 7)), None);
+        assert_eq!(root_mount_line("", dev(0, 123)), None);
+    }
 }

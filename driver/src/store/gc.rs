@@ -56,9 +56,30 @@ impl Store {
         Ok(refs.into_iter().filter_map(|r| r.chain_id).collect())
     }
 
+    /// The metadata layers and hot generations the graph driver plugin's
+    /// tiered mounts use.
+    pub fn graph_tierings(&self) -> Result<Vec<super::hot::MountTiering>> {
+        #[derive(serde::Deserialize)]
+        struct GraphTiering {
+            #[serde(default)]
+            tiering: Option<super::hot::MountTiering>,
+        }
+        let dir = self.graph_layers_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let recs: Vec<GraphTiering> = meta::read_all(&dir)?;
+        Ok(recs.into_iter().filter_map(|r| r.tiering).collect())
+    }
+
     /// Collect unreferenced layers. Skips (returns an empty report) when a
-    /// pull is running; that pull's own end runs GC again.
+    /// pull or a migration is running: its own end runs GC again (a
+    /// migration must not see the layers it works on vanish).
     pub fn gc(&self) -> Result<GcReport> {
+        let Some(_m) = self.try_lock_migrate()? else {
+            tracing::debug!("a migration is running; its end collects the layers");
+            return Ok(GcReport::default());
+        };
         match self.try_lock_gc()? {
             Some(l) => self.gc_locked(&l),
             None => Ok(GcReport::default()),

@@ -90,6 +90,22 @@ pub struct MountTiering {
     pub hot_first: bool,
 }
 
+/// Whether the metadata layer and hot generations `t` names still exist.
+/// Called with the store lock held: what exists then cannot be freed (GC
+/// runs under that lock) before the record naming it is saved.
+pub fn tiering_present(store: &Store, t: &MountTiering) -> Result<bool> {
+    let manifest = format!("sha256:{}", t.meta);
+    if !meta_dir(store, &manifest)?.is_dir() || !meta_record_path(store, &manifest)?.is_file() {
+        return Ok(false);
+    }
+    for (c, g) in &t.hot {
+        if !gen_dir(store, c, *g)?.is_dir() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Bytes charged per metadata-layer inode.
 pub const INODE_COST: u64 = 256;
 

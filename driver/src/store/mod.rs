@@ -459,6 +459,9 @@ impl Store {
 
     /// Remove an image record and collect layers nobody references.
     pub fn remove_image(&self, name: &str) -> Result<GcReport> {
+        // A running migration finishes first (it must not see its layers
+        // vanish).
+        let _m = self.lock_migrate()?;
         let gc = self.lock_gc()?;
         {
             let _l = self.lock_store()?;

@@ -176,10 +176,12 @@ pub fn gc_hot_locked(store: &Store) -> Result<()> {
         .collect();
     let mut gens_used: HashSet<(String, u64)> = HashSet::new();
     let mut metas_used: HashSet<String> = HashSet::new();
+    let graph = store.graph_tierings()?;
     for t in mounts
         .iter()
         .filter_map(|m| m.tiering.as_ref())
         .chain(snaps.iter().filter_map(|s| s.tiering.as_ref()))
+        .chain(graph.iter())
     {
         metas_used.insert(t.meta.clone());
         gens_used.extend(t.hot.iter().cloned());

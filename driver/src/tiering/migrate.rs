@@ -158,8 +158,19 @@ fn round4k(n: u64) -> u64 {
     n.div_ceil(4096) * 4096
 }
 
-/// Plan and (unless dry-run) apply a migration.
+/// Plan and (unless dry-run) apply a migration. Image removals while it
+/// runs leave their layers to it: it collects them at its end.
 pub fn migrate(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
+    let r = migrate_locked(store, opts);
+    if !opts.dry_run {
+        if let Err(e) = store.gc() {
+            tracing::warn!(error = %e, "collecting layers after the migration");
+        }
+    }
+    r
+}
+
+fn migrate_locked(store: &Store, opts: &MigrateOptions) -> Result<MigrateReport> {
     super::enabled(store).map_err(Error::Other)?;
     if !store.pmem_available() {
         return Err(Error::Other(format!(

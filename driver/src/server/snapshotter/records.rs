@@ -532,6 +532,14 @@ impl Inner {
                 return;
             }
         };
+        // Records of images the graph driver plugin's layers hold.
+        let graph_refs = match self.store.graph_driver_refs() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing graph driver layers for the start-up sweep");
+                return;
+            }
+        };
         let mut removed = 0;
         for i in images {
             if i.origin != crate::store::ImageOrigin::Engine {
@@ -544,7 +552,8 @@ impl Inner {
                 .lock()
                 .recs
                 .values()
-                .any(|r| r.layer.as_deref() == Some(top.as_str()));
+                .any(|r| r.layer.as_deref() == Some(top.as_str()))
+                || graph_refs.contains(top);
             if backed {
                 continue;
             }

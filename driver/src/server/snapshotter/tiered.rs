@@ -178,20 +178,8 @@ impl Inner {
     }
 
     /// Whether the metadata layer and hot generations `t` names still
-    /// exist. The caller holds the store lock: what exists now cannot be
-    /// freed (GC runs under that lock) before the record naming it is saved.
+    /// exist (see [`crate::store::hot::tiering_present`]).
     pub(super) fn tiering_present(&self, t: &MountTiering) -> Result<bool> {
-        let manifest = format!("sha256:{}", t.meta);
-        if !crate::store::hot::meta_dir(&self.store, &manifest)?.is_dir()
-            || !crate::store::hot::meta_record_path(&self.store, &manifest)?.is_file()
-        {
-            return Ok(false);
-        }
-        for (c, g) in &t.hot {
-            if !crate::store::hot::gen_dir(&self.store, c, *g)?.is_dir() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        crate::store::hot::tiering_present(&self.store, t)
     }
 }

@@ -34,6 +34,7 @@ mod apply;
 mod changes;
 mod info;
 mod mounts;
+mod tiered;
 
 /// Longest accepted layer ID (Docker's are 64 or 69 characters).
 pub const MAX_ID_LEN: usize = 128;
@@ -89,6 +90,10 @@ pub struct GraphLayer {
     /// Why the tier was chosen (for `GetMetadata` and logs).
     #[serde(default)]
     pub placement: Option<String>,
+    /// A read-write layer mounted tiered: the metadata layer and hot
+    /// generations its mount uses (GC keeps them until it is unmounted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiering: Option<crate::store::hot::MountTiering>,
 }
 
 /// Where an applied layer goes, and why.

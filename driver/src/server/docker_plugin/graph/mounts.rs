@@ -41,6 +41,7 @@ impl Graph {
                 size: 0,
                 created_ms: now_ms(),
                 placement: None,
+                tiering: None,
             })
         })();
         if r.is_err() {
@@ -74,7 +75,17 @@ impl Graph {
         if let Ok(mut m) = self.applied_at.lock() {
             m.remove(id);
         }
-        if rec.chain_id.is_some() {
+        if let Some(c) = &rec.chain_id {
+            // The engine's last layer with this content is gone: so is the
+            // image whose top it was (a record the daemon's recording made).
+            let snapshots = self.store.snapshots()?;
+            if !self.store.graph_driver_refs()?.contains(c)
+                && !snapshots.iter().any(|s| s.layer.as_ref() == Some(c))
+            {
+                for image in self.store.remove_engine_images_on(c)? {
+                    tracing::info!(%image, "Docker removed the image; its nvtier record goes too");
+                }
+            }
             self.store.gc()?;
         }
         Ok(())
@@ -95,12 +106,37 @@ impl Graph {
                 fs::create_dir_all(&merged).ctx("create", &merged)?;
                 let spec = if rec.chain_id.is_none() {
                     fs::create_dir_all(self.work_dir(id)).ctx("create", self.work_dir(id))?;
-                    OverlaySpec {
+                    let whole = OverlaySpec {
                         lower: parents,
-                        upper: Some(own),
+                        upper: Some(own.clone()),
                         work: Some(self.work_dir(id)),
                         ..Default::default()
+                    };
+                    // A container's layer over an image with a metadata
+                    // layer mounts tiered; the store lock is held from the
+                    // check that what the plan names exists until the record
+                    // naming it is saved, so GC cannot free it in between.
+                    if let Some(t) = self.tiered_spec(&rec) {
+                        let _s = self.store.lock_store()?;
+                        if crate::store::hot::tiering_present(&self.store, &t.tiering)? {
+                            let spec = OverlaySpec {
+                                lower: t.lower,
+                                data: t.data,
+                                upper: Some(own),
+                                work: Some(self.work_dir(id)),
+                            };
+                            mount_overlay(&spec, &merged)?;
+                            rec.tiering = Some(t.tiering);
+                            rec.mount_count = 1;
+                            if let Err(e) = self.save(&rec) {
+                                let _ = unmount(&merged);
+                                return Err(e);
+                            }
+                            crate::store::hot::note_start(&self.store, &t.manifest);
+                            return Ok(merged);
+                        }
                     }
+                    whole
                 } else {
                     let mut lower = vec![own];
                     lower.extend(parents);
@@ -137,6 +173,7 @@ impl Graph {
             if is_mounted(&merged) {
                 unmount(&merged)?;
             }
+            rec.tiering = None;
         }
         self.save(&rec)
     }
