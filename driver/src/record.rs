@@ -674,16 +674,14 @@ mod tests {
         // Events before the root's sighting wait for its decision.
         rec.on_sighting(ev(5), &told);
         assert_eq!(rec.pending.get(&5).map(|p| p.1.len()), Some(1));
-        // No process 0 with such a root: not ours.
-        rec.on_sighting(
-            Sighting::NewRoot {
-                root: 5,
-                pid: u32::MAX,
-                ts_ns: 0,
-                mount: None,
-            },
-            &told,
-        );
+        // No mount line for it: not ours.
+        let new_root = || Sighting::NewRoot {
+            root: 5,
+            pid: u32::MAX,
+            ts_ns: 0,
+            mount: None,
+        };
+        rec.on_sighting(new_root(), &told);
         assert_eq!(*told.0.borrow(), vec![5]);
         assert!(rec.pending.is_empty() && rec.active() == 0);
         // What is still in flight for it is dropped.
@@ -691,15 +689,7 @@ mod tests {
         assert!(rec.pending.is_empty());
         assert!(rec.tick(&told).is_empty());
         // A root seen anew is decided anew.
-        rec.on_sighting(
-            Sighting::NewRoot {
-                root: 5,
-                pid: u32::MAX,
-                ts_ns: 0,
-                mount: None,
-            },
-            &told,
-        );
+        rec.on_sighting(new_root(), &told);
         assert_eq!(*told.0.borrow(), vec![5, 5]);
     }
 

@@ -195,29 +195,42 @@ impl BpfTracer {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (stop2, events2, ids) = (stop.clone(), events.clone(), cgroup_ids.to_vec());
-        let thread = std::thread::Builder::new()
-            .name("nvtier-bpf".into())
-            .spawn(move || run(mode, ids, stop2, events2, ready_tx, cwd_of))
-            .map_err(|e| Error::BpfUnavailable(format!("spawn tracer thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(BpfTracer {
-                mode,
-                stop,
-                events,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let r = thread.join();
-                Err(Error::BpfUnavailable(format!(
-                    "tracer thread ended during load: {r:?}"
-                )))
-            }
+        let thread = spawn_loaded("nvtier-bpf", move |ready| {
+            run(mode, ids, stop2, events2, ready, cwd_of)
+        })?;
+        Ok(BpfTracer {
+            mode,
+            stop,
+            events,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// Run `body` on a thread named `name`; `body` reports through its
+/// argument whether the programs loaded and attached. Returns the thread
+/// once they did, or the error (the thread joined) when they did not.
+pub(crate) fn spawn_loaded<T: Send + 'static>(
+    name: &str,
+    body: impl FnOnce(mpsc::Sender<Result<()>>) -> Result<T> + Send + 'static,
+) -> Result<JoinHandle<Result<T>>> {
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || body(ready_tx))
+        .map_err(|e| Error::BpfUnavailable(format!("spawn {name}: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let r = thread.join().map(|_| ());
+            Err(Error::BpfUnavailable(format!(
+                "{name} ended during load: {r:?}"
+            )))
         }
     }
 }

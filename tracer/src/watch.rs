@@ -9,7 +9,7 @@
 //! [`RootWatcher::ignore`], after which its accesses cost the kernel one
 //! map lookup and reach user space no more.
 
-use crate::bpf::{decode_sighting, fail, lost_count, setup, AttachMode, Sighting};
+use crate::bpf::{decode_sighting, fail, lost_count, setup, spawn_loaded, AttachMode, Sighting};
 use crate::event::RawEvent;
 use crate::{Error, Result};
 use libbpf_rs::{MapCore, MapFlags, RingBufferBuilder};
@@ -50,31 +50,17 @@ impl RootWatcher {
         let stop = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
         let (cmd_tx, cmd_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (stop2, lost2) = (stop.clone(), lost.clone());
-        let thread = std::thread::Builder::new()
-            .name("nvtier-watch".into())
-            .spawn(move || run(mode, sink, cmd_rx, stop2, lost2, ready_tx))
-            .map_err(|e| Error::BpfUnavailable(format!("spawn watcher thread: {e}")))?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(RootWatcher {
-                mode,
-                cmds: cmd_tx,
-                stop,
-                lost,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => {
-                let r = thread.join();
-                Err(Error::BpfUnavailable(format!(
-                    "watcher thread ended during load: {r:?}"
-                )))
-            }
-        }
+        let thread = spawn_loaded("nvtier-watch", move |ready| {
+            run(mode, sink, cmd_rx, stop2, lost2, ready)
+        })?;
+        Ok(RootWatcher {
+            mode,
+            cmds: cmd_tx,
+            stop,
+            lost,
+            thread: Some(thread),
+        })
     }
 
     /// How the syscall programs are attached.

@@ -97,14 +97,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         .map_err(|e| access_err("fetching the manifest", &reference, &creds, e))?;
     let config: serde_json::Value = serde_json::from_str(&config_text)
         .map_err(|e| Error::Registry(format!("image config of {name} is not JSON: {e}")))?;
-    let diff_ids: Vec<String> = config
-        .pointer("/rootfs/diff_ids")
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
+    let diff_ids: Vec<String> = crate::store::config_diff_ids(&config)
         .ok_or_else(|| Error::Registry(format!("image config of {name} has no rootfs.diff_ids")))?;
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::Registry(format!(

@@ -63,6 +63,19 @@ use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+/// An image config's `rootfs.diff_ids` (`None` without that array; entries
+/// that are not strings are skipped).
+pub fn config_diff_ids(config: &serde_json::Value) -> Option<Vec<String>> {
+    config
+        .pointer("/rootfs/diff_ids")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+}
+
 /// OCI chainID: `ChainID(L0) = DiffID(L0)`,
 /// `ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))`.
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {

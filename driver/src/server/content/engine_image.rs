@@ -53,15 +53,7 @@ pub async fn unpacked_image(
             let Ok(config) = serde_json::from_slice::<serde_json::Value>(&text) else {
                 continue;
             };
-            let diff_ids: Vec<String> = config
-                .pointer("/rootfs/diff_ids")
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let diff_ids = crate::store::config_diff_ids(&config).unwrap_or_default();
             if chain_ids(&diff_ids) != chain {
                 continue;
             }
