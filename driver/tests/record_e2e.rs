@@ -286,8 +286,11 @@ fn ctr_run_is_recorded_then_tiered() {
         .collect();
     assert!(not_hot.is_empty(), "other file data on pmem: {not_hot:?}");
 
-    // The next cold start reads nothing from the disk tier, and with a
-    // fresh profile it is not recorded again.
+    // The next cold start reads nothing from the disk tier (the daemon
+    // pins the directories tiered mounts name, refreshed after each
+    // migration and every 2 s), and with a fresh profile it is not
+    // recorded again.
+    std::thread::sleep(Duration::from_secs(3));
     drop_caches();
     let before = sectors_read(&bed.disk);
     let out = ctd.run_nvtier(
@@ -472,6 +475,9 @@ fn docker_run_is_recorded_then_tiered() {
             nv.log_text()
         );
     }
+    // The daemon pins the directories tiered mounts name (refreshed after
+    // each migration, and every 2 s).
+    std::thread::sleep(Duration::from_secs(3));
     drop_caches();
     let before = sectors_read(&bed.disk);
     let out = dockerd.docker_ok(&["run", "--rm", "--network", "none", &img, "sh", "-c", script]);

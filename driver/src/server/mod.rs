@@ -118,11 +118,13 @@ fn profiles_signature(store: &Store) -> Vec<(String, u128)> {
 
 /// Every `migrate_interval_s`, re-plan and migrate when a profile or the
 /// image list changed (new traces, pulls, removals). Runs until shutdown.
-/// A finished recording (`wake`) re-plans at once.
+/// A finished recording (`wake`) re-plans at once; a finished migration
+/// wakes the pins (`pins`).
 async fn migrate_loop(
     store: Store,
     rx: &mut tokio::sync::watch::Receiver<bool>,
     wake: std::sync::Arc<tokio::sync::Notify>,
+    pins: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let every = std::time::Duration::from_secs(store.cfg.migrate_interval_s);
     let mut last: Option<Vec<(String, u128)>> = None;
@@ -155,6 +157,7 @@ async fn migrate_loop(
                     "background migration done"
                 );
                 metrics::metrics().migration(true, rep.copied_bytes, rep.relocated_bytes);
+                pins.notify_one();
                 last = Some(sig);
             }
             Ok(Err(e)) => {
@@ -284,12 +287,14 @@ pub async fn serve(store: Store) -> Result<()> {
     }
 
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let pins_wake = std::sync::Arc::new(tokio::sync::Notify::new());
     if let Err(why) = crate::tiering::enabled(&store) {
         tracing::info!(%why, "background migration off");
     } else if cfg.migrate_interval_s > 0 {
-        let (store, mut rx, wake) = (store.clone(), rx.clone(), wake.clone());
+        let (store, mut rx, wake, pins) =
+            (store.clone(), rx.clone(), wake.clone(), pins_wake.clone());
         tasks.spawn(async move {
-            migrate_loop(store, &mut rx, wake).await;
+            migrate_loop(store, &mut rx, wake, pins).await;
             Ok(())
         });
     }
@@ -298,7 +303,7 @@ pub async fn serve(store: Store) -> Result<()> {
     if crate::tiering::enabled(&store).is_ok() {
         let (store, mut rx) = (store.clone(), rx.clone());
         tasks.spawn(async move {
-            pins::pin_loop(store, &mut rx).await;
+            pins::pin_loop(store, &mut rx, pins_wake).await;
             Ok(())
         });
     }

@@ -101,7 +101,13 @@ impl Pins {
 }
 
 /// Refresh the pins every [`REFRESH`] until shutdown.
-pub async fn pin_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>) {
+/// Refreshes every [`REFRESH`], and at once when `wake` is notified (a
+/// migration just changed what tiered mounts name).
+pub async fn pin_loop(
+    store: Store,
+    rx: &mut tokio::sync::watch::Receiver<bool>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut pins = Pins::default();
     loop {
         let s2 = store.clone();
@@ -133,6 +139,7 @@ pub async fn pin_loop(store: Store, rx: &mut tokio::sync::watch::Receiver<bool>)
         };
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
+            _ = wake.notified() => {}
             _ = rx.wait_for(|v| *v) => return,
         }
     }
