@@ -31,8 +31,10 @@
 //   decision is lost; user space then keeps recording that root or marks it
 //   ignored (a fresh profile, a mount that is not nvtier's), after which
 //   its accesses cost one map lookup. Host processes, whose root is not an
-//   overlay, never pass; containers are told apart by their root's
-//   superblock, so concurrent containers are recorded separately.
+//   overlay, never pass. A root is its mount's unique id (`mnt_id_unique`,
+//   Linux 6.8+, never reused): a superblock's anonymous device number is
+//   reused as soon as the overlay is unmounted, and the next container
+//   would inherit the previous one's decision.
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -81,10 +83,10 @@ const volatile bool ovl_file_indirect = true; /* 6.13+: private_data is struct o
 const volatile bool by_root = false; /* filter by the task's root, not by cgroup */
 
 struct inode_event {
-	u32 type; /* EV_INODE, or EV_ROOT (ino 0, dev = the root) */
+	u32 type; /* EV_INODE, or EV_ROOT (ino 0, dev = the root's superblock) */
 	u32 kind;
 	u64 ts_ns;
-	u64 cgroup_id; /* with by_root: the root superblock's s_dev */
+	u64 cgroup_id; /* with by_root: the root (its mount's unique id) */
 	u64 ino;
 	u32 dev; /* kernel encoding: major << 20 | minor */
 	u32 pid;
@@ -113,12 +115,13 @@ struct {
 	__type(value, u8);
 } cgroups SEC(".maps");
 
-/* by_root: the roots seen (s_dev of the overlay superblock of a task's
- * root) and what to do with their accesses (ROOT_RECORD, ROOT_IGNORE). */
+/* by_root: the roots seen (the unique id of a task's root mount, whose
+ * superblock is an overlay) and what to do with their accesses
+ * (ROOT_RECORD, ROOT_IGNORE). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, u32);
+	__type(key, u64);
 	__type(value, u8);
 } roots SEC(".maps");
 
@@ -158,7 +161,7 @@ struct sys_exit_args {
 
 static __always_inline void count_lost(void);
 
-static __always_inline void emit_root(u32 dev)
+static __always_inline void emit_root(u64 root, u32 dev)
 {
 	struct inode_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -168,7 +171,7 @@ static __always_inline void emit_root(u32 dev)
 	e->type = EV_ROOT;
 	e->kind = 0;
 	e->ts_ns = bpf_ktime_get_ns();
-	e->cgroup_id = dev;
+	e->cgroup_id = root;
 	e->ino = 0;
 	e->dev = dev;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
@@ -189,13 +192,20 @@ static __always_inline bool traced_root(u64 *key)
 	if (!sb || BPF_CORE_READ(sb, s_magic) != OVERLAYFS_SUPER_MAGIC)
 		return false;
 	u32 dev = BPF_CORE_READ(sb, s_dev);
-	*key = dev;
-	u8 *st = bpf_map_lookup_elem(&roots, &dev);
+	/* struct mount embeds the vfsmount. */
+	struct mount *m = (void *)mnt - bpf_core_field_offset(struct mount, mnt);
+	u64 id = 0;
+	if (bpf_core_field_exists(m->mnt_id_unique))
+		id = BPF_CORE_READ(m, mnt_id_unique);
+	if (!id)
+		id = dev; /* before 6.8: the device (reused after unmount) */
+	*key = id;
+	u8 *st = bpf_map_lookup_elem(&roots, &id);
 	if (st)
 		return *st == ROOT_RECORD;
 	u8 v = ROOT_RECORD;
-	if (bpf_map_update_elem(&roots, &dev, &v, BPF_NOEXIST) == 0)
-		emit_root(dev);
+	if (bpf_map_update_elem(&roots, &id, &v, BPF_NOEXIST) == 0)
+		emit_root(id, dev);
 	return true;
 }
 

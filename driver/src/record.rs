@@ -414,6 +414,12 @@ impl Recorder {
             .map(|(_, v)| v)
             .unwrap_or_default();
         let (Some((upper, _)), Some(img)) = (target, image) else {
+            tracing::debug!(
+                root,
+                pid,
+                ?mount,
+                "container start not recorded: not an nvtier container"
+            );
             self.ignore(root, roots);
             return;
         };
@@ -479,9 +485,14 @@ impl Recorder {
                 pid,
                 ts_ns,
                 mount,
+                ..
             } => {
-                self.ignored.remove(&root);
-                self.decide(root, pid, ts_ns, mount.as_deref(), roots)
+                // A root is reported again only after the kernel evicted
+                // it from its table: a recording of it goes on.
+                if !self.active.contains_key(&root) {
+                    self.ignored.remove(&root);
+                    self.decide(root, pid, ts_ns, mount.as_deref(), roots)
+                }
             }
             Sighting::Event { group, event } => {
                 if let Some(r) = self.active.get_mut(&group) {
@@ -677,6 +688,7 @@ mod tests {
         // No mount line for it: not ours.
         let new_root = || Sighting::NewRoot {
             root: 5,
+            dev: 44,
             pid: u32::MAX,
             ts_ns: 0,
             mount: None,

@@ -210,7 +210,9 @@ fn private_tracefs() -> Result<()> {
 }
 
 /// Two overlay mounts with `/etc/hostname` (container-like roots), in the
-/// benchmark's private mount namespace; unmounted on drop.
+/// benchmark's private mount namespace; unmounted on drop. The ignored
+/// root's first 50 ms of syscalls are still recorded (until the watcher
+/// applies the decision), a negligible part of a worker's run.
 struct Roots {
     dir: PathBuf,
     recorded: PathBuf,
@@ -266,9 +268,9 @@ impl Drop for Roots {
     }
 }
 
-/// The root watcher, told to ignore the root of `ignored` (by its device,
-/// before any worker runs), with a consumer counting the events of the
-/// other roots.
+/// The root watcher, with a consumer that tells it to ignore the root of
+/// `ignored` (by its device) when it is first seen, and counts the events
+/// of the other roots.
 struct Watch {
     watcher: RootWatcher,
     consumer: std::thread::JoinHandle<usize>,
@@ -283,13 +285,21 @@ impl Watch {
         let kdev = (nix::sys::stat::major(dev) << 20) | nix::sys::stat::minor(dev);
         let (tx, rx) = std::sync::mpsc::channel();
         let watcher = RootWatcher::start(AttachMode::Btf, tx)?;
-        watcher.ignore(kdev);
-        // The watcher applies it at its next poll (every 50 ms).
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        let ignorer = watcher.ignorer();
         let consumer = std::thread::spawn(move || {
-            rx.into_iter()
-                .filter(|s| matches!(s, Sighting::Event { group, .. } if *group != kdev))
-                .count()
+            let mut skip = None;
+            let mut events = 0;
+            for s in rx {
+                match s {
+                    Sighting::NewRoot { root, dev, .. } if dev == kdev => {
+                        ignorer.ignore(root);
+                        skip = Some(root);
+                    }
+                    Sighting::Event { group, .. } if Some(group) != skip => events += 1,
+                    _ => {}
+                }
+            }
+            events
         });
         Ok(Watch { watcher, consumer })
     }

@@ -78,11 +78,14 @@ pub fn decode(b: &[u8]) -> Option<RawEvent> {
 /// cgroup id, or with the root filter the root superblock's kernel `s_dev`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sighting {
-    /// The first access from a new container root (`pid` made it).
-    /// `mount` is the root mount's line of `/proc/PID/mountinfo`, read as
-    /// soon as the sighting arrives (the container may be gone soon).
+    /// The first access from a new container root (`pid` made it). `root`
+    /// is the root mount's unique id (the group of its events), `dev` its
+    /// overlay superblock's kernel `dev_t` (`major << 20 | minor`). `mount`
+    /// is the root mount's line of `/proc/PID/mountinfo`, read as soon as
+    /// the sighting arrives (the container may be gone soon).
     NewRoot {
         root: u64,
+        dev: u64,
         pid: u32,
         ts_ns: u64,
         mount: Option<String>,
@@ -98,6 +101,7 @@ pub fn decode_sighting(b: &[u8]) -> Option<Sighting> {
     if ty == EV_ROOT {
         return (b.len() >= INODE_EVENT_LEN).then_some(Sighting::NewRoot {
             root: group,
+            dev: u64::from(u32_at(b, 32)?),
             pid: u32_at(b, 36)?,
             ts_ns: u64_at(b, 8)?,
             mount: None,

@@ -27,6 +27,17 @@ enum Cmd {
     Forget(u64),
 }
 
+/// See [`RootWatcher::ignorer`].
+#[derive(Clone)]
+pub struct Ignorer(mpsc::Sender<Cmd>);
+
+impl Ignorer {
+    /// As [`RootWatcher::ignore`].
+    pub fn ignore(&self, root: u64) {
+        let _ = self.0.send(Cmd::Ignore(root));
+    }
+}
+
 /// A running root watcher. Dropping it detaches the programs.
 pub struct RootWatcher {
     mode: AttachMode,
@@ -69,9 +80,16 @@ impl RootWatcher {
     }
 
     /// Stop reporting `root`'s accesses (the kernel keeps the root as
-    /// ignored until it is evicted from its table of 4096 roots).
+    /// ignored until it is evicted from its table of 4096 roots; a root's
+    /// id is never reused).
     pub fn ignore(&self, root: u64) {
         let _ = self.cmds.send(Cmd::Ignore(root));
+    }
+
+    /// A handle that tells this watcher to ignore roots, for another
+    /// thread (it does not keep the watcher alive).
+    pub fn ignorer(&self) -> Ignorer {
+        Ignorer(self.cmds.clone())
     }
 
     /// Forget `root`: its next access is a new sighting.
@@ -161,8 +179,8 @@ fn run(
                     ..
                 } if !path.starts_with('/') => *cwd = cwd_of(*pid),
                 Sighting::NewRoot {
-                    root, pid, mount, ..
-                } => *mount = mount_of(*pid, *root),
+                    dev, pid, mount, ..
+                } => *mount = mount_of(*pid, *dev),
                 _ => {}
             }
             let _ = sink.send(s);
@@ -188,14 +206,13 @@ fn run(
             return Err(fail("drain ring buffer", e));
         }
         while let Ok(c) = cmds.try_recv() {
-            // Roots are kernel `dev_t`s of 32 bits (major << 20 | minor).
             let r = match c {
-                Cmd::Ignore(root) => skel.maps.roots.update(
-                    &(root as u32).to_ne_bytes(),
-                    &[ROOT_IGNORE],
-                    MapFlags::ANY,
-                ),
-                Cmd::Forget(root) => skel.maps.roots.delete(&(root as u32).to_ne_bytes()),
+                Cmd::Ignore(root) => {
+                    skel.maps
+                        .roots
+                        .update(&root.to_ne_bytes(), &[ROOT_IGNORE], MapFlags::ANY)
+                }
+                Cmd::Forget(root) => skel.maps.roots.delete(&root.to_ne_bytes()),
             };
             if let Err(e) = r {
                 tracing::debug!(error = %e, "updating the roots map");

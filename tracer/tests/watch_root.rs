@@ -62,10 +62,24 @@ fn chrooted_overlay_process_is_a_new_root() {
         let (ma, mi) = (libc::major(root_dev), libc::minor(root_dev));
         ((ma as u64) << 20) | mi as u64
     };
-    assert!(
-        all.iter()
-            .any(|s| matches!(s, Sighting::NewRoot { root, .. } if *root == kroot)),
-        "no sighting of root {kroot}: {all:?}"
+    let root = all
+        .iter()
+        .find_map(|s| match s {
+            Sighting::NewRoot {
+                root, dev, mount, ..
+            } if *dev == kroot => {
+                assert!(
+                    mount.as_deref().is_some_and(|m| m.contains(" / / ")),
+                    "the root mount's line: {mount:?}"
+                );
+                Some(*root)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no sighting of a root on device {kroot}: {all:?}"));
+    assert_ne!(
+        root, kroot,
+        "a root is its mount's unique id, not the device"
     );
     let inodes: Vec<u64> = all
         .iter()
@@ -73,7 +87,7 @@ fn chrooted_overlay_process_is_a_new_root() {
             Sighting::Event {
                 group,
                 event: RawEvent::Inode { ino, .. },
-            } if *group == kroot => Some(*ino),
+            } if *group == root => Some(*ino),
             _ => None,
         })
         .collect();
@@ -91,4 +105,68 @@ fn chrooted_overlay_process_is_a_new_root() {
             Sighting::Event { event: RawEvent::Inode { pid, .. }, .. } if *pid == host_pid)),
         "a host process was recorded: {all:?}"
     );
+}
+
+/// An overlay's device number is reused after its unmount (the next mount
+/// often gets it); a root is its mount's unique id, so two mounts one after
+/// the other are two roots, and the second is not taken for the ignored
+/// first.
+#[test]
+fn a_reused_device_is_a_new_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test needs root (BPF, mounts): run it with sudo");
+    }
+    let t = tempfile::tempdir().expect("tmp");
+    let (lower, merged) = (t.path().join("lower"), t.path().join("merged"));
+    std::fs::create_dir_all(lower.join("bin")).expect("bin");
+    std::fs::create_dir_all(&merged).expect("merged");
+    std::fs::copy("/bin/busybox", lower.join("bin/busybox")).expect("busybox");
+    std::fs::write(lower.join("a.txt"), "a").expect("a");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let w = RootWatcher::start(AttachMode::Btf, tx).expect("watcher");
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        let (up, work) = (
+            t.path().join(format!("up{round}")),
+            t.path().join(format!("work{round}")),
+        );
+        std::fs::create_dir_all(&up).expect("up");
+        std::fs::create_dir_all(&work).expect("work");
+        let ok = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                up.display(),
+                work.display()
+            ))
+            .arg(&merged)
+            .status()
+            .expect("mount");
+        assert!(ok.success(), "mount overlay");
+        let dev = std::fs::metadata(&merged).expect("stat").dev();
+        let kdev = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+        let out = Command::new("chroot")
+            .arg(&merged)
+            .args(["/bin/busybox", "cat", "/a.txt"])
+            .output()
+            .expect("chroot");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a");
+        std::thread::sleep(Duration::from_millis(300));
+        let root = rx
+            .try_iter()
+            .find_map(|s| match s {
+                Sighting::NewRoot { root, dev, .. } if dev == kdev => Some(root),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("round {round}: no new root on device {kdev}"));
+        // The first container's root is ignored, as for a fresh profile.
+        w.ignore(root);
+        std::thread::sleep(Duration::from_millis(150));
+        let _ = Command::new("umount").arg(&merged).status();
+        seen.push((kdev, root));
+    }
+    drop(w);
+    assert_ne!(seen[0].1, seen[1].1, "two mounts, two roots: {seen:?}");
+    eprintln!("devices and roots: {seen:?}");
 }

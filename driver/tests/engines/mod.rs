@@ -198,7 +198,10 @@ pub fn start_nvtier_without_tracefs(bed: &Bed, sock: &Path, log_name: &str) -> D
         .arg(env!("CARGO_BIN_EXE_nvtier"))
         .arg("serve")
         .env("NVTIER_CONFIG", &bed.config)
-        .env("NVTIER_LOG", "info,h2=warn,tower=warn,hyper=warn");
+        .env(
+            "NVTIER_LOG",
+            "info,nvtier::record=debug,h2=warn,tower=warn,hyper=warn",
+        );
     let mut d = Daemon::spawn(
         "nvtier serve",
         cmd,
