@@ -13,7 +13,9 @@
 //!   in an overlay mount whose root is recorded; the untraced one in a
 //!   second overlay whose root the watcher was told to ignore, as for a
 //!   container whose image has a fresh profile.
-//! - `none`: no tracer loaded (the baseline).
+//! - `none`: no tracer loaded (the baseline); `overlay`: the same with the
+//!   workers chrooted in the two overlays (the baseline of `root`: an
+//!   overlay lookup costs more than one on the host's file system).
 //!
 //! A worker process does ITERS × (openat + close + newfstatat) and reports
 //! its ns per iteration. In every round, for each mode in rotating order,
@@ -55,6 +57,8 @@ enum Mode {
     None,
     Btf,
     Tracepoint,
+    /// No tracer, both workers chrooted in the overlays: `root`'s baseline.
+    Overlay,
     Root,
 }
 
@@ -64,6 +68,7 @@ impl Mode {
             Mode::None => "none",
             Mode::Btf => "btf",
             Mode::Tracepoint => "tracepoint",
+            Mode::Overlay => "overlay",
             Mode::Root => "root",
         }
     }
@@ -328,12 +333,22 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
     private_tracefs()?;
     let cg = Cg::create()?;
     let roots = Roots::create()?;
-    let modes = [Mode::None, Mode::Btf, Mode::Tracepoint, Mode::Root];
+    let modes = [
+        Mode::None,
+        Mode::Btf,
+        Mode::Tracepoint,
+        Mode::Overlay,
+        Mode::Root,
+    ];
     let mut samples = Vec::new();
     for round in 0..a.rounds {
         for k in 0..modes.len() {
             let mode = modes[(round + k) % modes.len()];
-            let (events, lost, traced, untraced) = if mode == Mode::Root {
+            let (events, lost, traced, untraced) = if mode == Mode::Overlay {
+                let traced = run_worker(None, Some(&roots.recorded), a.iters)?;
+                let untraced = run_worker(None, Some(&roots.ignored), a.iters)?;
+                (0, 0, traced, untraced)
+            } else if mode == Mode::Root {
                 let w = Watch::start(&roots.ignored)?;
                 let traced = run_worker(None, Some(&roots.recorded), a.iters)?;
                 let untraced = run_worker(None, Some(&roots.ignored), a.iters)?;
@@ -378,15 +393,21 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
         let mut v: Vec<f64> = samples.iter().filter(|s| s.mode == m).map(f).collect();
         median(&mut v)
     };
-    // Per round: this mode's figure minus the baseline's of the same round.
+    // Per round: this mode's figure minus the baseline's of the same round
+    // (`root` against `overlay`: the same overlays without the watcher).
     let paired = |m: Mode, f: &dyn Fn(&Sample) -> f64| {
+        let base = if m == Mode::Root {
+            Mode::Overlay
+        } else {
+            Mode::None
+        };
         let mut v: Vec<f64> = samples
             .iter()
             .filter(|s| s.mode == m)
             .filter_map(|s| {
                 samples
                     .iter()
-                    .find(|b| b.mode == Mode::None && b.round == s.round)
+                    .find(|b| b.mode == base && b.round == s.round)
                     .map(|b| (f(s) - f(b)) / 2.0)
             })
             .collect();
@@ -401,9 +422,9 @@ pub fn run(a: AttachCostArgs) -> Result<()> {
                 mode: m,
                 traced_ns_per_iter_median: t,
                 untraced_ns_per_iter_median: u,
-                ns_per_traced_event: (m != Mode::None)
+                ns_per_traced_event: (!matches!(m, Mode::None | Mode::Overlay))
                     .then(|| paired(m, &|s| s.traced_ns_per_iter)),
-                ns_per_untraced_syscall: (m != Mode::None)
+                ns_per_untraced_syscall: (!matches!(m, Mode::None | Mode::Overlay))
                     .then(|| paired(m, &|s| s.untraced_ns_per_iter)),
                 events_per_round_median: med(m, &|s| s.events as f64),
                 lost_total: samples.iter().filter(|s| s.mode == m).map(|s| s.lost).sum(),
@@ -436,7 +457,8 @@ fn markdown(r: &Results) -> String {
          the per-event and per-syscall costs are medians of differences to the baseline \
          within each round. `root` is `nvtier serve`'s root watcher: its traced process runs \
          chrooted in a recorded overlay root, its untraced one in an overlay root the watcher \
-         ignores (a container whose image has a fresh profile).\n\n\
+         ignores (a container whose image has a fresh profile); its costs are against `overlay`, the same \
+         two chrooted workers with no tracer.\n\n\
          | attach | traced process ns/iter | untraced process ns/iter | ns per traced event | ns per untraced syscall | events/round | lost |\n\
          |---|--:|--:|--:|--:|--:|--:|\n",
         r.date,
