@@ -95,6 +95,7 @@ SERVE_PID=$!
 } >"$B/containerd.toml"
 for _ in $(seq 100); do [[ -S $B/snap.sock ]] && break; sleep 0.2; done
 [[ -S $B/snap.sock ]] || die "nvtier serve did not create its socket"
+for _ in $(seq 50); do grep -q "recording container cold starts" "$B/serve.log" && break; sleep 0.2; done
 grep -q "recording container cold starts" "$B/serve.log" ||
     die "nvtier serve does not record container starts here: $(grep -i record "$B/serve.log" || true)"
 setsid containerd --config "$B/containerd.toml" >"$B/containerd.log" 2>&1 &
