@@ -13,6 +13,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod streamed;
+
 /// Which tier a layer lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +89,9 @@ pub enum DiskReason {
     BudgetExhausted,
     /// `placement = disk`.
     PlacementDisk,
+    /// Streamed storing: on disk, the layer is predicted to be stored
+    /// before the image's last byte arrives (see [`streamed`]).
+    EndsBeforeLastByte,
 }
 
 impl fmt::Display for DiskReason {
@@ -95,6 +100,7 @@ impl fmt::Display for DiskReason {
             DiskReason::BelowLdl => "below the last-downloading layer",
             DiskReason::BudgetExhausted => "pmem budget exhausted",
             DiskReason::PlacementDisk => "placement = disk",
+            DiskReason::EndsBeforeLastByte => "stored before the last byte",
         })
     }
 }
