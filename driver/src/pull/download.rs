@@ -25,6 +25,10 @@ pub(super) struct Downloaded {
 /// flushes the file).
 const STEP: u64 = 256 << 10;
 
+/// A blob transfer that sends nothing for this long has stalled: the pull
+/// fails (the registry client's own read timeout is longer).
+pub(super) const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where a streamed download reports its bytes.
 pub(super) struct Tap {
     pub(super) feed: Feed,
@@ -62,7 +66,19 @@ pub(super) async fn download(
         let mut h = Sha256::new();
         let mut n: u64 = 0;
         let mut unflushed: u64 = 0;
-        while let Some(chunk) = stream.next().await {
+        loop {
+            let next = tokio::time::timeout(STALL, stream.next())
+                .await
+                .map_err(|_| {
+                    Error::Registry(format!(
+                        "downloading blob of {}: {}: the registry sent no data for {} s after {n} of {} bytes (stalled)",
+                        reference.whole(),
+                        desc.digest,
+                        STALL.as_secs(),
+                        desc.size
+                    ))
+                })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 let msg = e.to_string();
                 if msg.to_ascii_lowercase().contains("digest") {
