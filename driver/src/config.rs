@@ -537,6 +537,19 @@ insecure_registries = ["10.0.0.2:5000"]
         assert_eq!(c.containerd_root, Path::new(DEFAULT_CONTAINERD_ROOT));
         assert_eq!(c.containerd_socket, Path::new(DEFAULT_CONTAINERD_SOCKET));
         assert!(c.content_store_blobs);
+        assert_eq!(c.disk_store_rate, DEFAULT_DISK_STORE_RATE);
+    }
+
+    #[test]
+    fn disk_store_rate_parses_and_zero_means_the_default() {
+        let c = parse(&format!("{OK}\ndisk_store_rate = \"40M\"")).expect("valid");
+        assert_eq!(c.disk_store_rate, 40 << 20);
+        let c = parse(&format!("{OK}\ndisk_store_rate = 0")).expect("valid");
+        assert_eq!(c.disk_store_rate, DEFAULT_DISK_STORE_RATE);
+        let e = parse(&format!("{OK}\ndisk_store_rate = \"fast\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk_store_rate"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub(super) struct Downloaded {
 /// Bytes are published to the reader in steps of this size (each step
 /// flushes the file).
 const STEP: u64 = 256 << 10;
+/// Write-back of the blob file starts every this many bytes, so that the
+/// fsync before a disk-tier layer is published (see `store::durable`) has
+/// little left to write after the last byte.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// A blob transfer that sends nothing for this long has stalled: the pull
 /// fails (the registry client's own read timeout is longer).
@@ -66,6 +70,7 @@ pub(super) async fn download(
         let mut h = Sha256::new();
         let mut n: u64 = 0;
         let mut unflushed: u64 = 0;
+        let mut written_back: u64 = 0;
         loop {
             let next = tokio::time::timeout(STALL, stream.next())
                 .await
@@ -108,6 +113,10 @@ pub(super) async fn download(
                     f.flush().await.ctx("write download", &path)?;
                     t.feed.advance(unflushed);
                     unflushed = 0;
+                    if n - written_back >= WRITEBACK_STEP {
+                        crate::fsutil::start_writeback(&f, written_back, n - written_back);
+                        written_back = n;
+                    }
                 }
             }
         }

@@ -21,6 +21,8 @@ pub(super) struct Extracted {
     pub(super) reason: Option<DiskReason>,
     reservation: Option<Reservation>,
     started: Instant,
+    /// When the extraction ended.
+    pub(super) done: Instant,
     /// Held until published.
     _lock: Lock,
 }
@@ -75,7 +77,20 @@ pub(super) fn extract_streamed(
         };
         match res {
             Ok(stats) => {
+                let done = Instant::now();
+                // The blob is complete and verified. A disk-tier layer
+                // keeps it, durable, until its write-back: make it durable
+                // here, beside the other layers' extraction, so publishing
+                // (in chain order) has nothing left to flush.
+                if tier == TierKind::Disk
+                    && store.cfg.disk_layer_sync == crate::config::DiskLayerSync::Background
+                {
+                    if let Err(e) = std::fs::File::open(blob).and_then(|f| f.sync_data()) {
+                        tracing::debug!(blob = %blob.display(), error = %e, "early blob fsync failed; publishing syncs it");
+                    }
+                }
                 return Ok(Streamed::Extracted(Box::new(Extracted {
+                    done,
                     staging,
                     stats,
                     tier,
@@ -83,7 +98,7 @@ pub(super) fn extract_streamed(
                     reservation,
                     started,
                     _lock: lock,
-                })))
+                })));
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staging);

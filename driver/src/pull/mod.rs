@@ -508,7 +508,6 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             let streamed = handle
                 .await
                 .map_err(|e| Error::Other(e.to_string()))?;
-            let extracted_ms = ms(t0);
             // A download that failed is the cause of what the extraction
             // saw; its own error says more.
             let streamed = match streamed {
@@ -542,6 +541,8 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 }
                 Streamed::Extracted(x) => x,
             };
+            let extracted_ms =
+                (x.done.saturating_duration_since(t0).as_secs_f64() * 1e6).round() / 1e3;
             let start = starts[i]
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
