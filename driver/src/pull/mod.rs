@@ -40,8 +40,8 @@ mod report;
 
 pub use auth::Credentials;
 pub use blob::fetch_blob;
-pub use registry::normalize;
 use registry::{access_err, client_for, parse_ref, registry_err};
+pub use registry::{normalize, warm_up};
 pub use report::{KeptBlob, LassInputs, LayerReport, ProfileUse, PullOptions, PullReport};
 
 fn ms(t0: Instant) -> f64 {
