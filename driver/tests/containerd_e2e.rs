@@ -230,7 +230,9 @@ fn docker26_containerd_store() {
         &bed,
         "256M",
         &containerd_root(&bed),
-        "content_store_blobs = false\n",
+        // A disk tier slower than the wire: LASS puts the bases on pmem,
+        // and the migration below relocates them under a running container.
+        "content_store_blobs = false\ndisk_store_rate = \"100K\"\n",
     );
     let nv = start_nvtier(&bed, &sock, "nvtier");
     let ctd = Containerd::start(&bed, &sock, Some(&bin));
