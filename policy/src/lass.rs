@@ -8,7 +8,11 @@
 //!
 //! The boundary is taken from what really happened during a pull: a layer goes
 //! to pmem exactly when, at the moment its storing begins, every layer of the
-//! image has finished downloading.
+//! image has finished downloading ([`decide`]; the engines' own unpack path
+//! uses it, see `unpack`).
+//!
+//! nvtier's own pull stores each layer while it downloads; its rule, derived
+//! from the same equations, is in [`streamed`].
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
