@@ -43,6 +43,11 @@ pub struct Config {
     pub static_placement: bool,
     /// Migration copy rate limit in bytes/s (0 = unlimited).
     pub migrate_rate: u64,
+    /// How fast a layer is stored on the disk tier while it streams, in
+    /// compressed bytes/s (inflate, extraction, the kept blob's write-back).
+    /// LASS puts a layer on pmem when storing it on disk at this rate
+    /// would end after the image's last byte.
+    pub disk_store_rate: u64,
     /// `nvtier serve`: re-trace an image whose profile is older than this
     /// many seconds (0 = only images without a profile).
     pub profile_max_age_s: u64,
@@ -111,6 +116,9 @@ pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_MIGRATE_RATE: u64 = 256 << 20;
 /// See [`Config::record_quiet_ms`].
 pub const DEFAULT_RECORD_QUIET_MS: u64 = 3000;
+/// 100 MiB/s: what the testbed's disk tier stores while a layer streams
+/// (see docs/benchmarks.md).
+pub const DEFAULT_DISK_STORE_RATE: u64 = 100 << 20;
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Where Docker's CLI keeps `docker login` credentials for this process:
@@ -144,6 +152,7 @@ struct Raw {
     tiering: Option<bool>,
     static_placement: Option<bool>,
     migrate_rate: Option<Size>,
+    disk_store_rate: Option<Size>,
     profile_max_age_s: Option<u64>,
     record_starts: Option<bool>,
     record_quiet_ms: Option<u64>,
@@ -252,6 +261,9 @@ impl Config {
         let pmem_budget = size(raw.pmem_budget, "pmem_budget")?
             .ok_or_else(|| err("key `pmem_budget` is missing (e.g. \"4G\")".into()))?;
         let migrate_rate = size(raw.migrate_rate, "migrate_rate")?.unwrap_or(DEFAULT_MIGRATE_RATE);
+        let disk_store_rate = size(raw.disk_store_rate, "disk_store_rate")?
+            .filter(|r| *r > 0)
+            .unwrap_or(DEFAULT_DISK_STORE_RATE);
         let max_concurrent_downloads = match raw.max_concurrent_downloads {
             None => 3,
             Some(n) if (1..=64).contains(&n) => n as usize,
@@ -405,6 +417,7 @@ impl Config {
             tiering: raw.tiering.unwrap_or(true),
             static_placement: raw.static_placement.unwrap_or(true),
             migrate_rate,
+            disk_store_rate,
             profile_max_age_s: raw.profile_max_age_s.unwrap_or(7 * 24 * 3600),
             migrate_interval_s: raw.migrate_interval_s.unwrap_or(60),
             record_starts: raw.record_starts.unwrap_or(true),
@@ -544,6 +557,19 @@ insecure_registries = ["10.0.0.2:5000"]
         assert_eq!(c.containerd_root, Path::new(DEFAULT_CONTAINERD_ROOT));
         assert_eq!(c.containerd_socket, Path::new(DEFAULT_CONTAINERD_SOCKET));
         assert!(c.content_store_blobs);
+        assert_eq!(c.disk_store_rate, DEFAULT_DISK_STORE_RATE);
+    }
+
+    #[test]
+    fn disk_store_rate_parses_and_zero_means_the_default() {
+        let c = parse(&format!("{OK}\ndisk_store_rate = \"40M\"")).expect("valid");
+        assert_eq!(c.disk_store_rate, 40 << 20);
+        let c = parse(&format!("{OK}\ndisk_store_rate = 0")).expect("valid");
+        assert_eq!(c.disk_store_rate, DEFAULT_DISK_STORE_RATE);
+        let e = parse(&format!("{OK}\ndisk_store_rate = \"fast\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk_store_rate"), "{e}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub fn extract_layer<R: Read>(
         return Err(Error::Corrupt("empty layer blob".into()));
     }
     let decoder = if magic.starts_with(&[0x1f, 0x8b]) {
-        Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(raw))
+        Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(raw)))
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(corrupt)?)
     } else {

@@ -201,7 +201,8 @@ fn docker_login_pull_and_auth_fallback() {
     );
     check_lass_rule(rep);
     let layers = bed.nvtier_json(&["layers"]);
-    let ldl = rep["ldl_index"].as_u64().expect("an LDL") as usize;
+    // The report's tiers follow the streamed LASS rule (checked above);
+    // the store holds each layer where the report says.
     for l in rep["layers"].as_array().expect("layers") {
         let i = l["index"].as_u64().expect("index") as usize;
         let stored = layers
@@ -214,11 +215,7 @@ fn docker_login_pull_and_auth_fallback() {
             stored["blob_digest"].is_string(),
             "not pulled by nvtier: {stored}"
         );
-        assert_eq!(
-            stored["tier"],
-            if i >= ldl { "pmem" } else { "disk" },
-            "layer {i}"
-        );
+        assert_eq!(stored["tier"], l["tier"], "layer {i}");
     }
     let st = bed.nvtier_json(&["status"]);
     assert_eq!(st["engine_fallbacks"], serde_json::json!([]), "{st}");

@@ -150,6 +150,16 @@ fn tiers_of(rep: &Value) -> Vec<String> {
 #[test]
 fn lost_pmem_tier_is_reported_then_repaired_by_pull_and_by_repair() {
     let bed = Bed::up("heal", "none", "4G");
+    // A disk tier slower than the wire (100 KiB/s): the pull's LASS rule
+    // puts the restored layers on pmem again.
+    {
+        use std::io::Write;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&bed.config)
+            .and_then(|mut f| f.write_all(b"disk_store_rate = \"100K\"\n"))
+            .expect("append to the config");
+    }
     let r = bed.push("healdemo", "busybox,2M,1M,3M");
     let reference = listing(&reference_rootfs("healdemo"));
     let rep = pull_json(&bed, &["--placement", "pmem", &r]);

@@ -303,17 +303,10 @@ fn profile_pushed_on_one_node_tiers_the_first_pull_on_another() {
     assert!(p["error"].is_null(), "{rep}");
     assert_eq!(p["meta_built"], true, "{rep}");
     assert!(p["tiered_done_ms"].as_f64().is_some_and(|t| t > 0.0));
-    // LASS placed the bases (the deploy stays as fast); `nvtier pull`
-    // moved the pmem ones to disk before it exited.
+    // LASS placed the bases (the deploy stays as fast; with streamed
+    // storing they may all be on disk); `nvtier pull` moved any pmem ones
+    // to disk before it exited.
     common::check_lass_rule(&rep);
-    assert!(
-        rep["layers"]
-            .as_array()
-            .expect("layers")
-            .iter()
-            .any(|l| l["tier"] == "pmem"),
-        "{rep}"
-    );
     let prof_b = b.nvtier_json(&["profile", "show", &r]);
     let paths = |p: &Value| -> Vec<String> {
         let mut v: Vec<String> = p["files"]

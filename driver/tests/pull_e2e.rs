@@ -17,21 +17,36 @@ fn lass_pull_places_by_timeline_and_rootfs_matches_image() {
     let rep = bed.nvtier_json(&["pull", &r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(6));
     check_lass_rule(&rep);
-    // At 100 Mbit/s the 30 MiB layer finishes downloading last by far, so
-    // the LDL is layer 3, or a lower one when storing (not the network) was
-    // the bottleneck on a loaded machine.
-    let ldl = rep["ldl_index"].as_u64().expect("an LDL") as usize;
-    assert!((1..=3).contains(&ldl), "{rep:#}");
-    let pmem: u64 = rep["layers"].as_array().expect("layers")[ldl..]
+    // Streamed storing: every layer starts storing before the last byte,
+    // and at 100 Mbit/s the disk tier keeps up with the network, so the
+    // 8 MiB bottom layer is stored on disk before the 30 MiB one arrives.
+    let layers_rep = rep["layers"].as_array().expect("layers");
+    let pmem: u64 = layers_rep
         .iter()
+        .filter(|l| l["tier"] == "pmem")
         .map(|l| l["stored_bytes"].as_u64().expect("bytes"))
         .sum();
-    assert_eq!(
-        rep["pmem_bytes"].as_u64(),
-        Some(pmem),
-        "pmem bytes are the LDL-and-above bytes"
-    );
+    assert_eq!(rep["pmem_bytes"].as_u64(), Some(pmem), "{rep:#}");
     assert!(rep["disk_bytes"].as_u64().expect("disk") >= 8 << 20);
+    let last = rep["download_done_ms"].as_f64().expect("download_done_ms");
+    for l in layers_rep {
+        let (start, end) = (
+            l["store_start_ms"].as_f64().expect("store start"),
+            l["download_end_ms"].as_f64().expect("download end"),
+        );
+        assert!(
+            start < last,
+            "layer {} stored after the last byte: {l}",
+            l["index"]
+        );
+        if l["size"].as_u64().expect("size") >= 4 << 20 {
+            assert!(
+                start < end,
+                "layer {} stored after its download: {l}",
+                l["index"]
+            );
+        }
+    }
 
     // Placement on the tiers matches the report.
     let layers = bed.nvtier_json(&["layers", &r]);
@@ -286,15 +301,19 @@ fn concurrent_pulls_store_shared_layers_once() {
 #[test]
 fn budget_exhaustion_falls_back_to_disk() {
     let bed = Bed::up("budg", "100mbit", "20M");
+    // A disk tier that stores 100 KiB/s: storing any layer on it would end
+    // after the last byte, so LASS wants every layer on pmem.
+    append_config(&bed, "disk_store_rate = \"100K\"\n");
     let r = bed.push("budgdemo", SPEC);
     let rep = bed.nvtier_json(&["pull", &r]);
     let layers = rep["layers"].as_array().expect("layers");
     check_lass_rule_with_budget(&rep);
-    assert!(rep["ldl_index"].as_u64().expect("an LDL") <= 3);
+    assert_eq!(layers[0]["tier"], "pmem", "{rep:#}");
     assert_eq!(layers[3]["tier"], "disk", "30 MiB cannot fit in 20 MiB");
     assert_eq!(layers[3]["disk_reason"], "budget_exhausted");
-    assert_eq!(layers[4]["tier"], "pmem");
-    assert_eq!(layers[5]["tier"], "pmem");
+    // What still fits goes to pmem: the small layers after the big one
+    // (the budget holds about 20 MiB of busybox, 8, 4, 2 and 1 MiB).
+    assert_eq!(layers[4]["tier"], "pmem", "{rep:#}");
     let st = bed.nvtier_json(&["status"]);
     assert!(st["pmem_used_bytes"].as_u64().expect("used") <= 20 << 20);
     // Placement overrides act as the two baselines.
@@ -306,6 +325,15 @@ fn budget_exhaustion_falls_back_to_disk() {
         .iter()
         .all(|l| l["tier"] == "disk"));
     assert_eq!(d["pmem_bytes"], 0);
+}
+
+fn append_config(bed: &Bed, text: &str) {
+    use std::io::Write;
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&bed.config)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .expect("append to the config");
 }
 
 #[test]

@@ -8,10 +8,16 @@
 //!
 //! The boundary is taken from what really happened during a pull: a layer goes
 //! to pmem exactly when, at the moment its storing begins, every layer of the
-//! image has finished downloading.
+//! image has finished downloading ([`decide`]; the engines' own unpack path
+//! uses it, see `unpack`).
+//!
+//! nvtier's own pull stores each layer while it downloads; its rule, derived
+//! from the same equations, is in [`streamed`].
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+pub mod streamed;
 
 /// Which tier a layer lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -87,6 +93,9 @@ pub enum DiskReason {
     BudgetExhausted,
     /// `placement = disk`.
     PlacementDisk,
+    /// Streamed storing: on disk, the layer is predicted to be stored
+    /// before the image's last byte arrives (see [`streamed`]).
+    EndsBeforeLastByte,
 }
 
 impl fmt::Display for DiskReason {
@@ -95,6 +104,7 @@ impl fmt::Display for DiskReason {
             DiskReason::BelowLdl => "below the last-downloading layer",
             DiskReason::BudgetExhausted => "pmem budget exhausted",
             DiskReason::PlacementDisk => "placement = disk",
+            DiskReason::EndsBeforeLastByte => "stored before the last byte",
         })
     }
 }

@@ -488,13 +488,16 @@ pub fn check_pull_report(report: &Value) {
     }
 }
 
-/// Check the LASS rule against the recorded timeline of a pull report.
+/// Check the streamed LASS rule against what a pull report recorded: a
+/// layer is on pmem exactly when its storing started after the last byte,
+/// or storing it on disk was predicted to end after the last byte (see
+/// `nvtier_policy::lass::streamed`).
 pub fn check_lass_rule(rep: &Value) {
     check_rule(rep, false)
 }
 
-/// The same, but a layer above the LDL may be on disk when the report says
-/// the pmem budget could not hold it.
+/// The same, but a layer the rule puts on pmem may be on disk when the
+/// report says the pmem budget could not hold it.
 pub fn check_lass_rule_with_budget(rep: &Value) {
     check_rule(rep, true)
 }
@@ -511,21 +514,25 @@ fn check_rule(rep: &Value, budget_may_refuse: bool) {
             continue;
         }
         let start = l["store_start_ms"].as_f64().expect("store_start_ms");
-        let after = start >= last;
-        if after && ldl.is_none() {
+        if start >= last && ldl.is_none() {
             ldl = l["index"].as_u64();
         }
-        let mut want = if after { "pmem" } else { "disk" };
-        if after && budget_may_refuse && l["disk_reason"] == "budget_exhausted" {
+        let lass = &l["lass"];
+        let all = lass["all_downloaded"].as_bool().expect("lass inputs");
+        let wire = lass["wire_left_ms"].as_u64().expect("wire_left_ms");
+        let disk = lass["disk_store_ms"].as_u64().expect("disk_store_ms");
+        let late = all || disk > wire;
+        let mut want = if late { "pmem" } else { "disk" };
+        if late && budget_may_refuse && l["disk_reason"] == "budget_exhausted" {
             want = "disk";
         }
-        if !after {
-            assert_eq!(l["disk_reason"], "below_ldl", "{l}");
+        if !late {
+            assert_eq!(l["disk_reason"], "ends_before_last_byte", "{l}");
         }
         assert_eq!(
             l["tier"].as_str(),
             Some(want),
-            "layer {} stored at {start} ms, last download ended at {last} ms: {l}",
+            "layer {}: storing started at {start} ms, last download ended at {last} ms: {l}",
             l["index"]
         );
     }

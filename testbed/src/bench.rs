@@ -2,7 +2,7 @@
 
 use crate::proc::{self, run_ok, Opts};
 use crate::pull_model::{
-    command_line, image_set, machine, now_utc, PullReport, Sample, PLACEMENTS,
+    command_line, image_set, machine, now_utc, rate_bits_per_s, PullReport, Sample, PLACEMENTS,
 };
 use crate::report::{self, Results};
 use crate::testbed::Testbed;
@@ -284,11 +284,25 @@ pub fn run_pull(args: PullArgs) -> Result<()> {
                 cmd.env("NVTIER_CONFIG", &config)
                     .env("NO_PROXY", registry_host(&registry))
                     .env("no_proxy", registry_host(&registry))
-                    .args(["pull", "--json", "--placement", placement, &im.reference]);
+                    .args([
+                        "pull",
+                        "--json",
+                        "--no-wait",
+                        "--placement",
+                        placement,
+                        &im.reference,
+                    ]);
                 let out = run_ok(&mut cmd, Opts::new(600))
                     .with_context(|| format!("pull of {} with placement {placement}", im.name))?;
                 let report = parse_pull_json(&out.stdout)?;
-                let s = Sample::from_report(rep, &im.name, placement, out.elapsed_ms(), report);
+                let s = Sample::from_report(
+                    rep,
+                    &im.name,
+                    placement,
+                    out.elapsed_ms(),
+                    rate_bits_per_s(&rate),
+                    report,
+                );
                 if s.layers.len() != im.layers {
                     bail!(
                         "{}: report has {} layers, expected {}",
@@ -408,7 +422,7 @@ mod tests {
           "tier":"pmem","reused":false,"stored_bytes":200,"disk_reason":null}],
         "ldl_index":1,"download_done_ms":12.0,"stored_done_ms":13.5,"pmem_bytes":200,"disk_bytes":100}"#;
         let r = parse_pull_json(&format!("noise\n{j}")).expect("parses");
-        let s = Sample::from_report(1, "x", "lass", 20.0, r);
+        let s = Sample::from_report(1, "x", "lass", 20.0, Some(1e9), r);
         assert_eq!(s.ldl_and_above_bytes, 200);
         assert_eq!(s.store_after_download_ms, 1.5);
         assert!(parse_pull_json("nothing").is_err());

@@ -58,7 +58,26 @@ pub struct Sample {
     pub ldl_index: Option<usize>,
     /// Sum of stored_bytes of layers with index >= ldl_index (0 if none).
     pub ldl_and_above_bytes: u64,
+    /// The image's compressed bytes at the link rate: the time the wire
+    /// needs (0 when the rate is unknown or unlimited).
+    #[serde(default)]
+    pub wire_ms: f64,
+    /// Every layer follows the streamed LASS rule (see
+    /// `LayerReport::follows_streamed_lass`; layers without its inputs
+    /// are not counted).
+    #[serde(default)]
+    pub lass_rule_ok: bool,
     pub layers: Vec<LayerReport>,
+}
+
+/// Bits per second of a tbf rate label (`100mbit`, `1gbit`, `500kbit`).
+pub fn rate_bits_per_s(label: &str) -> Option<f64> {
+    let l = label.trim().to_ascii_lowercase();
+    let (num, mult) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)]
+        .iter()
+        .find_map(|(u, m)| l.strip_suffix(u).map(|n| (n.to_string(), *m)))?;
+    let n: f64 = num.parse().ok()?;
+    (n > 0.0).then_some(n * mult)
 }
 
 impl Sample {
@@ -67,8 +86,25 @@ impl Sample {
         image: &str,
         placement: &str,
         deploy_ms: f64,
+        rate_bits: Option<f64>,
         r: PullReport,
     ) -> Sample {
+        let wire_ms = rate_bits
+            .map(|b| {
+                r.layers
+                    .iter()
+                    .filter(|l| !l.reused)
+                    .map(|l| l.size)
+                    .sum::<u64>() as f64
+                    * 8.0
+                    / b
+                    * 1e3
+            })
+            .unwrap_or(0.0);
+        let lass_rule_ok = r
+            .layers
+            .iter()
+            .all(|l| l.follows_streamed_lass() != Some(false));
         let ldl_and_above_bytes = match r.ldl_index {
             Some(l) => r
                 .layers
@@ -90,6 +126,8 @@ impl Sample {
             disk_bytes: r.disk_bytes,
             ldl_index: r.ldl_index,
             ldl_and_above_bytes,
+            wire_ms,
+            lass_rule_ok,
             layers: r.layers,
         }
     }

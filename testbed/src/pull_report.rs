@@ -25,13 +25,44 @@ pub struct LayerReport {
     pub download_start_ms: Option<f64>,
     pub download_end_ms: Option<f64>,
     pub store_start_ms: Option<f64>,
+    /// When the streamed extraction ended (older reports: absent).
+    #[serde(default)]
+    pub extracted_ms: Option<f64>,
     pub store_end_ms: Option<f64>,
     /// `pmem` or `disk`.
     pub tier: String,
     pub reused: bool,
     pub stored_bytes: u64,
-    /// `below_ldl`, `budget_exhausted`, `placement_disk` or null.
+    /// `below_ldl`, `ends_before_last_byte`, `budget_exhausted`,
+    /// `placement_disk` or null.
     pub disk_reason: Option<String>,
+    /// The streamed LASS rule's inputs (older reports: absent).
+    #[serde(default)]
+    pub lass: Option<LassInputs>,
+}
+
+/// What the streamed LASS rule saw when a layer's storing started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LassInputs {
+    pub all_downloaded: bool,
+    pub wire_left_ms: u64,
+    pub disk_store_ms: u64,
+}
+
+impl LayerReport {
+    /// Does the layer's tier follow the streamed LASS rule (pmem exactly
+    /// when storing it on disk was predicted to end after the last byte;
+    /// a refusal of the pmem budget may keep it on disk)? `None` without
+    /// the rule's inputs (reused layers, older reports).
+    pub fn follows_streamed_lass(&self) -> Option<bool> {
+        let l = self.lass?;
+        let late = l.all_downloaded || l.disk_store_ms > l.wire_left_ms;
+        Some(match (late, self.tier.as_str()) {
+            (true, "pmem") | (false, "disk") => true,
+            (true, "disk") => self.disk_reason.as_deref() == Some("budget_exhausted"),
+            _ => false,
+        })
+    }
 }
 
 /// `nvtier pull --json`.

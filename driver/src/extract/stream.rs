@@ -41,7 +41,7 @@ impl<R> HashRead<R> {
 pub(super) type Raw<R> = BufReader<HashRead<R>>;
 
 pub(super) enum Decoder<R: Read> {
-    Gzip(flate2::bufread::MultiGzDecoder<Raw<R>>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Raw<R>>>),
     Zstd(zstd::stream::read::Decoder<'static, Raw<R>>),
     Plain(Raw<R>),
 }

@@ -11,4 +11,4 @@ pub mod walk;
 pub mod xattr;
 
 pub use atomic::write_atomic;
-pub use sync::{fsync_dir, syncfs};
+pub use sync::{fsync_dir, start_writeback, syncfs};

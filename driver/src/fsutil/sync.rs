@@ -18,6 +18,20 @@ pub fn syncfs(dir: &Path) -> Result<()> {
     nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)).ctx("syncfs", dir)
 }
 
+/// Start writing back `len` bytes of `file` from `offset` without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`): a later fsync of a file
+/// written over a long time then has little left to do. Advisory: an error
+/// only means the later fsync does all the work.
+pub fn start_writeback(file: &impl std::os::fd::AsRawFd, offset: u64, len: u64) {
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; an invalid
+    // descriptor or range is reported through the return value (ignored:
+    // the call is advisory).
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +43,10 @@ mod tests {
         syncfs(d.path()).expect("syncfs");
         assert!(fsync_dir(&d.path().join("missing")).is_err());
         assert!(syncfs(&d.path().join("missing")).is_err());
+        let f = File::create(d.path().join("f")).expect("create");
+        std::io::Write::write_all(&mut &f, &[7u8; 8192]).expect("write");
+        start_writeback(&f, 0, 8192);
+        start_writeback(&f, u64::MAX, 1);
+        f.sync_all().expect("fsync");
     }
 }

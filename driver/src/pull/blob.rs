@@ -44,6 +44,7 @@ pub async fn fetch_blob(
         Instant::now(),
         None,
         Arc::new(Mutex::new(0)),
+        None,
     )
     .await?;
     let size = tokio::fs::metadata(&dl.path)

@@ -1,5 +1,7 @@
-//! Blob downloads into `STATE/downloads/`, digest-checked.
+//! Blob downloads into `STATE/downloads/`, digest-checked. With a
+//! [`Tap`], the extraction reads the file while it grows (see `feed`).
 
+use super::feed::Feed;
 use super::{ms, registry_err};
 use crate::error::{Error, IoContext, Result};
 use futures_util::StreamExt;
@@ -8,6 +10,7 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
@@ -18,6 +21,26 @@ pub(super) struct Downloaded {
     pub(super) end_ms: f64,
 }
 
+/// Bytes are published to the reader in steps of this size (each step
+/// flushes the file).
+const STEP: u64 = 256 << 10;
+/// Write-back of the blob file starts every this many bytes, so that the
+/// fsync before a disk-tier layer is published (see `store::durable`) has
+/// little left to write after the last byte.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// A blob transfer that sends nothing for this long has stalled: the pull
+/// fails (the registry client's own read timeout is longer).
+pub(super) const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where a streamed download reports its bytes.
+pub(super) struct Tap {
+    pub(super) feed: Feed,
+    /// Bytes received by every download of the pull.
+    pub(super) received: Arc<AtomicU64>,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn download(
     client: Arc<Client>,
     reference: Reference,
@@ -26,8 +49,10 @@ pub(super) async fn download(
     t0: Instant,
     bar: Option<ProgressBar>,
     done: Arc<Mutex<usize>>,
+    tap_in: Option<Tap>,
 ) -> Result<Downloaded> {
     let start_ms = ms(t0);
+    let tap = tap_in.as_ref();
     let r = async {
         let mut stream = client
             .pull_blob_stream(&reference, &desc)
@@ -44,7 +69,21 @@ pub(super) async fn download(
             .ctx("create download", &path)?;
         let mut h = Sha256::new();
         let mut n: u64 = 0;
-        while let Some(chunk) = stream.next().await {
+        let mut unflushed: u64 = 0;
+        let mut written_back: u64 = 0;
+        loop {
+            let next = tokio::time::timeout(STALL, stream.next())
+                .await
+                .map_err(|_| {
+                    Error::Registry(format!(
+                        "downloading blob of {}: {}: the registry sent no data for {} s after {n} of {} bytes (stalled)",
+                        reference.whole(),
+                        desc.digest,
+                        STALL.as_secs(),
+                        desc.size
+                    ))
+                })?;
+            let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 let msg = e.to_string();
                 if msg.to_ascii_lowercase().contains("digest") {
@@ -67,9 +106,25 @@ pub(super) async fn download(
                 b.set_position(n);
             }
             f.write_all(&chunk).await.ctx("write download", &path)?;
+            if let Some(t) = tap {
+                t.received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                unflushed += chunk.len() as u64;
+                if unflushed >= STEP {
+                    f.flush().await.ctx("write download", &path)?;
+                    t.feed.advance(unflushed);
+                    unflushed = 0;
+                    if n - written_back >= WRITEBACK_STEP {
+                        crate::fsutil::start_writeback(&f, written_back, n - written_back);
+                        written_back = n;
+                    }
+                }
+            }
         }
         f.flush().await.ctx("write download", &path)?;
         drop(f);
+        if let Some(t) = tap {
+            t.feed.advance(unflushed);
+        }
         let actual = format!("sha256:{}", hex::encode(h.finalize()));
         if actual != desc.digest {
             return Err(Error::Digest {
@@ -97,6 +152,9 @@ pub(super) async fn download(
                 *g += 1;
                 ms(t0)
             };
+            if let Some(t) = tap_in {
+                t.feed.finish(Ok(()));
+            }
             Ok(Downloaded {
                 path,
                 start_ms,
@@ -105,6 +163,9 @@ pub(super) async fn download(
         }
         Err(e) => {
             let _ = tokio::fs::remove_file(&path).await;
+            if let Some(t) = tap_in {
+                t.feed.finish(Err(e.to_string()));
+            }
             Err(e)
         }
     }

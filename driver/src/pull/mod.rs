@@ -1,27 +1,36 @@
 //! Registry pull (OCI Distribution v2) with LASS placement.
 //!
 //! Blobs download in parallel (up to `max_concurrent_downloads`, in layer
-//! order) into `STATE/downloads/`. Layers are stored strictly in chain
-//! order; each starts storing as soon as it is downloaded and its parent is
-//! stored. At that moment the driver records whether every download of the
-//! image has finished, and `nvtier_policy::decide` picks the tier.
+//! order) into `STATE/downloads/`. Each layer is stored while its blob
+//! downloads: a blocking thread extracts the blob file as it grows (see
+//! `feed`) into a staging directory, and verifies the blob digest and the
+//! diffID at the end. A layer's directory does not depend on its parent's
+//! content, so layers extract in parallel; they are published strictly in
+//! chain order. The tier is chosen when a layer's storing starts, by
+//! `nvtier_policy::lass::streamed`: pmem when storing it on disk is
+//! predicted to end after the image's last byte.
 
 use crate::error::{Error, Result};
+use crate::extract::Expect;
 use crate::store::{chain_ids, digest_hex, now_ms, ImageOrigin, ImageRecord, Store};
 use crate::tier::TierKind;
 use download::download;
+use feed::FeedWatch;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use layer::store_layer;
-use nvtier_policy::{decide, Decision, DiskReason, Placement, StoreMoment};
+use layer::{extract_streamed, publish, Streamed};
+use nvtier_policy::lass::streamed::{decide_streamed, ms_for, StreamStart};
+use nvtier_policy::{Decision, DiskReason, Placement};
 use oci_client::RegistryOperation;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Semaphore};
 
 pub mod auth;
 mod blob;
 mod download;
+mod feed;
 mod layer;
 mod profile;
 pub use profile::relocate_bases;
@@ -31,12 +40,127 @@ mod report;
 
 pub use auth::Credentials;
 pub use blob::fetch_blob;
-pub use registry::normalize;
 use registry::{access_err, client_for, parse_ref, registry_err};
-pub use report::{KeptBlob, LayerReport, ProfileUse, PullOptions, PullReport};
+pub use registry::{normalize, warm_up};
+pub use report::{KeptBlob, LassInputs, LayerReport, ProfileUse, PullOptions, PullReport};
 
 fn ms(t0: Instant) -> f64 {
     (t0.elapsed().as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Bytes of a layer that arrive before its tier is chosen (or
+/// [`WARMUP`], whichever comes first): the network rate is measured on
+/// them.
+const WARMUP_BYTES: u64 = 4 << 20;
+const WARMUP: Duration = Duration::from_millis(300);
+
+/// The pull's download progress, for the streamed LASS prediction.
+struct Wire {
+    /// Compressed bytes of the layers to download.
+    total: u64,
+    received: Arc<AtomicU64>,
+    first_start: OnceLock<Instant>,
+}
+
+impl Wire {
+    /// Predicted ms until the image's last byte (`u64::MAX`: no rate yet).
+    fn left_ms(&self) -> u64 {
+        let got = self.received.load(Ordering::Relaxed);
+        let since = self
+            .first_start
+            .get()
+            .map(|s| s.elapsed().as_millis() as u64)
+            .unwrap_or(0);
+        let rate = got.checked_div(since).unwrap_or(0);
+        ms_for(self.total.saturating_sub(got), rate)
+    }
+}
+
+/// When and how a layer's storing started (for its report).
+struct StoreStart {
+    ms: f64,
+    pmem_reason: Option<String>,
+    all_downloaded: bool,
+    lass: Option<LassInputs>,
+}
+
+/// What the tier decision of one layer needs (taken on its extraction
+/// thread, when its storing starts).
+struct DecideCtx {
+    store: Store,
+    placement: Placement,
+    size: u64,
+    promoted: bool,
+    class: Option<nvtier_policy::classify::LayerClass>,
+    profiled: Arc<AtomicBool>,
+    tiering_on: bool,
+    done: Arc<Mutex<usize>>,
+    needed: usize,
+    wire: Arc<Wire>,
+    t0: Instant,
+    out: Arc<Mutex<Option<StoreStart>>>,
+}
+
+impl DecideCtx {
+    /// Wait for the layer's first bytes (the rate is measured on them),
+    /// then pick its tier.
+    fn decide(self, watch: &FeedWatch) -> Result<Decision> {
+        // The download's start (it queues for a permit), then a little of it.
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        let (_, ended) = watch.wait_for(1, far);
+        if !ended {
+            watch.wait_for(self.size.min(WARMUP_BYTES), Instant::now() + WARMUP);
+        }
+        let (start_ms, all_downloaded) = {
+            let g = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            (ms(self.t0), *g == self.needed)
+        };
+        let free = self
+            .store
+            .pmem_budget()
+            .saturating_sub(self.store.pmem_used()?);
+        let s = StreamStart {
+            all_downloaded,
+            wire_left_ms: self.wire.left_ms(),
+            disk_store_ms: ms_for(self.size, (self.store.cfg.disk_store_rate / 1000).max(1)),
+            expected_bytes: self.size,
+            pmem_free: free,
+        };
+        let mut decision = decide_streamed(self.placement, s);
+        let mut pmem_reason = None;
+        // With a profile, the hot files go to pmem anyway: no static
+        // promotion on top of LASS. (Known once the lookup has answered;
+        // until then a layer may still get its static promotion.)
+        let profiled_now = self.tiering_on && self.profiled.load(Ordering::SeqCst);
+        if !profiled_now
+            && decision == Decision::Disk(DiskReason::EndsBeforeLastByte)
+            && self.promoted
+        {
+            decision = decide_streamed(Placement::Pmem, s);
+            if decision == Decision::Pmem {
+                pmem_reason = self.class.map(|c| format!("static: {c}"));
+            }
+        }
+        if decision == Decision::Disk(DiskReason::BudgetExhausted) {
+            tracing::warn!(
+                size = self.size,
+                free,
+                "pmem budget cannot hold this layer; storing on disk"
+            );
+        }
+        tracing::debug!(?s, ?decision, "streamed storing starts");
+        *self.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(StoreStart {
+            ms: start_ms,
+            pmem_reason,
+            all_downloaded,
+            lass: Some(LassInputs {
+                all_downloaded,
+                wire_left_ms: s.wire_left_ms,
+                disk_store_ms: s.disk_store_ms,
+            }),
+        });
+        Ok(decision)
+    }
 }
 
 /// Pull `reference` into the store. On failure, layers this pull stored are
@@ -122,7 +246,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     // pmem bases move to disk after the deploy (see `profile`).
     // The lookup runs beside the downloads: a pull without a profile does
     // not wait for it.
-    let found_early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let found_early = Arc::new(AtomicBool::new(false));
     let lookup: Option<tokio::task::JoinHandle<Option<profile_artifact::Found>>> =
         (store.cfg.profiles_from_registry && opts.placement == Placement::Lass).then(|| {
             let flag = found_early.clone();
@@ -161,70 +285,6 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         .collect::<Result<_>>()?;
     let needed = present.iter().filter(|p| !**p).count();
     tracing::info!(image = %name, layers = n, to_download = needed, placement = %opts.placement, "pulling");
-
-    let mp = opts.progress.then(MultiProgress::new);
-    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    let sem = Arc::new(Semaphore::new(store.cfg.max_concurrent_downloads));
-    let done = Arc::new(Mutex::new(0usize));
-    let mut receivers = Vec::with_capacity(n);
-    let mut bars = Vec::with_capacity(n);
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut prev_turn: Option<oneshot::Receiver<()>> = None;
-    for (i, desc) in manifest.layers.iter().enumerate() {
-        let bar = mp.as_ref().map(|m| {
-            let b = m.add(ProgressBar::new(desc.size.max(0) as u64));
-            b.set_style(style.clone());
-            b.set_prefix(desc.digest.get(7..19).unwrap_or("").to_string());
-            if present[i] {
-                b.finish_with_message("already present");
-            } else {
-                b.set_message("waiting");
-            }
-            b
-        });
-        bars.push(bar.clone());
-        if present[i] {
-            receivers.push(None);
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        receivers.push(Some(rx));
-        let path = store.downloads_dir().join(format!(
-            "{}.{}.partial",
-            digest_hex(&desc.digest)?,
-            std::process::id()
-        ));
-        let (client, reference, desc, sem, done) = (
-            client.clone(),
-            reference.clone(),
-            desc.clone(),
-            sem.clone(),
-            done.clone(),
-        );
-        // Downloads start in layer order: each task queues for a permit only
-        // after the previous one got its own.
-        let (turn_tx, turn_rx) = oneshot::channel::<()>();
-        let my_turn = prev_turn.replace(turn_rx);
-        tasks.spawn(async move {
-            if let Some(t) = my_turn {
-                let _ = t.await;
-            }
-            let _permit = sem.acquire_owned().await;
-            let _ = turn_tx.send(());
-            if let Some(b) = &bar {
-                b.set_message("downloading");
-            }
-            let r = download(client, reference, desc, path, t0, bar.clone(), done).await;
-            if r.is_ok() {
-                if let Some(b) = &bar {
-                    b.set_message("downloaded");
-                }
-            }
-            let _ = tx.send(r);
-        });
-    }
 
     // Static classification: engine and application layers go to
     // pmem on top of LASS's choice, top-most first, while the free budget
@@ -269,6 +329,140 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     } else {
         Vec::new()
     };
+
+    let mp = opts.progress.then(MultiProgress::new);
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let sem = Arc::new(Semaphore::new(store.cfg.max_concurrent_downloads));
+    let done = Arc::new(Mutex::new(0usize));
+    // What the streamed LASS rule predicts from: the image's bytes still to
+    // come and the network rate seen since the first download started.
+    let wire = Arc::new(Wire {
+        total: manifest
+            .layers
+            .iter()
+            .zip(&present)
+            .filter(|(_, p)| !**p)
+            .map(|(l, _)| l.size.max(0) as u64)
+            .sum(),
+        received: Arc::new(AtomicU64::new(0)),
+        first_start: OnceLock::new(),
+    });
+    let mut receivers = Vec::with_capacity(n);
+    let mut extractions: Vec<Option<tokio::task::JoinHandle<Result<Streamed>>>> =
+        Vec::with_capacity(n);
+    let mut watches: Vec<FeedWatch> = Vec::new();
+    let mut starts: Vec<Arc<Mutex<Option<StoreStart>>>> = Vec::with_capacity(n);
+    let mut bars = Vec::with_capacity(n);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut prev_turn: Option<oneshot::Receiver<()>> = None;
+    for (i, desc) in manifest.layers.iter().enumerate() {
+        let bar = mp.as_ref().map(|m| {
+            let b = m.add(ProgressBar::new(desc.size.max(0) as u64));
+            b.set_style(style.clone());
+            b.set_prefix(desc.digest.get(7..19).unwrap_or("").to_string());
+            if present[i] {
+                b.finish_with_message("already present");
+            } else {
+                b.set_message("waiting");
+            }
+            b
+        });
+        bars.push(bar.clone());
+        let start_info = Arc::new(Mutex::new(None));
+        starts.push(start_info.clone());
+        if present[i] {
+            receivers.push(None);
+            extractions.push(None);
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        receivers.push(Some(rx));
+        let path = store.downloads_dir().join(format!(
+            "{}.{}.partial",
+            digest_hex(&desc.digest)?,
+            std::process::id()
+        ));
+        let (feed, watch) = feed::feed();
+        watches.push(watch.clone());
+        // Storing starts with the download (on a blocking thread): the
+        // layer is extracted from the blob file as it grows.
+        let ctx = DecideCtx {
+            store: store.clone(),
+            placement: opts.placement,
+            size: desc.size.max(0) as u64,
+            promoted: promoted.contains(&i),
+            class: classes[i],
+            profiled: found_early.clone(),
+            tiering_on,
+            done: done.clone(),
+            needed,
+            wire: wire.clone(),
+            t0,
+            out: start_info,
+        };
+        let (s2, p2, w2, d2, diff, c2) = (
+            store.clone(),
+            path.clone(),
+            watch.clone(),
+            desc.digest.clone(),
+            diff_ids[i].clone(),
+            chains[i].clone(),
+        );
+        extractions.push(Some(tokio::task::spawn_blocking(move || {
+            let expect = Expect {
+                blob_digest: Some(&d2),
+                diff_id: Some(&diff),
+            };
+            extract_streamed(&s2, &w2, &p2, &expect, &c2, || ctx.decide(&w2))
+        })));
+        let (client, reference, desc, sem, done, wire) = (
+            client.clone(),
+            reference.clone(),
+            desc.clone(),
+            sem.clone(),
+            done.clone(),
+            wire.clone(),
+        );
+        // Downloads start in layer order: each task queues for a permit only
+        // after the previous one got its own.
+        let (turn_tx, turn_rx) = oneshot::channel::<()>();
+        let my_turn = prev_turn.replace(turn_rx);
+        tasks.spawn(async move {
+            if let Some(t) = my_turn {
+                let _ = t.await;
+            }
+            let _permit = sem.acquire_owned().await;
+            let _ = turn_tx.send(());
+            wire.first_start.get_or_init(Instant::now);
+            if let Some(b) = &bar {
+                b.set_message("downloading");
+            }
+            let tap = download::Tap {
+                feed,
+                received: wire.received.clone(),
+            };
+            let r = download(
+                client,
+                reference,
+                desc,
+                path,
+                t0,
+                bar.clone(),
+                done,
+                Some(tap),
+            )
+            .await;
+            if r.is_ok() {
+                if let Some(b) = &bar {
+                    b.set_message("downloaded");
+                }
+            }
+            let _ = tx.send(r);
+        });
+    }
+
     let mut reports: Vec<LayerReport> = Vec::with_capacity(n);
     let mut cleanup: Vec<PathBuf> = Vec::new();
     let mut kept: Vec<KeptBlob> = Vec::new();
@@ -285,7 +479,9 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 download_start_ms: None,
                 download_end_ms: None,
                 store_start_ms: None,
+                extracted_ms: None,
                 store_end_ms: None,
+                lass: None,
                 tier: TierKind::Disk,
                 reused: true,
                 stored_bytes: 0,
@@ -293,7 +489,7 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 class: classes[i],
                 pmem_reason: None,
             };
-            let Some(rx) = receivers[i].take() else {
+            let (Some(rx), Some(handle)) = (receivers[i].take(), extractions[i].take()) else {
                 let m = store.layer(&chain)?.ok_or_else(|| {
                     Error::Other(format!("layer {chain} vanished during the pull"))
                 })?;
@@ -302,34 +498,57 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 reports.push(rep);
                 continue;
             };
+            let streamed = handle
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?;
+            // A download that failed is the cause of what the extraction
+            // saw; its own error says more.
+            let streamed = match streamed {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Ok(Err(dl_err)) = tokio::time::timeout(
+                        std::time::Duration::from_millis(500),
+                        async { rx.await.unwrap_or_else(|_| Err(Error::Other("download task ended without a result".into()))) },
+                    )
+                    .await
+                    {
+                        return Err(dl_err);
+                    }
+                    return Err(e);
+                }
+            };
             let dl = rx
                 .await
                 .map_err(|_| Error::Other("download task ended without a result".into()))??;
             cleanup.push(dl.path.clone());
             rep.download_start_ms = Some(dl.start_ms);
             rep.download_end_ms = Some(dl.end_ms);
-            // The LASS moment: storing of layer i begins now.
-            let (store_start, all_downloaded) = {
-                let g = done.lock().unwrap_or_else(|p| p.into_inner());
-                (ms(t0), *g == needed)
+            let x = match streamed {
+                Streamed::Present(m) => {
+                    // Stored meanwhile by a concurrent pull.
+                    rep.tier = m.tier;
+                    rep.stored_bytes = m.charged_bytes;
+                    reports.push(rep);
+                    let _ = std::fs::remove_file(&dl.path);
+                    continue;
+                }
+                Streamed::Extracted(x) => x,
             };
-            let s2 = store.clone();
-            let c2 = chain.clone();
-            let lock = tokio::task::spawn_blocking(move || s2.lock_chain(&c2))
-                .await
-                .map_err(|e| Error::Other(e.to_string()))??;
-            if let Some(m) = store.layer(&chain)? {
-                // Stored meanwhile by a concurrent pull.
-                drop(lock);
-                rep.tier = m.tier;
-                rep.stored_bytes = m.charged_bytes;
-                reports.push(rep);
-                let _ = std::fs::remove_file(&dl.path);
-                continue;
-            }
+            let extracted_ms =
+                (x.done.saturating_duration_since(t0).as_secs_f64() * 1e6).round() / 1e3;
+            let start = starts[i]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or(StoreStart {
+                    ms: dl.start_ms,
+                    pmem_reason: None,
+                    all_downloaded: false,
+                    lass: None,
+                });
             if opts.keep_blobs {
-                // A hard link, before storing (a disk-tier layer's blob is
-                // moved away by its write-back bookkeeping). Never fails
+                // A hard link, before publishing (a disk-tier layer's blob
+                // is moved away by its write-back bookkeeping). Never fails
                 // the pull.
                 match keep_blob(store, &dl.path, &desc.digest) {
                     Ok(path) => kept.push(KeptBlob {
@@ -342,34 +561,10 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                     }
                 }
             }
-            let free = store.pmem_budget().saturating_sub(store.pmem_used()?);
-            let moment = StoreMoment {
-                all_downloaded,
-                expected_bytes: rep.size,
-                pmem_free: free,
-            };
-            let mut decision = decide(opts.placement, moment);
-            // With a profile, the hot files go to pmem anyway: no static
-            // promotion on top of LASS.
-            // (Known once the lookup has answered; until then a layer may
-            // still get its static promotion.)
-            let profiled_now =
-                tiering_on && found_early.load(std::sync::atomic::Ordering::SeqCst);
-            if !profiled_now
-                && decision == Decision::Disk(DiskReason::BelowLdl)
-                && promoted.contains(&i)
-            {
-                decision = decide(Placement::Pmem, moment);
-                if decision == Decision::Pmem {
-                    rep.pmem_reason = classes[i].map(|c| format!("static: {c}"));
-                }
-            }
-            if decision == Decision::Disk(DiskReason::BudgetExhausted) {
-                tracing::warn!(layer = i, chain = %chain, size = rep.size, free, "pmem budget cannot hold this layer; storing on disk");
-            }
             if let Some(b) = &bars[i] {
-                b.set_message(format!("storing on {}", decision.tier()));
+                b.set_message(format!("publishing on {}", x.tier));
             }
+            let reason = x.reason;
             let (s2, path, d2, diff, c2) = (
                 store.clone(),
                 dl.path.clone(),
@@ -378,23 +573,24 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
                 chain.clone(),
             );
             let parent = (i > 0).then(|| chains[i - 1].clone());
-            let (meta, reason) = tokio::task::spawn_blocking(move || {
-                store_layer(&s2, &path, &d2, &diff, &c2, parent.as_deref(), decision)
+            let meta = tokio::task::spawn_blocking(move || {
+                publish(&s2, x, &path, &d2, &diff, &c2, parent.as_deref())
             })
             .await
             .map_err(|e| Error::Other(e.to_string()))??;
-            drop(lock);
             let _ = std::fs::remove_file(&dl.path);
-            rep.store_start_ms = Some(store_start);
+            rep.store_start_ms = Some(start.ms);
+            rep.lass = start.lass;
+            rep.extracted_ms = Some(extracted_ms);
             rep.store_end_ms = Some(ms(t0));
             rep.tier = meta.tier;
             rep.reused = false;
             rep.stored_bytes = meta.charged_bytes;
             rep.disk_reason = reason;
-            if meta.tier != TierKind::Pmem {
-                rep.pmem_reason = None;
+            if meta.tier == TierKind::Pmem {
+                rep.pmem_reason = start.pmem_reason;
             }
-            tracing::info!(layer = i, chain = %chain, tier = %meta.tier, bytes = meta.charged_bytes, all_downloaded, "stored");
+            tracing::info!(layer = i, chain = %chain, tier = %meta.tier, bytes = meta.charged_bytes, all_downloaded = start.all_downloaded, "stored");
             if let Some(b) = &bars[i] {
                 b.finish_with_message(format!("stored on {}", meta.tier));
             }
@@ -404,8 +600,16 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     }
     .await;
     if let Err(e) = result {
+        // Stop the readers, then the downloads; wait for every extraction
+        // to end (each removes its staging directory and reservation).
+        for w in &watches {
+            w.cancel();
+        }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        for h in extractions.into_iter().flatten() {
+            let _ = h.await;
+        }
         for p in cleanup.into_iter().chain(kept.into_iter().map(|k| k.path)) {
             let _ = std::fs::remove_file(p);
         }

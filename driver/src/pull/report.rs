@@ -45,8 +45,15 @@ pub struct LayerReport {
     pub size: u64,
     pub download_start_ms: Option<f64>,
     pub download_end_ms: Option<f64>,
+    /// When storing started (the tier was chosen): with streamed storing,
+    /// soon after the download started.
     pub store_start_ms: Option<f64>,
+    /// When the extraction ended (digest and diffID verified).
+    pub extracted_ms: Option<f64>,
+    /// When the layer was published (after its parent).
     pub store_end_ms: Option<f64>,
+    /// What the streamed LASS rule saw when storing started.
+    pub lass: Option<LassInputs>,
     pub tier: TierKind,
     pub reused: bool,
     /// Bytes charged to the tier.
@@ -59,6 +66,19 @@ pub struct LayerReport {
     /// Set when the static rule, not LASS, put the layer on pmem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pmem_reason: Option<String>,
+}
+
+/// The inputs of the streamed LASS rule for one layer
+/// (`nvtier_policy::lass::streamed`): pmem when `all_downloaded` or
+/// `disk_store_ms > wire_left_ms`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LassInputs {
+    /// Every download had ended when storing started.
+    pub all_downloaded: bool,
+    /// Predicted ms until the image's last byte (`u64::MAX`: no rate yet).
+    pub wire_left_ms: u64,
+    /// Predicted ms to store the layer on disk.
+    pub disk_store_ms: u64,
 }
 
 /// The outcome of a pull (`nvtier pull --json`).

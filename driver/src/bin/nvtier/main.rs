@@ -129,6 +129,9 @@ fn render_error(e: &anyhow::Error) -> String {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
+    if matches!(cli.cmd, Cmd::Pull(_) | Cmd::Repair(_)) {
+        nvtier::pull::warm_up();
+    }
     let cfg = Config::load(cli.config.as_deref())?;
     let store = Store::open(&cfg)?;
     match cli.cmd {
