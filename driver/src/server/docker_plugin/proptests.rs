@@ -71,7 +71,10 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         any::<bool>().prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
         any::<f64>().prop_map(serde_json::Value::from),
-        any::<String>().prop_map(serde_json::Value::from),
+        // Never a valid ID: a random "8" would make a real Create.
+        any::<String>()
+            .prop_filter("not a valid ID", |s| validate_id(s).is_err())
+            .prop_map(serde_json::Value::from),
         bad_id().prop_map(serde_json::Value::from),
     ];
     let value = leaf.prop_recursive(3, 16, 4, |inner| {
