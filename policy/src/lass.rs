@@ -127,15 +127,33 @@ impl Decision {
 
 /// Decide the tier of a layer at the moment its storing begins.
 pub fn decide(placement: Placement, m: StoreMoment) -> Decision {
-    let wants_pmem = match placement {
+    gate(
+        placement,
+        || m.all_downloaded,
+        DiskReason::BelowLdl,
+        m.expected_bytes,
+        m.pmem_free,
+    )
+}
+
+/// The shape of every LASS decision: the placement mode first; under
+/// `lass`, `wants_pmem` (else disk for `not_wanted`); then the budget.
+fn gate(
+    placement: Placement,
+    wants_pmem: impl FnOnce() -> bool,
+    not_wanted: DiskReason,
+    expected_bytes: u64,
+    pmem_free: u64,
+) -> Decision {
+    let wants = match placement {
         Placement::Disk => return Decision::Disk(DiskReason::PlacementDisk),
         Placement::Pmem => true,
-        Placement::Lass => m.all_downloaded,
+        Placement::Lass => wants_pmem(),
     };
-    if !wants_pmem {
-        return Decision::Disk(DiskReason::BelowLdl);
+    if !wants {
+        return Decision::Disk(not_wanted);
     }
-    if m.expected_bytes > m.pmem_free {
+    if expected_bytes > pmem_free {
         return Decision::Disk(DiskReason::BudgetExhausted);
     }
     Decision::Pmem

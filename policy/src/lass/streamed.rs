@@ -68,18 +68,13 @@ pub fn ends_after_last_byte(s: &StreamStart) -> bool {
 
 /// Decide the tier of a layer when its streamed storing starts.
 pub fn decide_streamed(placement: Placement, s: StreamStart) -> Decision {
-    let wants_pmem = match placement {
-        Placement::Disk => return Decision::Disk(DiskReason::PlacementDisk),
-        Placement::Pmem => true,
-        Placement::Lass => ends_after_last_byte(&s),
-    };
-    if !wants_pmem {
-        return Decision::Disk(DiskReason::EndsBeforeLastByte);
-    }
-    if s.expected_bytes > s.pmem_free {
-        return Decision::Disk(DiskReason::BudgetExhausted);
-    }
-    Decision::Pmem
+    super::gate(
+        placement,
+        || ends_after_last_byte(&s),
+        DiskReason::EndsBeforeLastByte,
+        s.expected_bytes,
+        s.pmem_free,
+    )
 }
 
 /// One layer in [`simulate`].
