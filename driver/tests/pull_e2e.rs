@@ -307,13 +307,14 @@ fn budget_exhaustion_falls_back_to_disk() {
     let r = bed.push("budgdemo", SPEC);
     let rep = bed.nvtier_json(&["pull", &r]);
     let layers = rep["layers"].as_array().expect("layers");
+    // Every decision follows the streamed rule from its recorded inputs
+    // (which layers LASS wants depends on the pull's timing), budget
+    // included.
     check_lass_rule_with_budget(&rep);
-    assert_eq!(layers[0]["tier"], "pmem", "{rep:#}");
     assert_eq!(layers[3]["tier"], "disk", "30 MiB cannot fit in 20 MiB");
     assert_eq!(layers[3]["disk_reason"], "budget_exhausted");
-    // What still fits goes to pmem: the small layers after the big one
-    // (the budget holds about 20 MiB of busybox, 8, 4, 2 and 1 MiB).
-    assert_eq!(layers[4]["tier"], "pmem", "{rep:#}");
+    // What fits still goes to pmem.
+    assert!(layers.iter().any(|l| l["tier"] == "pmem"), "{rep:#}");
     let st = bed.nvtier_json(&["status"]);
     assert!(st["pmem_used_bytes"].as_u64().expect("used") <= 20 << 20);
     // Placement overrides act as the two baselines.
