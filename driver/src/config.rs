@@ -383,7 +383,7 @@ impl Config {
                 let ok = r.contains('/')
                     && !r.contains('@')
                     && !last.contains(':')
-                    && oci_client::Reference::try_from(format!("{r}:latest").as_str()).is_ok();
+                    && crate::reference::parse(&format!("{r}:latest")).is_ok();
                 if !ok {
                     return Err(err(format!(
                         "key `profiles_repo` must be HOST/REPOSITORY without tag or digest, got {r:?}"

@@ -14,7 +14,7 @@
 
 use crate::error::{Error, IoContext, Result};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -26,7 +26,7 @@ pub const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// tests use this path).
 pub use crate::fsutil::xattr::get as lgetxattr;
 
-use stream::{check_sha256, corrupt, Decoder, HashRead};
+use stream::{check_sha256, corrupt};
 use writer::{set_times, Writer};
 
 /// Bytes a regular file of `size` bytes is charged against a tier budget:
@@ -105,30 +105,66 @@ pub fn safe_rel_path(p: &Path) -> Result<Option<PathBuf>> {
 ///
 /// `budget` is called before each regular file's data is written with the
 /// bytes it will be charged; returning an error aborts the extraction.
-pub fn extract_layer<R: Read>(
+///
+/// Two threads share the work: this one parses the tar stream and writes the
+/// files; a decoding thread reads the blob, inflates it and computes both
+/// digests, a bounded number of chunks ahead (see [`pipe`]). On the
+/// testbed's 2 CPUs a large layer of many small files extracts about twice
+/// as fast as on one thread, which is what a streamed pull waits for after
+/// the last byte.
+pub fn extract_layer<R: Read + Send>(
     blob: R,
     dest: &Path,
     expect: &Expect<'_>,
     budget: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<ExtractStats> {
-    let mut raw = BufReader::with_capacity(1 << 20, HashRead::new(blob));
-    let magic = raw.fill_buf().map_err(corrupt)?.to_vec();
-    if magic.is_empty() {
-        return Err(Error::Corrupt("empty layer blob".into()));
-    }
-    let decoder = if magic.starts_with(&[0x1f, 0x8b]) {
-        Decoder::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(raw)))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Decoder::Zstd(zstd::stream::read::Decoder::with_buffer(raw).map_err(corrupt)?)
-    } else {
-        Decoder::Plain(raw)
-    };
-    let mut archive = tar::Archive::new(HashRead::new(decoder));
+    std::thread::scope(|scope| {
+        let (reader, decoding) = pipe::spawn(scope, blob);
+        let written = write_entries(reader, dest, budget);
+        if written.is_err() {
+            decoding.stop();
+        }
+        let decoded = decoding.join();
+        let (mut w, saw_entry) = written?;
+        let d = decoded?;
+        if !saw_entry && d.uncompressed_bytes < 1024 {
+            return Err(Error::Corrupt(format!(
+                "not a tar stream ({} bytes, no entries)",
+                d.uncompressed_bytes
+            )));
+        }
+        check_sha256("layer blob", expect.blob_digest, &d.blob_digest)?;
+        check_sha256("layer diffID", expect.diff_id, &d.diff_id)?;
+        // Directory mtimes last, deepest first, so children do not bump them.
+        let mut dirs = std::mem::take(&mut w.dirs);
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (p, t) in dirs {
+            set_times(&p, t)?;
+        }
+        let mut stats = w.stats;
+        stats.blob_digest = d.blob_digest;
+        stats.diff_id = d.diff_id;
+        stats.compressed_bytes = d.compressed_bytes;
+        stats.uncompressed_bytes = d.uncompressed_bytes;
+        Ok(stats)
+    })
+}
+
+/// Parse the uncompressed tar stream and write its entries under `dest`.
+/// Returns the writer (its stats and deferred directory times) and whether
+/// the stream had any entry.
+fn write_entries<'b>(
+    tar_in: pipe::ChunkReader,
+    dest: &Path,
+    budget: &'b mut dyn FnMut(u64) -> Result<()>,
+) -> Result<(Writer<'b>, bool)> {
+    let mut archive = tar::Archive::new(tar_in);
     let mut w = Writer {
         root: dest.to_path_buf(),
         budget,
         dirs: Vec::new(),
         stats: ExtractStats::default(),
+        verified: Default::default(),
     };
     let mut saw_entry = false;
     for e in archive.entries().map_err(corrupt)? {
@@ -136,33 +172,7 @@ pub fn extract_layer<R: Read>(
         saw_entry = true;
         w.entry(e)?;
     }
-    // Hash what follows the end-of-archive marker too: the diffID covers the
-    // whole uncompressed stream.
-    let mut tar_in = archive.into_inner();
-    io::copy(&mut tar_in, &mut io::sink()).map_err(corrupt)?;
-    let (decoder, diff_id, uncompressed) = tar_in.finish();
-    let mut raw = decoder.into_raw();
-    io::copy(&mut raw, &mut io::sink()).map_err(corrupt)?;
-    let (_, blob_digest, compressed) = raw.into_inner().finish();
-    if !saw_entry && uncompressed < 1024 {
-        return Err(Error::Corrupt(format!(
-            "not a tar stream ({uncompressed} bytes, no entries)"
-        )));
-    }
-    check_sha256("layer blob", expect.blob_digest, &blob_digest)?;
-    check_sha256("layer diffID", expect.diff_id, &diff_id)?;
-    // Directory mtimes last, deepest first, so children do not bump them.
-    let mut dirs = std::mem::take(&mut w.dirs);
-    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (p, t) in dirs {
-        set_times(&p, t)?;
-    }
-    let mut stats = w.stats;
-    stats.blob_digest = blob_digest;
-    stats.diff_id = diff_id;
-    stats.compressed_bytes = compressed;
-    stats.uncompressed_bytes = uncompressed;
-    Ok(stats)
+    Ok((w, saw_entry))
 }
 
 /// Extract a layer blob file.
@@ -176,6 +186,7 @@ pub fn extract_file(
     extract_layer(f, dest, expect, budget)
 }
 
+mod pipe;
 mod stream;
 mod writer;
 

@@ -2,6 +2,7 @@
 //!
 //! - [`fsutil`]: filesystem helpers (atomic writes, fsync, xattrs, walks).
 //! - [`config`]: the TOML configuration.
+//! - [`reference`]: the image reference grammar.
 //! - [`tier`]: tier directories and DAX detection.
 //! - [`extract`]: OCI layer tar → overlay layer directory.
 //! - [`store`]: the layer/image store (chainIDs, metadata, refcounts, GC).
@@ -22,8 +23,8 @@
 //! # Layers
 //! Each module uses only modules of the layers below its own (within a
 //! layer, without cycles):
-//! 1. [`error`], [`fsutil`], [`tier`], [`config`], [`extract`], [`flatten`]:
-//!    errors, filesystem helpers and on-disk formats.
+//! 1. [`error`], [`fsutil`], [`tier`], [`config`], [`reference`], [`extract`],
+//!    [`flatten`]: errors, filesystem helpers, formats and grammars.
 //! 2. [`store`]: every persisted record (layers, images, mounts, snapshots,
 //!    hot-file tiering records, profiles) and its crash recovery and GC.
 //! 3. [`tiering`], [`pull`]: the engines that fill the store.
@@ -40,6 +41,7 @@ pub mod fsutil;
 pub mod mount;
 pub mod pull;
 pub mod record;
+pub mod reference;
 pub mod repair;
 pub mod report;
 pub mod run;

@@ -280,7 +280,7 @@ pub fn run_pull(args: PullArgs) -> Result<()> {
                 proc::check_stop()?;
                 nv.empty_store()?;
                 drop_caches()?;
-                let mut cmd = tb.exec_throttled(&nvtier);
+                let mut cmd = tb.exec_throttled(&nvtier)?;
                 cmd.env("NVTIER_CONFIG", &config)
                     .env("NO_PROXY", registry_host(&registry))
                     .env("no_proxy", registry_host(&registry))

@@ -47,7 +47,7 @@ pub struct Sample {
     pub rep: usize,
     pub image: String,
     pub placement: String,
-    /// Harness wall clock around `tiers.sh exec NAME -- nvtier pull`.
+    /// Harness wall clock around `nvtier pull` (spawned in the throttle cgroup).
     pub deploy_ms: f64,
     pub download_done_ms: f64,
     pub stored_done_ms: f64,

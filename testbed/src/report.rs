@@ -345,6 +345,54 @@ fn median_sample<'a>(samples: &'a [Sample], image: &str, placement: &str) -> Opt
     }
 }
 
+/// Where a LASS pull's deploy time goes, per image (medians over the
+/// reps of each part; the parts of one pull add up to its deploy).
+fn deploy_breakdown(o: &mut String, r: &Results) {
+    let _ = writeln!(o, "## Where the LASS deploy goes\n");
+    let _ = writeln!(
+        o,
+        "Per LASS pull: *outside* = deploy − `stored_done_ms` (process start, store open, exit: outside nvtier's pull clock); *to first byte* = the first layer's download start (registry round trips before it); *transfer* = first download start → last byte, and that over the wire time; *after-dl* = storing after the last byte. Medians over the reps.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| image | deploy ms | outside ms | to first byte ms | transfer ms | transfer / wire | after-dl ms | wire ms |"
+    );
+    let _ = writeln!(o, "|---|--:|--:|--:|--:|--:|--:|--:|");
+    for im in &r.images {
+        let mine: Vec<&Sample> = r
+            .samples
+            .iter()
+            .filter(|x| x.image == im.name && x.placement == "lass")
+            .collect();
+        let col = |f: &dyn Fn(&Sample) -> Option<f64>| {
+            median(&mine.iter().filter_map(|x| f(x)).collect::<Vec<_>>())
+        };
+        let first = |x: &Sample| {
+            x.layers
+                .iter()
+                .filter_map(|l| l.download_start_ms)
+                .reduce(f64::min)
+        };
+        let wire = col(&|x| (x.wire_ms > 0.0).then_some(x.wire_ms));
+        let transfer = col(&|x| first(x).map(|f| x.download_done_ms - f));
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            im.name,
+            f0(col(&|x| Some(x.deploy_ms))),
+            f0(col(&|x| Some(x.deploy_ms - x.stored_done_ms))),
+            f0(col(&first)),
+            f0(transfer),
+            f3(col(&|x| first(x)
+                .filter(|_| x.wire_ms > 0.0)
+                .map(|f| (x.download_done_ms - f) / x.wire_ms))),
+            f0(col(&|x| Some(x.store_after_download_ms))),
+            f0(wire)
+        );
+    }
+    let _ = writeln!(o);
+}
+
 pub fn markdown(r: &Results) -> String {
     let s = &r.summary;
     let m = &r.machine;
@@ -379,8 +427,8 @@ pub fn markdown(r: &Results) -> String {
         "Testbed: pmem = tmpfs (2G, budget 2G); disk = ext4 on a direct-I/O loop device throttled to \
 150 IOPS / 150 MiB/s (blkio v1, reads and writes); registry in a network namespace behind tbf at {}. \
 Every pull is cold: the store is emptied (`nvtier rm`, verified with `nvtier status --json`), then \
-`sync; echo 3 > /proc/sys/vm/drop_caches`, then `tiers.sh exec {} -- nvtier pull --json --no-wait --placement P` \
-inside the HDD throttle cgroup (`--no-wait`: the pull returns when its layers are published; the \
+`sync; echo 3 > /proc/sys/vm/drop_caches`, then `nvtier pull --json --no-wait --placement P`, \
+started by the harness directly inside the HDD throttle cgroup of testbed `{}` (`--no-wait`: the pull returns when its layers are published; the \
 write-back of disk-tier layers, crash-safe through their kept blobs, goes on after it, as under \
 `nvtier serve` and the engines, and the `sync` before the next pull waits for it). Order: for each \
 rep, for each image, disk → pmem → lass.\n",
@@ -586,6 +634,8 @@ value is the **geometric mean of the per-image ratios** (range over images along
             per_image_misses.join("; ")
         );
     }
+
+    deploy_breakdown(&mut o, r);
 
     let _ = writeln!(o, "## Timelines of the median-deploy pull per placement\n");
     let _ = writeln!(

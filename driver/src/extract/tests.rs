@@ -2,6 +2,7 @@ use super::*;
 use crate::testutil::require_root;
 use sha2::{Digest, Sha256};
 use std::fs;
+use std::io;
 use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;

@@ -6,6 +6,7 @@ use super::{
 };
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil::xattr;
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -25,6 +26,20 @@ pub(super) fn lchown(path: &Path, uid: u64, gid: u64) -> Result<()> {
         Some(nix::unistd::Uid::from_raw(uid as u32)),
         Some(nix::unistd::Gid::from_raw(gid as u32)),
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    );
+    match r {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) if !is_root() => Ok(()),
+        Err(e) => Err(e).ctx("chown", path),
+    }
+}
+
+/// `lchown` through an open file.
+fn fchown(f: &fs::File, path: &Path, uid: u64, gid: u64) -> Result<()> {
+    let r = nix::unistd::fchown(
+        std::os::fd::AsRawFd::as_raw_fd(f),
+        Some(nix::unistd::Uid::from_raw(uid as u32)),
+        Some(nix::unistd::Gid::from_raw(gid as u32)),
     );
     match r {
         Ok(()) => Ok(()),
@@ -69,6 +84,10 @@ pub(super) struct Writer<'b> {
     pub(super) budget: &'b mut dyn FnMut(u64) -> Result<()>,
     pub(super) dirs: Vec<(PathBuf, i64)>,
     pub(super) stats: ExtractStats,
+    /// Directories already known to be real directories of this layer (a
+    /// layer of 7 000 files otherwise stats every parent of every entry
+    /// again). A path leaves the set when `clear` removes it.
+    pub(super) verified: HashSet<PathBuf>,
 }
 
 impl Writer<'_> {
@@ -79,6 +98,9 @@ impl Writer<'_> {
         let parent = rel.parent().unwrap_or(Path::new(""));
         for c in parent.components() {
             cur.push(c);
+            if self.verified.contains(&cur) {
+                continue;
+            }
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(Error::Hostile(format!(
@@ -87,7 +109,9 @@ impl Writer<'_> {
                         cur.strip_prefix(&self.root).unwrap_or(&cur).display()
                     )))
                 }
-                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.is_dir() => {
+                    self.verified.insert(cur.clone());
+                }
                 Ok(_) => {
                     return Err(Error::Hostile(format!(
                         "entry {:?}: parent {:?} is not a directory",
@@ -99,6 +123,7 @@ impl Writer<'_> {
                     fs::create_dir(&cur).ctx("create directory", &cur)?;
                     fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
                         .ctx("chmod", &cur)?;
+                    self.verified.insert(cur.clone());
                 }
                 Err(e) => return Err(e).ctx("stat", &cur),
             }
@@ -112,8 +137,10 @@ impl Writer<'_> {
         match fs::symlink_metadata(full) {
             Ok(m) if m.is_dir() && new_is_dir => Ok(()),
             Ok(m) if m.is_dir() => {
-                // The mtimes recorded for it and its subdirectories go too.
+                // The mtimes recorded for it and its subdirectories go too,
+                // and so does what was known about them.
                 self.dirs.retain(|(p, _)| !p.starts_with(full));
+                self.verified.retain(|p| !p.starts_with(full));
                 fs::remove_dir_all(full).ctx("replace directory", full)
             }
             Ok(_) => fs::remove_file(full).ctx("replace file", full),
@@ -211,17 +238,27 @@ impl Writer<'_> {
                 self.dirs.push((full.clone(), mtime));
             }
             T::Regular | T::Continuous | T::GNUSparse => {
-                self.clear(&full, false)?;
                 let size = e.size();
                 let charge = charged_bytes(size);
                 (self.budget)(charge)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&full)
-                    .ctx("create file", &full)?;
+                let create = || {
+                    OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&full)
+                };
+                // Most paths are new: try first, replace what is there only
+                // if something is (one lookup per file instead of two).
+                let mut f = match create() {
+                    Ok(f) => f,
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                        self.clear(&full, false)?;
+                        create().ctx("create file", &full)?
+                    }
+                    Err(err) => return Err(err).ctx("create file", &full),
+                };
                 let n = copy_data(&mut e, &mut f, &rel, &full)?;
                 if n != size {
                     return Err(Error::Corrupt(format!(
@@ -229,11 +266,15 @@ impl Writer<'_> {
                         rel.display()
                     )));
                 }
-                // Sparse entries report the apparent size through the reader.
-                f.set_len(n).ctx("set length", &full)?;
+                // Sparse entries report the apparent size through the reader
+                // (their holes are not written).
+                if kind == T::GNUSparse {
+                    f.set_len(n).ctx("set length", &full)?;
+                }
+                fchown(&f, &full, uid, gid)?;
+                f.set_permissions(fs::Permissions::from_mode(mode))
+                    .ctx("chmod", &full)?;
                 drop(f);
-                lchown(&full, uid, gid)?;
-                fs::set_permissions(&full, fs::Permissions::from_mode(mode)).ctx("chmod", &full)?;
                 self.stats.file_bytes += n;
                 self.stats.charged_bytes += charge;
             }

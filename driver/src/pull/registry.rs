@@ -1,32 +1,47 @@
 //! Image references and the registry client.
 
 use super::auth::Resolved;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::{Client, Reference};
+use std::sync::Mutex;
 
 /// Normalise a reference the way the store names images.
 pub fn normalize(reference: &str) -> Result<String> {
     parse_ref(reference).map(|r| r.whole())
 }
 
-/// Start compiling the reference grammar on a thread of its own. The
-/// registry client's parser builds a large Unicode regex on first use
-/// (about 0.3 s of one CPU on the testbed); a command that will pull
-/// calls this first, so the build runs beside the store's start-up
-/// instead of before the first registry request.
-pub fn warm_up() {
-    let _ = std::thread::Builder::new()
+/// A client being built ahead of the pull that will use it, keyed by its
+/// plain-HTTP registries (see [`warm_up`]).
+type Prebuilt = (Vec<String>, std::thread::JoinHandle<Option<Client>>);
+static PREBUILT: Mutex<Option<Prebuilt>> = Mutex::new(None);
+
+/// Build the registry client for `reference` on a thread of its own, while
+/// the store opens: the client's TLS set-up reads the system's CA
+/// certificates (about 150 files) even for a plain-HTTP registry, about
+/// 40 ms after a cache drop, which would otherwise come before the first
+/// registry request. The next [`client_for`] with the same settings in this
+/// process takes it. A command that will pull calls this first.
+pub fn warm_up(cfg: &Config, reference: &str) {
+    let Ok(r) = parse_ref(reference) else {
+        return;
+    };
+    let plain = plain_registries(cfg, &r);
+    let key = plain.clone();
+    let built = std::thread::Builder::new()
         .name("nvtier-warm-up".into())
-        .spawn(|| {
-            let _ = parse_ref("localhost/warm-up:latest");
-        });
+        .spawn(move || Client::try_from(client_config(plain)).ok());
+    if let Ok(h) = built {
+        *PREBUILT.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, h));
+    }
 }
 
+/// Parse an image reference (see [`crate::reference`]).
 pub(super) fn parse_ref(reference: &str) -> Result<Reference> {
-    Reference::try_from(reference).map_err(|e| Error::BadReference {
+    crate::reference::parse(reference).map_err(|e| Error::BadReference {
         reference: reference.to_string(),
         msg: e.to_string(),
     })
@@ -48,23 +63,42 @@ pub(super) fn is_loopback(registry: &str) -> bool {
             .unwrap_or(false)
 }
 
-/// The registry client. Its TLS set-up reads the system's CA certificates
-/// even when the registry is plain HTTP; without any, building it fails
-/// (and oci-client's `Client::new` would fall back to a default client that
-/// panics), so that is an error that names the fix.
-pub(super) fn client_for(store: &Store, reference: &Reference) -> Result<Client> {
-    let mut plain: Vec<String> = store.cfg.insecure_registries.clone();
+/// Registries spoken to in plain HTTP: the configured insecure ones, and
+/// `reference`'s if it is on the loopback.
+fn plain_registries(cfg: &Config, reference: &Reference) -> Vec<String> {
+    let mut plain: Vec<String> = cfg.insecure_registries.clone();
     let reg = reference.resolve_registry().to_string();
     if is_loopback(&reg) {
         plain.push(reg);
     }
-    Client::try_from(ClientConfig {
+    plain
+}
+
+fn client_config(plain: Vec<String>) -> ClientConfig {
+    ClientConfig {
         protocol: ClientProtocol::HttpsExcept(plain),
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
         connect_timeout: Some(std::time::Duration::from_secs(15)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..Default::default()
-    })
+    }
+}
+
+/// The registry client. Its TLS set-up reads the system's CA certificates
+/// even when the registry is plain HTTP; without any, building it fails
+/// (and oci-client's `Client::new` would fall back to a default client that
+/// panics), so that is an error that names the fix.
+pub(super) fn client_for(store: &Store, reference: &Reference) -> Result<Client> {
+    let plain = plain_registries(&store.cfg, reference);
+    let prebuilt = PREBUILT.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((key, h)) = prebuilt {
+        if key == plain {
+            if let Ok(Some(c)) = h.join() {
+                return Ok(c);
+            }
+        }
+    }
+    Client::try_from(client_config(plain))
     .map_err(|e| {
         Error::Registry(format!(
             "cannot set up the registry client for {}: {e} (its TLS set-up needs the system's CA \

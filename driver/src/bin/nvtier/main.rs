@@ -129,10 +129,10 @@ fn render_error(e: &anyhow::Error) -> String {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
-    if matches!(cli.cmd, Cmd::Pull(_) | Cmd::Repair(_)) {
-        nvtier::pull::warm_up();
-    }
     let cfg = Config::load(cli.config.as_deref())?;
+    if let Cmd::Pull(a) = &cli.cmd {
+        nvtier::pull::warm_up(&cfg, a.reference());
+    }
     let store = Store::open(&cfg)?;
     match cli.cmd {
         Cmd::Pull(a) => cmd::pull::run(&cfg, &store, a),

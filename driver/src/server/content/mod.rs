@@ -230,12 +230,11 @@ impl Inner {
         };
         // The blobs come from, and are labelled with, the repository the
         // engine pulled from.
-        let reference = oci_client::Reference::try_from(name.as_str()).map_err(|e| {
-            crate::error::Error::BadReference {
+        let reference =
+            crate::reference::parse(&name).map_err(|e| crate::error::Error::BadReference {
                 reference: name.clone(),
                 msg: e.to_string(),
-            }
-        })?;
+            })?;
         let (host, repo) = (reference.registry(), reference.repository());
         let mut blobs: Vec<Blob<'_>> = Vec::new();
         for (i, d) in rec.blob_digests.iter().enumerate() {

@@ -45,6 +45,13 @@ pub struct Args {
     no_wait: bool,
 }
 
+impl Args {
+    /// The image reference as given.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+}
+
 pub fn run(cfg: &Config, store: &Store, a: Args) -> Result<()> {
     let auth = match (a.creds, a.creds_file) {
         (Some(c), _) => {

@@ -41,7 +41,7 @@ impl Graph {
     /// `ApplyDiff`: extract an uncompressed layer tar read from `body`
     /// (blocking) into a store layer and make it the content of `id`.
     /// Returns the layer's size in bytes.
-    pub fn apply_diff(&self, id: &str, parent: &str, body: &mut dyn Read) -> Result<u64> {
+    pub fn apply_diff(&self, id: &str, parent: &str, body: &mut (dyn Read + Send)) -> Result<u64> {
         let rec = self.apply_precheck(id, parent)?;
         let _applying = {
             let mut s = self
@@ -147,7 +147,7 @@ impl Graph {
     #[allow(clippy::type_complexity)]
     pub(super) fn extract(
         &self,
-        body: &mut dyn Read,
+        body: &mut (dyn Read + Send),
         placement: Placement,
     ) -> Result<(
         PathBuf,
@@ -227,7 +227,7 @@ impl Drop for RemoveOnDrop {
 }
 
 struct Tee<'a> {
-    inner: &'a mut dyn Read,
+    inner: &'a mut (dyn Read + Send),
     copy: fs::File,
 }
 
