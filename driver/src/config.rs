@@ -116,9 +116,11 @@ pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 pub const DEFAULT_MIGRATE_RATE: u64 = 256 << 20;
 /// See [`Config::record_quiet_ms`].
 pub const DEFAULT_RECORD_QUIET_MS: u64 = 3000;
-/// 100 MiB/s: what the testbed's disk tier stores while a layer streams
-/// (see docs/benchmarks.md).
-pub const DEFAULT_DISK_STORE_RATE: u64 = 100 << 20;
+/// 64 MiB/s of compressed bytes: what the testbed's disk tier stores of a
+/// real base layer while it streams (see docs/benchmarks.md). Only the
+/// starting estimate: a node learns its own rate from its pulls
+/// (`store::rates`).
+pub const DEFAULT_DISK_STORE_RATE: u64 = 64 << 20;
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 /// Where Docker's CLI keeps `docker login` credentials for this process:

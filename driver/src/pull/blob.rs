@@ -24,8 +24,8 @@ pub async fn fetch_blob(
 ) -> Result<u64> {
     digest_hex(digest)?;
     let reference = parse_ref(image)?;
-    let client = Arc::new(client_for(store, &reference)?);
     let creds = auth::resolve(&store.cfg, creds, reference.resolve_registry())?;
+    let client = Arc::new(client_for(store, &reference, &creds.auth)?);
     client
         .auth(&reference, &creds.auth, RegistryOperation::Pull)
         .await

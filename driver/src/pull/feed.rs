@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -119,6 +120,7 @@ impl FeedWatch {
             path,
             file: None,
             pos: 0,
+            waited_ns: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -130,6 +132,16 @@ pub(super) struct TailReader {
     path: PathBuf,
     file: Option<File>,
     pos: u64,
+    /// Nanoseconds spent waiting for the download (shared, so the time can
+    /// be read after the reader moved to another thread).
+    waited_ns: Arc<AtomicU64>,
+}
+
+impl TailReader {
+    /// The reader's time spent waiting for bytes, as it grows.
+    pub(super) fn waited(&self) -> Arc<AtomicU64> {
+        self.waited_ns.clone()
+    }
 }
 
 impl Read for TailReader {
@@ -139,7 +151,8 @@ impl Read for TailReader {
         }
         let avail = {
             let mut g = self.shared.lock();
-            loop {
+            let mut wait_start: Option<Instant> = None;
+            let avail = loop {
                 if g.cancelled {
                     return Err(io::Error::other("the pull was cancelled"));
                 }
@@ -153,13 +166,19 @@ impl Read for TailReader {
                 }
                 // A timeout only to re-check; the download's own timeouts
                 // end a stalled transfer.
+                wait_start.get_or_insert_with(Instant::now);
                 g = self
                     .shared
                     .cv
                     .wait_timeout(g, Duration::from_secs(1))
                     .unwrap_or_else(|p| p.into_inner())
                     .0;
+            };
+            if let Some(t) = wait_start {
+                self.waited_ns
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
+            avail
         };
         let f = match &mut self.file {
             Some(f) => f,

@@ -71,6 +71,8 @@ pub(super) fn extract_streamed(
             .map_err(|e| store.tier_full_or(tier, e))?;
         let mut reservation = (tier == TierKind::Pmem).then(|| store.reserve());
         let reader = watch.reader(blob.to_path_buf());
+        let waited = reader.waited();
+        let attempt = Instant::now();
         let res = match reservation.as_mut() {
             Some(r) => extract_layer(reader, &staging, expect, &mut |n| r.charge(n)),
             None => extract_layer(reader, &staging, expect, &mut |_| Ok(())),
@@ -78,6 +80,23 @@ pub(super) fn extract_streamed(
         match res {
             Ok(stats) => {
                 let done = Instant::now();
+                if tier == TierKind::Disk {
+                    // One sample of the node's disk storing rate, for the
+                    // LASS rule's next predictions (off the critical path).
+                    let busy = done.saturating_duration_since(attempt).saturating_sub(
+                        std::time::Duration::from_nanos(
+                            waited.load(std::sync::atomic::Ordering::Relaxed),
+                        ),
+                    );
+                    let (s2, bytes) = (store.clone(), stats.compressed_bytes);
+                    let _ = std::thread::Builder::new()
+                        .name("nvtier-rate".into())
+                        .spawn(move || {
+                            if let Err(e) = s2.record_disk_store_sample(bytes, busy) {
+                                tracing::debug!(error = %e, "recording the disk store rate");
+                            }
+                        });
+                }
                 // The blob is complete and verified. A disk-tier layer
                 // keeps it, durable, until its write-back: make it durable
                 // here, beside the other layers' extraction, so publishing

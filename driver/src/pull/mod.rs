@@ -122,7 +122,7 @@ impl DecideCtx {
         let s = StreamStart {
             all_downloaded,
             wire_left_ms: self.wire.left_ms(),
-            disk_store_ms: ms_for(self.size, (self.store.cfg.disk_store_rate / 1000).max(1)),
+            disk_store_ms: ms_for(self.size, (self.store.disk_store_rate() / 1000).max(1)),
             expected_bytes: self.size,
             pmem_free: free,
         };
@@ -206,8 +206,8 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
         }
         None => reference,
     };
-    let client = Arc::new(client_for(store, &reference)?);
     let creds = auth::resolve(&store.cfg, &opts.auth, reference.resolve_registry())?;
+    let client = Arc::new(client_for(store, &reference, &creds.auth)?);
     if let Some(src) = &creds.source {
         tracing::debug!(image = %name, source = %src, "registry credentials");
     }

@@ -104,8 +104,8 @@ pub async fn push_profile(store: &Store, image: &str, opts: &PushOptions) -> Res
         .clone()
         .or_else(|| store.cfg.profiles_repo.clone())
         .unwrap_or_else(|| repo_of(&image_ref));
-    let client = client_for(store, &subject_ref)?;
     let creds = auth::resolve(&store.cfg, &opts.auth, subject_ref.resolve_registry())?;
+    let client = client_for(store, &subject_ref, &creds.auth)?;
     // The subject descriptor needs the manifest's media type and size.
     let (raw, _) = client
         .pull_manifest_raw(&subject_ref, &creds.auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
@@ -120,8 +120,8 @@ pub async fn push_profile(store: &Store, image: &str, opts: &PushOptions) -> Res
         })
         .unwrap_or_else(|| OCI_MANIFEST.to_string());
     let target = in_repo(&repo, &rec.manifest_digest)?;
-    let tclient = client_for(store, &target)?;
     let tcreds = auth::resolve(&store.cfg, &opts.auth, target.resolve_registry())?;
+    let tclient = client_for(store, &target, &tcreds.auth)?;
     tclient
         .auth(&target, &tcreds.auth, RegistryOperation::Push)
         .await

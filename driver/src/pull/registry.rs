@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::store::Store;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use std::sync::Mutex;
 
@@ -84,12 +85,63 @@ fn client_config(plain: Vec<String>) -> ClientConfig {
     }
 }
 
-/// The registry client. Its TLS set-up reads the system's CA certificates
-/// even when the registry is plain HTTP; without any, building it fails
-/// (and oci-client's `Client::new` would fall back to a default client that
-/// panics), so that is an error that names the fix.
-pub(super) fn client_for(store: &Store, reference: &Reference) -> Result<Client> {
+/// Clients already built in this process, by plain-HTTP registries and
+/// credentials: `nvtier serve` pulls for the engines reuse one (its
+/// connections and tokens) instead of setting up TLS again for each pull.
+/// Tokens are never shared between different credentials.
+type CacheKey = (Vec<String>, [u8; 32]);
+static CLIENTS: Mutex<Vec<(CacheKey, Client)>> = Mutex::new(Vec::new());
+const CLIENTS_KEPT: usize = 8;
+
+fn auth_fingerprint(auth: &RegistryAuth) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    match auth {
+        RegistryAuth::Anonymous => h.update(b"anonymous"),
+        RegistryAuth::Basic(u, p) => {
+            h.update(b"basic\0");
+            h.update(u.as_bytes());
+            h.update(b"\0");
+            h.update(p.as_bytes());
+        }
+        RegistryAuth::Bearer(t) => {
+            h.update(b"bearer\0");
+            h.update(t.as_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+/// The registry client for `reference` with `auth`. Its TLS set-up reads
+/// the system's CA certificates even when the registry is plain HTTP;
+/// without any, building it fails (and oci-client's `Client::new` would
+/// fall back to a default client that panics), so that is an error that
+/// names the fix.
+pub(super) fn client_for(
+    store: &Store,
+    reference: &Reference,
+    auth: &RegistryAuth,
+) -> Result<Client> {
     let plain = plain_registries(&store.cfg, reference);
+    let key = (plain.clone(), auth_fingerprint(auth));
+    if let Some((_, c)) = CLIENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+    {
+        return Ok(c.clone());
+    }
+    let client = build_client(plain, reference)?;
+    let mut cache = CLIENTS.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= CLIENTS_KEPT {
+        cache.remove(0);
+    }
+    cache.push((key, client.clone()));
+    Ok(client)
+}
+
+fn build_client(plain: Vec<String>, reference: &Reference) -> Result<Client> {
     let prebuilt = PREBUILT.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some((key, h)) = prebuilt {
         if key == plain {

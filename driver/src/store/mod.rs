@@ -43,6 +43,7 @@ mod meta;
 pub mod profiles;
 #[cfg(test)]
 mod profiles_proptests;
+pub mod rates;
 mod recover;
 
 pub use budget::Reservation;
