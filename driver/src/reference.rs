@@ -217,7 +217,9 @@ fn split_domain(name: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::prop_check;
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     fn parts(r: &Reference) -> (String, String, Option<String>, Option<String>) {
         (
@@ -389,27 +391,40 @@ mod tests {
         })
     }
 
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4000))]
-        /// Same language and same parts as the registry client's parser.
-        #[test]
-        fn agrees_with_the_registry_clients_parser(s in near_reference()) {
-            let ours = parse(&s).map(|r| parts(&r));
-            let theirs = Reference::try_from(s.as_str()).map(|r| parts(&r));
-            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}: ours {:?}, oci_spec {:?}", s, ours, theirs);
-            if let (Ok(a), Ok(b)) = (ours, theirs) {
-                prop_assert_eq!(a, b, "{:?}", s);
-            }
+    fn agrees(s: &str) -> Result<(), TestCaseError> {
+        let ours = parse(s).map(|r| parts(&r));
+        let theirs = Reference::try_from(s).map(|r| parts(&r));
+        prop_assert_eq!(
+            ours.is_ok(),
+            theirs.is_ok(),
+            "{:?}: ours {:?}, oci_spec {:?}",
+            s,
+            ours,
+            theirs
+        );
+        if let (Ok(a), Ok(b)) = (ours, theirs) {
+            prop_assert_eq!(a, b, "{:?}", s);
         }
+        Ok(())
+    }
 
-        #[test]
-        fn arbitrary_ascii_agrees(s in "[ -~]{0,40}") {
-            let ours = parse(&s).map(|r| parts(&r));
-            let theirs = Reference::try_from(s.as_str()).map(|r| parts(&r));
-            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}: ours {:?}, oci_spec {:?}", s, ours, theirs);
-            if let (Ok(a), Ok(b)) = (ours, theirs) {
-                prop_assert_eq!(a, b, "{:?}", s);
-            }
-        }
+    /// Same language and same parts as the registry client's parser, on
+    /// strings close to the grammar.
+    #[test]
+    fn prop_reference_agrees_with_the_registry_clients_parser() {
+        prop_check(
+            "reference_agrees_near_grammar",
+            4000,
+            near_reference(),
+            |s| agrees(&s),
+        );
+    }
+
+    /// ... and on arbitrary printable ASCII.
+    #[test]
+    fn prop_reference_agrees_on_arbitrary_ascii() {
+        prop_check("reference_agrees_ascii", 2000, "[ -~]{0,40}", |s| {
+            agrees(&s)
+        });
     }
 }

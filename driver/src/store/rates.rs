@@ -127,19 +127,7 @@ mod tests {
 
     #[test]
     fn a_store_learns_and_keeps_its_rate() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let p = |s: &str| d.path().join(s);
-        for s in ["pmem", "disk", "state"] {
-            std::fs::create_dir(p(s)).expect("mkdir");
-        }
-        let text = format!(
-            "state_dir = {:?}\npmem_dir = {:?}\ndisk_dir = {:?}\npmem_budget = \"1M\"\n",
-            p("state"),
-            p("pmem"),
-            p("disk")
-        );
-        let cfg = crate::config::Config::parse(&p("config.toml"), &text).expect("config");
-        let store = Store::open(&cfg).expect("store");
+        let (_d, store) = crate::testutil::temp_store("1M");
         assert_eq!(store.learned_disk_store_rate(), None);
         assert_eq!(store.disk_store_rate(), store.cfg.disk_store_rate);
         store
