@@ -291,7 +291,8 @@ cmd_down() {
     rm -f "$IMG" "$STATE"
     rmdir "$PMEM_DIR" "$DISK_DIR" 2>/dev/null || true
     rmdir "$VAR_DIR" "$RUN_DIR" 2>/dev/null || true
-    rmdir "$NVT_VAR_ROOT" 2>/dev/null || true
+    # The shared parent $NVT_VAR_ROOT stays: removing it raced with a
+    # parallel `up` between its `mkdir -p` of the parent and of its own dir.
     return 0
 }
 
