@@ -178,6 +178,35 @@ pub fn ldl_index(timeline: &[Option<LayerTimes>]) -> Option<usize> {
     })
 }
 
+/// The download (start, end) of each layer in a model pull: `concurrency`
+/// streams take the layers in index order, each at `net_bytes_per_ms`;
+/// layers in `present` are not downloaded ((0, 0)).
+fn schedule_downloads(
+    sizes: &[u64],
+    present: &[bool],
+    concurrency: usize,
+    net_bytes_per_ms: u64,
+) -> Vec<(u64, u64)> {
+    let net = net_bytes_per_ms.max(1);
+    let mut slots = vec![0u64; concurrency.max(1)];
+    let mut dl = vec![(0u64, 0u64); sizes.len()];
+    for (i, size) in sizes.iter().enumerate() {
+        if present.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let (slot, start) = slots
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|&(_, t)| t)
+            .unwrap_or((0, 0));
+        let end = start + size.div_ceil(net).max(1);
+        slots[slot] = end;
+        dl[i] = (start, end);
+    }
+    dl
+}
+
 /// A deterministic model of a pull, used to reason about (and test) LASS
 /// without a network: layers download `concurrency` at a time in index
 /// order, each at `net_bytes_per_ms` per stream, and are stored in chain
@@ -194,26 +223,11 @@ pub fn simulate(
     pmem_budget: u64,
 ) -> Vec<Option<Decision>> {
     let n = sizes.len();
-    let concurrency = concurrency.max(1);
-    let net = net_bytes_per_ms.max(1);
     let store = store_bytes_per_ms.max(1);
-    // Download ends: a simple slot scheduler in index order.
-    let mut slots = vec![0u64; concurrency];
-    let mut dl_end = vec![0u64; n];
-    for i in 0..n {
-        if present.get(i).copied().unwrap_or(false) {
-            continue;
-        }
-        let (slot, start) = slots
-            .iter()
-            .copied()
-            .enumerate()
-            .min_by_key(|&(_, t)| t)
-            .unwrap_or((0, 0));
-        let end = start + sizes[i].div_ceil(net).max(1);
-        slots[slot] = end;
-        dl_end[i] = end;
-    }
+    let dl_end: Vec<u64> = schedule_downloads(sizes, present, concurrency, net_bytes_per_ms)
+        .into_iter()
+        .map(|(_, end)| end)
+        .collect();
     let last = dl_end.iter().copied().max().unwrap_or(0);
     let mut out = Vec::with_capacity(n);
     let mut clock = 0u64;

@@ -120,24 +120,7 @@ pub fn simulate(
     pmem_budget: u64,
 ) -> SimPull {
     let n = sizes.len();
-    let concurrency = concurrency.max(1);
-    let net = rates.net.max(1);
-    let mut slots = vec![0u64; concurrency];
-    let mut dl = vec![(0u64, 0u64); n];
-    for i in 0..n {
-        if present.get(i).copied().unwrap_or(false) {
-            continue;
-        }
-        let (slot, start) = slots
-            .iter()
-            .copied()
-            .enumerate()
-            .min_by_key(|&(_, t)| t)
-            .unwrap_or((0, 0));
-        let end = start + sizes[i].div_ceil(net).max(1);
-        slots[slot] = end;
-        dl[i] = (start, end);
-    }
+    let dl = super::schedule_downloads(sizes, present, concurrency, rates.net);
     let last = dl.iter().map(|d| d.1).max().unwrap_or(0);
     let mut used = 0u64;
     let mut layers = Vec::with_capacity(n);
@@ -350,6 +333,19 @@ mod tests {
         }
     }
 
+    /// A Debian python3-like image (95, 10 and 7 MB), LASS, 3 streams,
+    /// unlimited budget.
+    fn python_like(rates: SimRates) -> SimPull {
+        simulate(
+            &[95 * MB, 10 * MB, 7 * MB],
+            &[false; 3],
+            3,
+            rates,
+            Placement::Lass,
+            BIG,
+        )
+    }
+
     #[test]
     fn disk_that_keeps_up_needs_no_pmem() {
         let rates = SimRates {
@@ -359,14 +355,7 @@ mod tests {
         };
         // 100 Mbit/s shared by 3 streams is ~12.5 KB/ms each here; a disk
         // storing 60 KB/ms never falls behind: everything on disk.
-        let s = simulate(
-            &[95 * MB, 10 * MB, 7 * MB],
-            &[false; 3],
-            3,
-            rates,
-            Placement::Lass,
-            BIG,
-        );
+        let s = python_like(rates);
         assert!(s
             .layers
             .iter()
@@ -381,14 +370,7 @@ mod tests {
             disk: 60_000,
             pmem: 2_000_000,
         };
-        let s = simulate(
-            &[95 * MB, 10 * MB, 7 * MB],
-            &[false; 3],
-            3,
-            rates,
-            Placement::Lass,
-            BIG,
-        );
+        let s = python_like(rates);
         let t: Vec<_> = s
             .layers
             .iter()
