@@ -233,12 +233,7 @@ fn kill_9_mid_pull_then_repull_succeeds() {
     }
     assert_eq!(meta, dirs);
     assert_eq!(meta.len(), 6);
-    let mnt = bed.state.parent().expect("parent").join("mnt");
-    fs::create_dir_all(&mnt).expect("mkdir");
-    bed.nvtier_ok(&["mount", &r, mnt.to_str().expect("utf8")]);
-    let actual = listing(&mnt);
-    bed.nvtier_ok(&["umount", mnt.to_str().expect("utf8")]);
-    assert_same_tree(&listing(&reference_rootfs("killdemo")), &actual);
+    bed.assert_mounts_as(&r, "killdemo");
 }
 
 #[test]
@@ -612,11 +607,5 @@ fn full_disk_tier_fails_clearly_and_leaves_nothing() {
     let rep = bed.nvtier_json(&["pull", "--placement", "disk", &r]);
     assert_eq!(rep["layers"].as_array().map(Vec::len), Some(3));
     assert!(bed.leftovers().is_empty(), "{:?}", bed.leftovers());
-    let mnt = bed.state.parent().expect("parent").join("mnt");
-    fs::create_dir_all(&mnt).expect("mkdir");
-    let m = mnt.to_str().expect("utf8");
-    bed.nvtier_ok(&["mount", &r, m]);
-    let actual = listing(&mnt);
-    bed.nvtier_ok(&["umount", m]);
-    assert_same_tree(&listing(&reference_rootfs("nospcdemo")), &actual);
+    bed.assert_mounts_as(&r, "nospcdemo");
 }

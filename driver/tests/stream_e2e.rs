@@ -115,12 +115,7 @@ fn kill_9_mid_stream_leaves_nothing() {
     // And a new pull stores the image exactly.
     let rep = bed.nvtier_json(&["pull", &r]);
     check_lass_rule(&rep);
-    let mnt = bed.state.parent().expect("parent").join("mnt");
-    fs::create_dir_all(&mnt).expect("mkdir");
-    bed.nvtier_ok(&["mount", &r, mnt.to_str().expect("utf8")]);
-    let actual = listing(&mnt);
-    bed.nvtier_ok(&["umount", mnt.to_str().expect("utf8")]);
-    assert_same_tree(&listing(&reference_rootfs("skilldemo")), &actual);
+    bed.assert_mounts_as(&r, "skilldemo");
 }
 
 #[test]
@@ -146,7 +141,13 @@ fn corruption_seen_only_at_the_blob_end_leaves_nothing() {
         err.to_lowercase().contains("digest"),
         "error does not mention the digest: {err}"
     );
-    let left = everything_left(&bed);
+    assert_nothing_stored(&bed);
+}
+
+/// A failed pull left nothing: no file, record or reservation, no image,
+/// no pmem charged.
+fn assert_nothing_stored(bed: &Bed) {
+    let left = everything_left(bed);
     assert!(left.is_empty(), "left after the failed pull: {left:?}");
     assert_eq!(
         bed.nvtier_json(&["images"]).as_array().map(Vec::len),
@@ -200,11 +201,5 @@ fn registry_stalling_mid_layer_fails_the_pull_cleanly() {
     );
     // The stall timeout is 30 s.
     assert!(took < Duration::from_secs(55), "took {took:?}");
-    let left = everything_left(&bed);
-    assert!(left.is_empty(), "left after the failed pull: {left:?}");
-    assert_eq!(
-        bed.nvtier_json(&["images"]).as_array().map(Vec::len),
-        Some(0)
-    );
-    assert_eq!(bed.nvtier_json(&["status"])["pmem_used_bytes"], 0);
+    assert_nothing_stored(&bed);
 }

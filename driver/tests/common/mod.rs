@@ -66,6 +66,19 @@ impl Bed {
         self.0.nvtier_json(bin(), args)
     }
 
+    /// Mount `image` with `nvtier mount` and assert its rootfs is
+    /// byte-identical to `umoci unpack` of the pushed image `tag`.
+    #[allow(dead_code)] // not every test binary compares a rootfs
+    pub fn assert_mounts_as(&self, image: &str, tag: &str) {
+        let mnt = self.state.parent().expect("parent").join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mkdir");
+        let m = mnt.to_str().expect("utf8");
+        self.nvtier_ok(&["mount", image, m]);
+        let actual = listing(&mnt);
+        self.nvtier_ok(&["umount", m]);
+        assert_same_tree(&listing(&reference_rootfs(tag)), &actual);
+    }
+
     /// `nvtier run IMAGE -- /bin/sh -c SCRIPT`: its JSON report.
     pub fn run_sh(&self, image: &str, script: &str) -> Value {
         self.nvtier_json(&["run", image, "--", "/bin/sh", "-c", script])
