@@ -18,7 +18,7 @@ use download::download;
 use feed::FeedWatch;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use layer::{extract_streamed, publish, Streamed};
-use nvtier_policy::lass::streamed::{decide_streamed, ms_for, StreamStart};
+use nvtier_policy::lass::streamed::{decide_streamed, ms_for, wire_rate, StreamStart};
 use nvtier_policy::{Decision, DiskReason, Placement};
 use oci_client::RegistryOperation;
 use std::path::PathBuf;
@@ -60,6 +60,8 @@ struct Wire {
     total: u64,
     received: Arc<AtomicU64>,
     first_start: OnceLock<Instant>,
+    /// The registry's rate this node learned, bytes per ms.
+    learned: Option<u64>,
 }
 
 impl Wire {
@@ -71,7 +73,7 @@ impl Wire {
             .get()
             .map(|s| s.elapsed().as_millis() as u64)
             .unwrap_or(0);
-        let rate = got.checked_div(since).unwrap_or(0);
+        let rate = wire_rate(got, since, self.learned);
         ms_for(self.total.saturating_sub(got), rate)
     }
 }
@@ -348,6 +350,9 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             .sum(),
         received: Arc::new(AtomicU64::new(0)),
         first_start: OnceLock::new(),
+        learned: store
+            .learned_link_rate(reference.resolve_registry())
+            .map(|r| (r.bytes_per_s / 1000).max(1)),
     });
     let mut receivers = Vec::with_capacity(n);
     let mut extractions: Vec<Option<tokio::task::JoinHandle<Result<Streamed>>>> =
@@ -627,6 +632,20 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
     }
     while tasks.join_next().await.is_some() {}
     let stored_done_ms = ms(t0);
+    // One sample of the registry's rate, for the next pulls' first layers.
+    if let Some(first) = wire.first_start.get() {
+        let last_byte = reports
+            .iter()
+            .filter_map(|r| r.download_end_ms)
+            .fold(0.0, f64::max);
+        let took = Duration::from_secs_f64(
+            (last_byte / 1e3 - first.duration_since(t0).as_secs_f64()).max(0.0),
+        );
+        let bytes = wire.received.load(Ordering::Relaxed);
+        if let Err(e) = store.record_link_sample(reference.resolve_registry(), bytes, took) {
+            tracing::debug!(error = %e, "recording the link rate");
+        }
+    }
 
     // A record that `nvtier pull` made stays the CLI's: engine activity
     // never removes it.

@@ -1,4 +1,5 @@
-//! The disk tier's storing rate, as this node measures it.
+//! The rates this node measures: the disk tier's storing rate, and the
+//! network rate of each registry it pulls from.
 //!
 //! The streamed LASS rule asks how long a layer would take to store on the
 //! disk tier. How fast a layer extracts depends on the node (CPU, disk,
@@ -8,6 +9,14 @@
 //! extraction was busy (not waiting for the network). The estimate is their
 //! exponentially weighted mean, kept in `STATE/disk-store-rate.json`; until
 //! a node has a sample, the configured `disk_store_rate` stands in.
+//!
+//! The network rate predicts, with the disk rate, whether a layer's disk
+//! storing would outlast the wire. A pull's own rate is trusted only after
+//! its first 16 MiB (`nvtier_policy::lass::streamed::wire_rate`); before
+//! that the registry's learned rate is used. Each pull of 8 MiB or more is
+//! one sample (its downloaded bytes over the time from its first download's
+//! start to its last byte), blended as above, in `STATE/link-rates.json`
+//! by registry.
 
 use super::Store;
 use crate::error::Result;
@@ -47,7 +56,54 @@ pub fn blend(old: Option<StoreRate>, bytes: u64, busy: Duration) -> Option<Store
     })
 }
 
+/// Pulls below this are not a sample of the link.
+const MIN_LINK_BYTES: u64 = 8 << 20;
+
 impl Store {
+    fn link_rates_path(&self) -> PathBuf {
+        self.state().join("link-rates.json")
+    }
+
+    fn link_rates(&self) -> std::collections::BTreeMap<String, StoreRate> {
+        super::meta::read_json(&self.link_rates_path())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The network rate learned for `registry`, bytes per second.
+    pub fn learned_link_rate(&self, registry: &str) -> Option<StoreRate> {
+        self.link_rates()
+            .get(registry)
+            .copied()
+            .filter(|r| r.bytes_per_s > 0)
+    }
+
+    /// Add a sample of `registry`'s rate: a pull that downloaded `bytes` in
+    /// `took` (first download start to last byte).
+    pub fn record_link_sample(&self, registry: &str, bytes: u64, took: Duration) -> Result<()> {
+        if bytes < MIN_LINK_BYTES {
+            return Ok(());
+        }
+        let mut all = self.link_rates();
+        let old = all.get(registry).copied();
+        let Some(new) = blend(old, bytes, took) else {
+            return Ok(());
+        };
+        all.insert(registry.to_string(), new);
+        let json = serde_json::to_vec_pretty(&all)
+            .map_err(|e| crate::error::Error::Other(e.to_string()))?;
+        crate::fsutil::write_atomic(&self.link_rates_path(), &json)?;
+        tracing::debug!(
+            registry,
+            bytes,
+            took_ms = took.as_millis() as u64,
+            rate = new.bytes_per_s,
+            "link rate"
+        );
+        Ok(())
+    }
+
     fn disk_store_rate_path(&self) -> PathBuf {
         self.state().join("disk-store-rate.json")
     }
@@ -143,6 +199,32 @@ mod tests {
                 bytes_per_s: 40 << 20,
                 samples: 1
             })
+        );
+    }
+
+    #[test]
+    fn link_rates_are_kept_per_registry() {
+        let (_d, store) = crate::testutil::temp_store("1M");
+        assert_eq!(store.learned_link_rate("r.test:5000"), None);
+        store
+            .record_link_sample("r.test:5000", 1 << 20, Duration::from_secs(1))
+            .expect("too small: ignored");
+        assert_eq!(store.learned_link_rate("r.test:5000"), None);
+        store
+            .record_link_sample("r.test:5000", 100 << 20, Duration::from_secs(1))
+            .expect("record");
+        store
+            .record_link_sample("other.test", 10 << 20, Duration::from_secs(1))
+            .expect("record");
+        assert_eq!(
+            store
+                .learned_link_rate("r.test:5000")
+                .map(|r| r.bytes_per_s),
+            Some(100 << 20)
+        );
+        assert_eq!(
+            store.learned_link_rate("other.test").map(|r| r.bytes_per_s),
+            Some(10 << 20)
         );
     }
 }

@@ -61,6 +61,25 @@ pub fn ms_for(bytes: u64, bytes_per_ms: u64) -> u64 {
     }
 }
 
+/// Bytes a pull must have received before its own network rate is trusted
+/// over the node's learned one: early in a pull the rate is low (TCP slow
+/// start, a registry reading its blobs from a cold cache), and the first
+/// layers' decisions are taken then.
+pub const OWN_RATE_AFTER_BYTES: u64 = 16 << 20;
+
+/// The network rate (bytes per ms) to predict the rest of a pull with:
+/// the pull's own (`received` bytes in `since_ms`) once it has received
+/// [`OWN_RATE_AFTER_BYTES`], before that the rate this node learned from
+/// its earlier pulls from the same registry, if any (else the pull's own,
+/// or 0 = unknown).
+pub fn wire_rate(received: u64, since_ms: u64, learned: Option<u64>) -> u64 {
+    let own = received.checked_div(since_ms).unwrap_or(0);
+    match learned {
+        Some(l) if l > 0 && received < OWN_RATE_AFTER_BYTES => l,
+        _ => own,
+    }
+}
+
 /// Would storing this layer on disk end after the image's last byte?
 pub fn ends_after_last_byte(s: &StreamStart) -> bool {
     s.all_downloaded || s.disk_store_ms > s.wire_left_ms
@@ -330,6 +349,35 @@ mod tests {
                 }
             }
             assert!(used <= budget);
+        }
+    }
+
+    #[test]
+    fn wire_rate_prefers_the_learned_rate_early_only() {
+        let b = OWN_RATE_AFTER_BYTES;
+        // No history: the pull's own rate, or unknown.
+        assert_eq!(wire_rate(0, 0, None), 0);
+        assert_eq!(wire_rate(4 << 20, 100, None), (4 << 20) / 100);
+        // Early in a pull: the learned rate, even when the pull has one.
+        assert_eq!(wire_rate(4 << 20, 100, Some(7)), 7);
+        assert_eq!(wire_rate(0, 0, Some(7)), 7);
+        assert_eq!(wire_rate(b - 1, 1000, Some(7)), 7);
+        // Later: the pull's own.
+        assert_eq!(wire_rate(b, 1000, Some(7)), b / 1000);
+        // A learned 0 is no history.
+        assert_eq!(wire_rate(4 << 20, 100, Some(0)), (4 << 20) / 100);
+        // Exhaustively over a grid: the result is one of the two inputs.
+        for received in [0, 1, b - 1, b, b + 1, 10 * b] {
+            for since in [0, 1, 10, 1000] {
+                for learned in [None, Some(0), Some(1), Some(125_000)] {
+                    let own = received.checked_div(since).unwrap_or(0);
+                    let r = wire_rate(received, since, learned);
+                    assert!(r == own || Some(r) == learned);
+                    if received >= b {
+                        assert_eq!(r, own);
+                    }
+                }
+            }
         }
     }
 
