@@ -182,8 +182,8 @@ pub fn assert_consistent_but(bed: &Bed, when: &str, unreferenced_ok: bool) {
 
 /// Every entry under the state dir and both tiers, as `state/…`, `pmem/…`
 /// and `disk/…`, except lock files, pull reports, profiles and start counts
-/// (learned per image, kept across `nvtier rm` like profiles), the tiers'
-/// identity (their id files and the state's record of them), and the empty
+/// (learned per image, kept across `nvtier rm` like profiles), the node's
+/// learned disk storing and network rates, the tiers' identity (their id files and the state's record of them), and the empty
 /// directories of the layout. Descends at most 3 levels (a layer's files
 /// are not listed one by one).
 pub fn full_listing(bed: &Bed) -> Vec<String> {
@@ -202,6 +202,8 @@ pub fn full_listing(bed: &Bed) -> Vec<String> {
             || p.starts_with("state/usage/")
             || p.starts_with("state/tiers/")
             || p == "state/last-migration"
+            || p == "state/disk-store-rate.json"
+            || p == "state/link-rates.json"
             || p == "pmem/.nvtier-tier.json"
             || p == "disk/.nvtier-tier.json"
             || p.starts_with("pmem/lost+found")
