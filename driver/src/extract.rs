@@ -39,8 +39,9 @@ pub fn charged_bytes(size: u64) -> u64 {
 /// What an extraction produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtractStats {
-    /// `sha256:` digest of the compressed stream as read.
-    pub blob_digest: String,
+    /// `sha256:` digest of the compressed stream as read: computed only
+    /// when the caller expected one ([`Expect::blob_digest`]).
+    pub blob_digest: Option<String>,
     /// `sha256:` digest of the uncompressed tar stream.
     pub diff_id: String,
     pub compressed_bytes: u64,
@@ -56,9 +57,27 @@ pub struct ExtractStats {
 /// What the caller expects, if known.
 #[derive(Debug, Clone, Default)]
 pub struct Expect<'a> {
+    /// The compressed stream's digest. `None` also means it is not hashed:
+    /// a caller that reads a download as it arrives leaves the check to the
+    /// download, which hashes the same bytes.
     pub blob_digest: Option<&'a str>,
     pub diff_id: Option<&'a str>,
 }
+
+/// The CPU priority of an extraction's threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    #[default]
+    Normal,
+    /// Yield the CPU to the normal extractions running beside it (a
+    /// pull's smaller layers, while its largest one is on the critical
+    /// path): [`BACKGROUND_NICE`] nice levels lower.
+    Background,
+}
+
+/// How far below normal a background extraction runs, in nice levels
+/// (about a tenth of a normal thread's CPU share when they compete).
+pub const BACKGROUND_NICE: i32 = 10;
 
 /// Normalise a tar path to a relative path inside the layer, rejecting
 /// absolute paths and `..`. Returns `None` for the layer root itself.
@@ -116,11 +135,38 @@ pub fn extract_layer<R: Read + Send>(
     blob: R,
     dest: &Path,
     expect: &Expect<'_>,
-    budget: &mut dyn FnMut(u64) -> Result<()>,
+    budget: &mut (dyn FnMut(u64) -> Result<()> + Send),
 ) -> Result<ExtractStats> {
+    extract_layer_at(blob, dest, expect, budget, Priority::Normal)
+}
+
+/// [`extract_layer`] with its threads at `priority` (a background
+/// extraction also writes on a thread of its own, so that the caller's
+/// thread keeps its priority).
+pub fn extract_layer_at<R: Read + Send>(
+    blob: R,
+    dest: &Path,
+    expect: &Expect<'_>,
+    budget: &mut (dyn FnMut(u64) -> Result<()> + Send),
+    priority: Priority,
+) -> Result<ExtractStats> {
+    let nice = match priority {
+        Priority::Normal => 0,
+        Priority::Background => BACKGROUND_NICE,
+    };
     std::thread::scope(|scope| {
-        let (reader, decoding) = pipe::spawn(scope, blob);
-        let written = write_entries(reader, dest, budget);
+        let (reader, decoding) = pipe::spawn(scope, blob, expect.blob_digest.is_some(), nice);
+        let written = if nice == 0 {
+            write_entries(reader, dest, budget)
+        } else {
+            scope
+                .spawn(|| {
+                    crate::fsutil::sched::lower_thread_priority(nice);
+                    write_entries(reader, dest, budget)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(Error::Other("the layer writing thread panicked".into())))
+        };
         if written.is_err() {
             decoding.stop();
         }
@@ -133,8 +179,8 @@ pub fn extract_layer<R: Read + Send>(
                 d.uncompressed_bytes
             )));
         }
-        check_sha256("layer blob", expect.blob_digest, &d.blob_digest)?;
-        check_sha256("layer diffID", expect.diff_id, &d.diff_id)?;
+        check_sha256("layer blob", expect.blob_digest, d.blob_digest.as_deref())?;
+        check_sha256("layer diffID", expect.diff_id, Some(&d.diff_id))?;
         // Directory mtimes last, deepest first, so children do not bump them.
         let mut dirs = std::mem::take(&mut w.dirs);
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
@@ -156,7 +202,7 @@ pub fn extract_layer<R: Read + Send>(
 fn write_entries<'b>(
     tar_in: pipe::ChunkReader,
     dest: &Path,
-    budget: &'b mut dyn FnMut(u64) -> Result<()>,
+    budget: &'b mut (dyn FnMut(u64) -> Result<()> + Send),
 ) -> Result<(Writer<'b>, bool)> {
     let mut archive = tar::Archive::new(tar_in);
     let mut w = Writer {
@@ -165,6 +211,7 @@ fn write_entries<'b>(
         dirs: Vec::new(),
         stats: ExtractStats::default(),
         verified: Default::default(),
+        buf: vec![0u8; 64 << 10],
     };
     let mut saw_entry = false;
     for e in archive.entries().map_err(corrupt)? {
@@ -180,7 +227,7 @@ pub fn extract_file(
     blob: &Path,
     dest: &Path,
     expect: &Expect<'_>,
-    budget: &mut dyn FnMut(u64) -> Result<()>,
+    budget: &mut (dyn FnMut(u64) -> Result<()> + Send),
 ) -> Result<ExtractStats> {
     let f = File::open(blob).ctx("open blob", blob)?;
     extract_layer(f, dest, expect, budget)

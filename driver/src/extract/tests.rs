@@ -153,7 +153,7 @@ fn digests_are_computed_and_verified() {
     )
     .expect("gzip layer");
     assert_eq!(s.diff_id, sha(&tar));
-    assert_eq!(s.blob_digest, sha(&gz));
+    assert_eq!(s.blob_digest, Some(sha(&gz)));
     assert_eq!(s.compressed_bytes, gz.len() as u64);
     assert_eq!(s.uncompressed_bytes, tar.len() as u64);
 

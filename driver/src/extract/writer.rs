@@ -63,11 +63,16 @@ pub(super) fn set_times(path: &Path, mtime: i64) -> Result<()> {
 /// Copy an entry's data into its file. A failed read is the stream's fault
 /// (truncated, corrupt: whatever error kind the decoder picked), a failed
 /// write the tier's.
-fn copy_data(from: &mut impl Read, to: &mut fs::File, rel: &Path, full: &Path) -> Result<u64> {
-    let mut buf = vec![0u8; 64 << 10];
+fn copy_data(
+    from: &mut impl Read,
+    to: &mut fs::File,
+    buf: &mut [u8],
+    rel: &Path,
+    full: &Path,
+) -> Result<u64> {
     let mut n = 0u64;
     loop {
-        let k = match from.read(&mut buf) {
+        let k = match from.read(buf) {
             Ok(0) => return Ok(n),
             Ok(k) => k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -81,13 +86,15 @@ fn copy_data(from: &mut impl Read, to: &mut fs::File, rel: &Path, full: &Path) -
 /// The extraction state for one layer directory.
 pub(super) struct Writer<'b> {
     pub(super) root: PathBuf,
-    pub(super) budget: &'b mut dyn FnMut(u64) -> Result<()>,
+    pub(super) budget: &'b mut (dyn FnMut(u64) -> Result<()> + Send),
     pub(super) dirs: Vec<(PathBuf, i64)>,
     pub(super) stats: ExtractStats,
     /// Directories already known to be real directories of this layer (a
     /// layer of 7 000 files otherwise stats every parent of every entry
     /// again). A path leaves the set when `clear` removes it.
     pub(super) verified: HashSet<PathBuf>,
+    /// The buffer file data passes through (one per layer, not per file).
+    pub(super) buf: Vec<u8>,
 }
 
 impl Writer<'_> {
@@ -259,7 +266,7 @@ impl Writer<'_> {
                     }
                     Err(err) => return Err(err).ctx("create file", &full),
                 };
-                let n = copy_data(&mut e, &mut f, &rel, &full)?;
+                let n = copy_data(&mut e, &mut f, &mut self.buf, &rel, &full)?;
                 if n != size {
                     return Err(Error::Corrupt(format!(
                         "{}: expected {size} bytes, got {n}",

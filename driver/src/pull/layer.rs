@@ -4,7 +4,7 @@
 
 use super::feed::FeedWatch;
 use crate::error::{Error, Result};
-use crate::extract::{extract_layer, Expect, ExtractStats};
+use crate::extract::{extract_layer_at, Expect, ExtractStats, Priority};
 use crate::store::{now_ms, LayerMeta, Lock, Reservation, Store};
 use crate::tier::TierKind;
 use nvtier_policy::{Decision, DiskReason};
@@ -52,6 +52,7 @@ pub(super) fn extract_streamed(
     blob: &Path,
     expect: &Expect<'_>,
     chain: &str,
+    priority: Priority,
     decide: impl FnOnce() -> Result<Decision>,
 ) -> Result<Streamed> {
     let lock = store.lock_chain(chain)?;
@@ -74,8 +75,8 @@ pub(super) fn extract_streamed(
         let waited = reader.waited();
         let attempt = Instant::now();
         let res = match reservation.as_mut() {
-            Some(r) => extract_layer(reader, &staging, expect, &mut |n| r.charge(n)),
-            None => extract_layer(reader, &staging, expect, &mut |_| Ok(())),
+            Some(r) => extract_layer_at(reader, &staging, expect, &mut |n| r.charge(n), priority),
+            None => extract_layer_at(reader, &staging, expect, &mut |_| Ok(()), priority),
         };
         match res {
             Ok(stats) => {

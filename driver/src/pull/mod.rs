@@ -11,14 +11,16 @@
 //! predicted to end after the image's last byte.
 
 use crate::error::{Error, Result};
-use crate::extract::Expect;
+use crate::extract::{Expect, Priority};
 use crate::store::{chain_ids, digest_hex, now_ms, ImageOrigin, ImageRecord, Store};
 use crate::tier::TierKind;
 use download::download;
 use feed::FeedWatch;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use layer::{extract_streamed, publish, Streamed};
-use nvtier_policy::lass::streamed::{decide_streamed, ms_for, wire_rate, StreamStart};
+use nvtier_policy::lass::streamed::{
+    critical_layer, decide_streamed, ms_for, samples_own_rate, wire_rate, StreamStart,
+};
 use nvtier_policy::{Decision, DiskReason, Placement};
 use oci_client::RegistryOperation;
 use std::path::PathBuf;
@@ -107,10 +109,11 @@ impl DecideCtx {
     /// Wait for the layer's first bytes (the rate is measured on them),
     /// then pick its tier.
     fn decide(self, watch: &FeedWatch) -> Result<Decision> {
-        // The download's start (it queues for a permit), then a little of it.
+        // The download's start (it queues for a permit), then a little of it
+        // if the network rate is still unknown.
         let far = Instant::now() + Duration::from_secs(24 * 3600);
         let (_, ended) = watch.wait_for(1, far);
-        if !ended {
+        if !ended && samples_own_rate(self.placement, self.wire.learned) {
             watch.wait_for(self.size.min(WARMUP_BYTES), Instant::now() + WARMUP);
         }
         let (start_ms, all_downloaded) = {
@@ -354,6 +357,16 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             .learned_link_rate(reference.resolve_registry())
             .map(|r| (r.bytes_per_s / 1000).max(1)),
     });
+    // The largest layer's storing is the pull's critical path; the others
+    // yield the CPU to it.
+    let critical = critical_layer(
+        &manifest
+            .layers
+            .iter()
+            .map(|l| l.size.max(0) as u64)
+            .collect::<Vec<_>>(),
+        &present,
+    );
     let mut receivers = Vec::with_capacity(n);
     let mut extractions: Vec<Option<tokio::task::JoinHandle<Result<Streamed>>>> =
         Vec::with_capacity(n);
@@ -407,20 +420,27 @@ async fn pull_inner(store: &Store, reference: &str, opts: &PullOptions) -> Resul
             t0,
             out: start_info,
         };
-        let (s2, p2, w2, d2, diff, c2) = (
+        let priority = if critical == Some(i) {
+            Priority::Normal
+        } else {
+            Priority::Background
+        };
+        let (s2, p2, w2, diff, c2) = (
             store.clone(),
             path.clone(),
             watch.clone(),
-            desc.digest.clone(),
             diff_ids[i].clone(),
             chains[i].clone(),
         );
         extractions.push(Some(tokio::task::spawn_blocking(move || {
+            // The download hashes the blob as it arrives, and the reader
+            // sees its end only once that digest matched (`Feed::finish`):
+            // the extraction hashes the uncompressed stream only.
             let expect = Expect {
-                blob_digest: Some(&d2),
+                blob_digest: None,
                 diff_id: Some(&diff),
             };
-            extract_streamed(&s2, &w2, &p2, &expect, &c2, || ctx.decide(&w2))
+            extract_streamed(&s2, &w2, &p2, &expect, &c2, priority, || ctx.decide(&w2))
         })));
         let (client, reference, desc, sem, done, wire) = (
             client.clone(),

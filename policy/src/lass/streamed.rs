@@ -80,6 +80,33 @@ pub fn wire_rate(received: u64, since_ms: u64, learned: Option<u64>) -> u64 {
     }
 }
 
+/// Must the driver sample a layer's first bytes before deciding its tier?
+/// Only LASS predicts the wire, and it needs the pull's own early rate only
+/// when no rate was learned from earlier pulls (a learned rate is what
+/// [`wire_rate`] predicts with during the first bytes anyway, so waiting
+/// for them would only delay the layer's storing).
+pub fn samples_own_rate(placement: Placement, learned: Option<u64>) -> bool {
+    placement == Placement::Lass && !matches!(learned, Some(l) if l > 0)
+}
+
+/// The layer whose storing is a streamed pull's critical path: the
+/// largest one still to store (its bytes take longest to arrive and to
+/// extract), the first of equal ones; `None` when every layer is present.
+/// On a node whose CPUs the extractions fill, the others should yield to
+/// it: they have time to spare before the last byte, it has none.
+pub fn critical_layer(sizes: &[u64], present: &[bool]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, &size) in sizes.iter().enumerate() {
+        if present.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        if best.is_none_or(|b| size > sizes[b]) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
 /// Would storing this layer on disk end after the image's last byte?
 pub fn ends_after_last_byte(s: &StreamStart) -> bool {
     s.all_downloaded || s.disk_store_ms > s.wire_left_ms
@@ -349,6 +376,53 @@ mod tests {
                 }
             }
             assert!(used <= budget);
+        }
+    }
+
+    #[test]
+    fn the_critical_layer_is_the_first_largest_to_store() {
+        let mut checked = 0;
+        for n in 0..=5usize {
+            for shape in 0..4usize.pow(n as u32) {
+                let sizes: Vec<u64> = (0..n)
+                    .map(|i| (shape / 4usize.pow(i as u32) % 4) as u64)
+                    .collect();
+                for mask in 0..(1u32 << n) {
+                    let present: Vec<bool> = (0..n).map(|i| mask & (1 << i) != 0).collect();
+                    let c = critical_layer(&sizes, &present);
+                    let todo: Vec<usize> = (0..n).filter(|&i| !present[i]).collect();
+                    match c {
+                        None => assert!(todo.is_empty(), "{sizes:?} {present:?}"),
+                        Some(c) => {
+                            assert!(!present[c], "{sizes:?} {present:?}");
+                            for &i in &todo {
+                                assert!(sizes[i] <= sizes[c], "{sizes:?} {present:?}");
+                                if sizes[i] == sizes[c] {
+                                    assert!(i >= c, "not the first: {sizes:?} {present:?}");
+                                }
+                            }
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 30_000, "{checked}");
+        // A shorter `present` counts the missing ones as to store.
+        assert_eq!(critical_layer(&[1, 5, 5], &[false]), Some(1));
+    }
+
+    #[test]
+    fn only_lass_without_a_learned_rate_samples_the_wire() {
+        for placement in [Placement::Lass, Placement::Pmem, Placement::Disk] {
+            for learned in [None, Some(0), Some(1), Some(125_000), Some(u64::MAX)] {
+                let known = matches!(learned, Some(l) if l > 0);
+                assert_eq!(
+                    samples_own_rate(placement, learned),
+                    placement == Placement::Lass && !known,
+                    "{placement} {learned:?}"
+                );
+            }
         }
     }
 
