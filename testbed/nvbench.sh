@@ -336,7 +336,7 @@ unthrottled_sync() {
 }
 # A line in the kernel trace (if tracefs is there), so block-layer traces
 # taken alongside a run can be cut per cold start.
-tmark() { echo "nvbench: $*" >/sys/kernel/tracing/trace_marker 2>/dev/null || true; }
+tmark() { { echo "nvbench: $*" >/sys/kernel/tracing/trace_marker; } 2>/dev/null || true; }
 io_snap() { local st; read -r -a st <"/sys/block/$LOOP/stat"; echo "${st[0]} $((st[2] * 512)) ${st[4]} $((st[6] * 512))"; }
 io_json() {
     local -a a b
