@@ -125,9 +125,10 @@ pub fn safe_rel_path(p: &Path) -> Result<Option<PathBuf>> {
 /// `budget` is called before each regular file's data is written with the
 /// bytes it will be charged; returning an error aborts the extraction.
 ///
-/// Two threads share the work: this one parses the tar stream and writes the
-/// files; a decoding thread reads the blob, inflates it and computes both
-/// digests, a bounded number of chunks ahead (see [`pipe`]). On the
+/// Three threads share the work: this one parses the tar stream and writes
+/// the files; a decoding thread reads the blob and inflates it (and hashes
+/// it when `expect` has its digest); a hashing thread computes the diffID
+/// between them, a bounded number of chunks ahead (see [`pipe`]). On the
 /// testbed's 2 CPUs a large layer of many small files extracts about twice
 /// as fast as on one thread, which is what a streamed pull waits for after
 /// the last byte.
