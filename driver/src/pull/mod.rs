@@ -51,8 +51,8 @@ fn ms(t0: Instant) -> f64 {
 }
 
 /// Bytes of a layer that arrive before its tier is chosen (or
-/// [`WARMUP`], whichever comes first): the network rate is measured on
-/// them.
+/// [`WARMUP`], whichever comes first) when the node has not learned the
+/// registry's rate: the network rate is measured on them.
 const WARMUP_BYTES: u64 = 4 << 20;
 const WARMUP: Duration = Duration::from_millis(300);
 
