@@ -7,16 +7,9 @@ pub fn lower_thread_priority(steps: i32) {
     if steps <= 0 {
         return;
     }
-    let Ok(tid) = libc::id_t::try_from(nix::unistd::gettid().as_raw()) else {
+    let (Some(tid), Some(now)) = (thread_id(), thread_nice()) else {
         return;
     };
-    nix::errno::Errno::clear();
-    // SAFETY: getpriority only reads its integer arguments; -1 is also a
-    // valid nice value, so an error shows only through errno (cleared above).
-    let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
-    if now == -1 && nix::errno::Errno::last_raw() != 0 {
-        return;
-    }
     let target = now.saturating_add(steps).min(19);
     // SAFETY: setpriority only reads its integer arguments; an error is
     // reported through the return value (ignored: the call is advisory).
@@ -25,11 +18,16 @@ pub fn lower_thread_priority(steps: i32) {
 
 /// The calling thread's nice value.
 pub fn thread_nice() -> Option<i32> {
-    let tid = libc::id_t::try_from(nix::unistd::gettid().as_raw()).ok()?;
+    let tid = thread_id()?;
     nix::errno::Errno::clear();
-    // SAFETY: as in `lower_thread_priority`.
+    // SAFETY: getpriority only reads its integer arguments; -1 is also a
+    // valid nice value, so an error shows only through errno (cleared above).
     let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
     (now != -1 || nix::errno::Errno::last_raw() == 0).then_some(now)
+}
+
+fn thread_id() -> Option<libc::id_t> {
+    libc::id_t::try_from(nix::unistd::gettid().as_raw()).ok()
 }
 
 #[cfg(test)]

@@ -91,30 +91,32 @@ pub(super) async fn download(
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| {
                 let msg = e.to_string();
-                let mismatch = e
+                // The registry client's digest check fails the stream's end.
+                let typed = match e
                     .get_ref()
-                    .and_then(|i| i.downcast_ref::<oci_client::errors::DigestError>());
-                if let Some(oci_client::errors::DigestError::VerificationError {
-                    actual, ..
-                }) = mismatch
+                    .and_then(|i| i.downcast_ref::<oci_client::errors::DigestError>())
                 {
-                    Error::Digest {
+                    Some(oci_client::errors::DigestError::VerificationError { actual, .. }) => {
+                        Some(actual.clone())
+                    }
+                    _ => None,
+                };
+                let mismatch = typed.or_else(|| {
+                    msg.to_ascii_lowercase()
+                        .contains("digest")
+                        .then(|| msg.clone())
+                });
+                match mismatch {
+                    Some(actual) => Error::Digest {
                         what: format!("blob {} of {}", desc.digest, reference.whole()),
                         expected: desc.digest.clone(),
-                        actual: actual.clone(),
-                    }
-                } else if msg.to_ascii_lowercase().contains("digest") {
-                    Error::Digest {
-                        what: format!("blob {} of {}", desc.digest, reference.whole()),
-                        expected: desc.digest.clone(),
-                        actual: msg,
-                    }
-                } else {
-                    registry_err(
+                        actual,
+                    },
+                    None => registry_err(
                         "downloading blob of",
                         &reference,
                         format!("{}: {msg}", desc.digest),
-                    )
+                    ),
                 }
             })?;
             n += chunk.len() as u64;
